@@ -1,0 +1,114 @@
+"""Run directories: atomic writes, the manifest that links stages, and provenance (versions, hashes)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+MANIFEST = "manifest.json"
+_VERSIONED = ("resa-interp", "torch", "transformers", "transformer-lens", "sae-lens", "peft", "datasets")
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write `data` to a temporary file beside `path`, then rename it over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Atomically write text (UTF-8)."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> Path:
+    """Atomically write pretty-printed JSON."""
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary directory beside `path`; on success it replaces `path` as a whole."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp.chmod(0o755)
+    try:
+        yield tmp
+        if path.exists():
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries whose behaviour a result depends on, plus Python and the platform."""
+    versions = {"python": platform.python_version(), "platform": platform.platform()}
+    for name in _VERSIONED:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def sha256_text(*parts: str) -> str:
+    """SHA-256 over text parts (separated, so ('ab','c') != ('a','bc'))."""
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part.encode("utf-8"))
+        digest.update(b"\x00")
+    return digest.hexdigest()
+
+
+def read_manifest(run: str | Path) -> dict[str, Any]:
+    """The run's manifest (empty if the run has none yet)."""
+    path = Path(run) / MANIFEST
+    if not path.exists():
+        return {"stages": {}}
+    return json.loads(path.read_text())
+
+
+def record_stage(run: str | Path, stage: str, record: dict[str, Any]) -> dict[str, Any]:
+    """Add or replace one stage's record in the run's manifest (with time and library versions)."""
+    manifest = read_manifest(run)
+    manifest.setdefault("stages", {})[stage] = {
+        **record,
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "versions": library_versions(),
+    }
+    atomic_write_json(Path(run) / MANIFEST, manifest)
+    return manifest
