@@ -98,12 +98,11 @@ def info(
 @app.command("select-layers")
 def select_layers_command(
     counts: Annotated[
-        Path, typer.Option("--counts", help="Per-layer reasoning-feature counts: counts.csv (layer,count) or features.json.")
+        Path, typer.Option("--counts", help="Per-layer reasoning-feature counts: counts.csv or features.json.")
     ],
-    out: Annotated[Path, typer.Option("--out", help="Output folder (a run directory): layers.json, layer_report.html, figures.")],
+    out: Annotated[Path, typer.Option("--out", help="Output folder: layers.json, layer_report.html, figures.")],
     scores: Annotated[
-        Optional[Path],
-        typer.Option("--scores", help="CSV with a 'layer' column and score columns (a sweep's output or a paper's table)."),
+        Optional[Path], typer.Option("--scores", help="CSV with a 'layer' column and score columns (a sweep's output).")
     ] = None,
     score_column: Annotated[
         Optional[str], typer.Option("--score-column", help="Score column to use (default: 'avg', else the only one).")
@@ -114,20 +113,13 @@ def select_layers_command(
     ] = "shift-min",
     temperature: Annotated[float, typer.Option("--temperature", help="Softmax temperature in score units.")] = 1.0,
     top: Annotated[int, typer.Option("--top", help="Hookpoints to recommend.")] = 3,
-    max_components: Annotated[
-        int, typer.Option("--max-components", help="BIC is reported for 1..N components.")
-    ] = 5,
-    bootstrap: Annotated[int, typer.Option("--bootstrap", help="Bootstrap replicates for 95% intervals (0: none).")] = 1000,
-    permutations: Annotated[
-        int, typer.Option("--permutations", help="Score shuffles for the alignment p-value (0: none).")
-    ] = 1000,
+    max_components: Annotated[int, typer.Option("--max-components", help="BIC for 1..N components.")] = 5,
+    bootstrap: Annotated[int, typer.Option("--bootstrap", help="Bootstrap replicates for 95% intervals.")] = 1000,
+    permutations: Annotated[int, typer.Option("--permutations", help="Score shuffles for the p-value.")] = 1000,
     likelihood: Annotated[
-        str,
-        typer.Option(
-            "--likelihood",
-            help="binned (each layer a unit-width bin; exact for layer data) or continuous (sklearn GaussianMixture's).",
-        ),
+        str, typer.Option("--likelihood", help="binned (layers as unit bins) or continuous (GaussianMixture's).")
     ] = "binned",
+    min_std: Annotated[float, typer.Option("--min-std", help="Binned: smallest component std, in layers.")] = 0.5,
     restarts: Annotated[int, typer.Option("--restarts", help="EM starts for each fit to the data.")] = 200,
     resample_restarts: Annotated[
         int, typer.Option("--resample-restarts", help="EM starts for each bootstrap/permutation refit.")
@@ -136,22 +128,21 @@ def select_layers_command(
 ) -> None:
     """Fit Gaussian mixtures over layers to feature counts (and per-layer scores), compare them, pick hookpoints.
 
-    Prints a Markdown summary; writes OUT/layers.json, OUT/layers.md, OUT/layer_report.html and the figures as
-    HTML + PNG (OUT/layers_gmm, layers_bic, layers_null).
+    Prints a Markdown summary; writes OUT/layers.json, OUT/layers.md, OUT/layer_report.html and the figures
+    OUT/layers_{gmm,bic,null}.html/.png.
 
-    Example: resa-interp select-layers --counts analysis/paper_table6.csv --scores analysis/paper_table6.csv --out runs/table6
+    Example: resa-interp select-layers --counts analysis/paper_table6.csv --scores analysis/paper_table6.csv --out t6
     """
     from resa_interp.layer_report import markdown_summary
     from resa_interp.layers import LayerConfig, select_layers
 
     config = LayerConfig(
         components=components, score_transform=score_transform, temperature=temperature, likelihood=likelihood,
-        restarts=restarts, resample_restarts=resample_restarts,
-        bootstrap=bootstrap, permutations=permutations, max_components=max_components, top=top, seed=seed,
+        min_std=min_std, restarts=restarts, resample_restarts=resample_restarts, bootstrap=bootstrap,
+        permutations=permutations, max_components=max_components, top=top, seed=seed,
     )
     analysis = select_layers(counts, out, scores, score_column, config)
     typer.echo(markdown_summary(analysis))
-
 
 def main() -> None:
     """Console entry point: run the Typer app, turning bad input into one line and exit code 2."""

@@ -7,8 +7,6 @@ import html
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from resa_interp.layers import LayerAnalysis, MixtureFit
 from resa_interp.report import save_figure
 from resa_interp.runs import atomic_write_json, atomic_write_text
@@ -55,8 +53,16 @@ def tables(analysis: LayerAnalysis) -> list[Table]:
         for i, c in enumerate(fit.components)
     ]
     spread = [
-        [name, _fmt(f.entropy, 3), _ci(f.entropy_ci, 3), _fmt(f.entropy_bootstrap_bias, 3), _fmt(f.weight_entropy, 3),
-         _ci(f.weight_entropy_ci, 3), _fmt(f.mean_loglik, 4), str(f.bic_best)]
+        [
+            name,
+            _fmt(f.entropy, 3),
+            _ci(f.entropy_ci, 3),
+            _fmt(f.entropy_bootstrap_bias, 3),
+            _fmt(f.weight_entropy, 3),
+            _ci(f.weight_entropy_ci, 3),
+            _fmt(f.mean_loglik, 4),
+            str(f.bic_best),
+        ]
         for name, f in fits
     ]
     ks = sorted(set().union(*(f.bic for _, f in fits)))
@@ -69,8 +75,16 @@ def tables(analysis: LayerAnalysis) -> list[Table]:
         ),
         (
             "Spread and model size",
-            ["fit", "entropy (nats)", "95% CI", "bootstrap bias", "weight entropy (nats)", "95% CI", "mean log-lik",
-             "BIC-best K"],
+            [
+                "fit",
+                "entropy (nats)",
+                "95% CI",
+                "bootstrap bias",
+                "weight entropy (nats)",
+                "95% CI",
+                "mean log-lik",
+                "BIC-best K",
+            ],
             spread,
         ),
         ("BIC by number of components (lower is better)", ["K"] + [name for name, _ in fits], bic),
@@ -81,8 +95,15 @@ def tables(analysis: LayerAnalysis) -> list[Table]:
             (
                 "Matched components (optimal assignment)",
                 ["counts component", "scores component", "|Δ mean| (layers)", "|Δ weight|"],
-                [[str(p.counts_component + 1), str(p.scores_component + 1), _fmt(p.abs_mean_diff), _fmt(p.abs_weight_diff, 3)]
-                 for p in al.pairs],
+                [
+                    [
+                        str(p.counts_component + 1),
+                        str(p.scores_component + 1),
+                        _fmt(p.abs_mean_diff),
+                        _fmt(p.abs_weight_diff, 3),
+                    ]
+                    for p in al.pairs
+                ],
             )
         )
         out.append(
@@ -123,8 +144,12 @@ def _inputs_line(analysis: LayerAnalysis) -> str:
 def markdown_summary(analysis: LayerAnalysis) -> str:
     """The summary printed by select-layers (and written as layers.md)."""
     method = analysis.to_dict()["method"]
-    parts = [f"# Layer alignment ({analysis.config.components}-component Gaussian mixtures over layers)", "",
-             _inputs_line(analysis), ""]
+    parts = [
+        f"# Layer alignment ({analysis.config.components}-component Gaussian mixtures over layers)",
+        "",
+        _inputs_line(analysis),
+        "",
+    ]
     for title, header, rows in tables(analysis):
         parts += [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         parts += ["| " + " | ".join(row) + " |" for row in rows]
@@ -138,13 +163,12 @@ def markdown_summary(analysis: LayerAnalysis) -> str:
 
 
 def figures(analysis: LayerAnalysis) -> dict[str, go.Figure]:
-    """'gmm' (data and both fitted densities over layers), 'bic', and 'null' (permutation distribution)."""
+    """'gmm' (data and the mass both fitted mixtures put on each layer), 'bic', and 'null' (permutation test)."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
     fits = _fits(analysis)
     layers = analysis.counts.data.layers
-    grid = np.linspace(layers.min() - 1.5, layers.max() + 1.5, 600)
     colours = {"counts": "#1f77b4", "scores": "#d62728"}
     titles = {
         "counts": "reasoning-feature counts: share of features per layer",
@@ -152,40 +176,76 @@ def figures(analysis: LayerAnalysis) -> dict[str, go.Figure]:
     }
     gmm = make_subplots(rows=len(fits), cols=1, shared_xaxes=True, subplot_titles=[titles[n] for n, _ in fits])
     for row, (name, fit) in enumerate(fits, 1):
-        gmm.add_bar(x=layers, y=fit.data.weights / fit.data.weights.sum(), name=f"{name} data",
-                    marker_color=colours[name], opacity=0.45, row=row, col=1)
+        gmm.add_bar(
+            x=layers,
+            y=fit.data.weights / fit.data.weights.sum(),
+            name=f"{name} data",
+            marker_color=colours[name],
+            opacity=0.45,
+            row=row,
+            col=1,
+        )
         for other, other_fit in fits:
-            gmm.add_scatter(x=grid, y=other_fit.mixture.pdf(grid), mode="lines", name=f"{other} mixture",
-                            line={"color": colours[other], "dash": "solid" if other == name else "dash"},
-                            showlegend=row == 1, row=row, col=1)
-        gmm.update_yaxes(title_text="share / density", row=row, col=1)
+            gmm.add_scatter(
+                x=layers,
+                y=other_fit.mixture.bin_probs(layers),
+                mode="lines+markers",
+                name=f"{other} mixture",
+                line={"color": colours[other], "dash": "solid" if other == name else "dash"},
+                showlegend=row == 1,
+                row=row,
+                col=1,
+            )
+        gmm.update_yaxes(title_text="share / fitted mass", row=row, col=1)
     for layer in analysis.recommendation.layers:
         gmm.add_vline(x=layer, line_dash="dot", line_color="green")
     gmm.update_xaxes(title_text="layer", dtick=1, row=len(fits), col=1)
-    gmm.update_layout(title=f"{analysis.config.components}-component mixtures over layers "
-                      f"(dotted: recommended {', '.join(map(str, analysis.recommendation.layers))})",
-                      height=330 * len(fits) + 120, width=1000, template="plotly_white", bargap=0.1)
+    gmm.update_layout(
+        title=f"{analysis.config.components}-component mixtures: fitted mass per layer "
+        f"(dotted: recommended {', '.join(map(str, analysis.recommendation.layers))})",
+        height=330 * len(fits) + 120,
+        width=1000,
+        template="plotly_white",
+        bargap=0.1,
+    )
     out = {"gmm": gmm}
 
     bic = go.Figure()
     for name, fit in fits:
         ks = sorted(fit.bic)
         best = min(fit.bic.values())
-        bic.add_scatter(x=ks, y=[fit.bic[k] - best for k in ks], mode="lines+markers", name=name,
-                        line={"color": colours[name]})
-    bic.update_layout(title="BIC relative to each fit's best (0 = preferred number of components)",
-                      xaxis_title="components K", yaxis_title="BIC − min BIC", xaxis_dtick=1,
-                      template="plotly_white", width=700, height=420)
+        bic.add_scatter(
+            x=ks, y=[fit.bic[k] - best for k in ks], mode="lines+markers", name=name, line={"color": colours[name]}
+        )
+    bic.update_layout(
+        title="BIC relative to each fit's best (0 = preferred number of components)",
+        xaxis_title="components K",
+        yaxis_title="BIC − min BIC",
+        xaxis_dtick=1,
+        template="plotly_white",
+        width=700,
+        height=420,
+    )
     out["bic"] = bic
 
     al = analysis.alignment
     if al is not None and al.null.size:
         null = go.Figure(go.Histogram(x=al.null, nbinsx=40, name="shuffled scores", marker_color="#7f7f7f"))
-        null.add_vline(x=al.hellinger, line_color=colours["scores"], line_width=3,
-                       annotation_text=f"observed {al.hellinger:.3f}, p = {al.p_value:.3g}")
-        null.update_layout(title="Hellinger distance to the count mixture: observed vs scores shuffled over layers",
-                           xaxis_title="Hellinger distance", yaxis_title="shuffles", template="plotly_white",
-                           width=800, height=420, showlegend=False)
+        null.add_vline(
+            x=al.hellinger,
+            line_color=colours["scores"],
+            line_width=3,
+            annotation_text=f"observed {al.hellinger:.3f}, p = {al.p_value:.3g}",
+        )
+        null.update_layout(
+            title="Hellinger distance to the count mixture: observed vs scores shuffled over layers",
+            xaxis_title="Hellinger distance",
+            yaxis_title="shuffles",
+            template="plotly_white",
+            width=800,
+            height=420,
+            showlegend=False,
+        )
         out["null"] = null
     return out
 
@@ -200,8 +260,10 @@ _STYLE = (
 def html_report(analysis: LayerAnalysis, figs: dict[str, go.Figure]) -> str:
     """One HTML page (plotly.js inlined once) with the figures, tables, recommendation and method."""
     esc = html.escape
-    body = [f"<h1>Layer alignment: {analysis.config.components}-component Gaussian mixtures over layers</h1>",
-            f"<p>{esc(_inputs_line(analysis))}</p>"]
+    body = [
+        f"<h1>Layer alignment: {analysis.config.components}-component Gaussian mixtures over layers</h1>",
+        f"<p>{esc(_inputs_line(analysis))}</p>",
+    ]
     first = True
     for name in ("gmm", "bic", "null"):
         if name in figs:

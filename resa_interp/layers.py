@@ -63,6 +63,9 @@ class LayerConfig:
     """Hookpoints to recommend."""
     seed: int = 0
     """Seed for every random draw (EM starts, bootstrap, permutations)."""
+    min_std: float = 0.5
+    """Binned likelihood only: smallest component σ, in layers. A component is a cluster of layers; narrower
+    ones fit a single layer's count (and below about 0.3 the likelihood cannot tell widths apart)."""
     reg_covar: float = 1.0 / 12.0
     """Continuous likelihood only: added to each component variance (sklearn's reg_covar); the default is the
     variance of a unit-width layer bin, which also keeps a component from collapsing onto one layer."""
@@ -193,7 +196,7 @@ class LayerAnalysis:
                 f"bootstrap/permutation refit, seed {cfg.seed}, tol {cfg.tol}; "
                 + (
                     "binned likelihood: layer l has probability Σ_k π_k [Φ((l+½-μ_k)/σ_k) - Φ((l-½-μ_k)/σ_k)] "
-                    "(grouped-data EM, McLachlan & Jones 1988), σ_k >= 0.15"
+                    f"(grouped-data EM, McLachlan & Jones 1988), σ_k >= {cfg.min_std:g} layer"
                     if cfg.likelihood == "binned"
                     else f"continuous likelihood: scikit-learn GaussianMixture's objective on the expanded "
                     f"observations, reg_covar {cfg.reg_covar:.6g} added to every variance"
@@ -296,7 +299,8 @@ def read_scores(
             column = others[0]
         else:
             raise ResaError(
-                f"{path}: several score columns ({', '.join(others) or 'none'}) and no 'avg'; pick one with --score-column"
+                f"{path}: several score columns ({', '.join(others) or 'none'}) and no 'avg'; "
+                "pick one with --score-column"
             )
     if column not in others:
         raise ResaError(f"{path}: no column {column!r} (columns: {', '.join(rows[0])}); pick one with --score-column")
@@ -401,7 +405,9 @@ def _count(text: Any, layer: int, path: Path) -> float:
 def _score(text: str, layer: int, column: str, path: Path) -> float:
     value = _number(text)
     if not math.isfinite(value):
-        raise ResaError(f"{path}: {column} at layer {layer} is {text!r}, not a finite number (NaN/empty scores are refused)")
+        raise ResaError(
+            f"{path}: {column} at layer {layer} is {text!r}, not a finite number (NaN/empty scores are refused)"
+        )
     return value
 
 
@@ -419,7 +425,9 @@ def analyze_layers(counts: LayerData, scores: LayerData | None, config: LayerCon
         counts_fit = _fit(counts, config, seeds[0], seeds[1], bar.update)
         scores_fit = _fit(scores, config, seeds[2], seeds[3], bar.update) if scores is not None else None
         alignment = _align(counts_fit, scores_fit, config, seeds[4], seeds[5], bar.update) if scores_fit else None
-    return LayerAnalysis(config, counts_fit, scores_fit, alignment, _recommend(counts_fit, scores_fit, alignment, config))
+    return LayerAnalysis(
+        config, counts_fit, scores_fit, alignment, _recommend(counts_fit, scores_fit, alignment, config)
+    )
 
 
 def _check(counts: LayerData, scores: LayerData | None, config: LayerConfig) -> None:
@@ -427,6 +435,8 @@ def _check(counts: LayerData, scores: LayerData | None, config: LayerConfig) -> 
         raise ResaError(f"--likelihood {config.likelihood!r} is not one of: {', '.join(LIKELIHOODS)}")
     if min(config.components, config.top, config.restarts, config.resample_restarts, config.max_components) < 1:
         raise ResaError("--components, --top, --max-components, --restarts and --resample-restarts must be >= 1")
+    if not config.min_std > 0 or not config.reg_covar > 0:
+        raise ResaError("--min-std and reg_covar must be > 0")
     if min(config.bootstrap, config.permutations) < 0:
         raise ResaError("--bootstrap and --permutations must be >= 0")
     for data in (counts, scores):
@@ -449,8 +459,16 @@ def _fit_batch(
 ) -> BatchFit:
     """Fit the data's own weights with `restarts` starts, resampled weight rows with `resample_restarts`."""
     return fit_weighted(
-        data.layers, weights, k, restarts=config.restarts if np.ndim(weights) == 1 else config.resample_restarts,
-        seed=int(seed), likelihood=config.likelihood, reg_covar=config.reg_covar, tol=config.tol, start=start,
+        data.layers,
+        weights,
+        k,
+        restarts=config.restarts if np.ndim(weights) == 1 else config.resample_restarts,
+        seed=int(seed),
+        likelihood=config.likelihood,
+        reg_covar=config.reg_covar,
+        min_std=config.min_std,
+        tol=config.tol,
+        start=start,
         progress=progress,
     )
 
@@ -481,17 +499,27 @@ def _fit(data: LayerData, config: LayerConfig, resample_seed: int, fit_seed: int
     entropies = [r.entropy() for r in replicates]
     components = [
         ComponentFit(
-            float(mixture.means[i]), float(mixture.stds[i]), float(mixture.weights[i]),
-            _ci([r.means[i] for r in replicates]), _ci([r.stds[i] for r in replicates]),
+            float(mixture.means[i]),
+            float(mixture.stds[i]),
+            float(mixture.weights[i]),
+            _ci([r.means[i] for r in replicates]),
+            _ci([r.stds[i] for r in replicates]),
             _ci([r.weights[i] for r in replicates]),
         )
         for i in range(k)
     ]
     return MixtureFit(
-        data, mixture, components, mean_loglik,
-        mixture.entropy(), _ci(entropies), float(np.mean(entropies)) - mixture.entropy() if entropies else None,
-        mixture.weight_entropy(), _ci([r.weight_entropy() for r in replicates]),
-        dict(sorted(bic.items())), replicates,
+        data,
+        mixture,
+        components,
+        mean_loglik,
+        mixture.entropy(),
+        _ci(entropies),
+        float(np.mean(entropies)) - mixture.entropy() if entropies else None,
+        mixture.weight_entropy(),
+        _ci([r.weight_entropy() for r in replicates]),
+        dict(sorted(bic.items())),
+        replicates,
         _sklearn_check(data, mixture, config, fit_seed) if config.likelihood == "continuous" else None,
     )
 
@@ -530,8 +558,13 @@ def _sklearn_check(data: LayerData, mixture: Mixture, config: LayerConfig, seed:
         x = expand(data.layers, data.weights, SKLEARN_CHECK_OBSERVATIONS)
         how = f"{SKLEARN_CHECK_OBSERVATIONS} observations in proportion to the weights (largest remainder)"
     gm = GaussianMixture(
-        config.components, n_init=SKLEARN_CHECK_INITS, init_params="k-means++", reg_covar=config.reg_covar,
-        tol=1e-6, max_iter=1000, random_state=seed,
+        config.components,
+        n_init=SKLEARN_CHECK_INITS,
+        init_params="k-means++",
+        reg_covar=config.reg_covar,
+        tol=1e-6,
+        max_iter=1000,
+        random_state=seed,
     ).fit(x[:, None])
     order = np.argsort(gm.means_.ravel())
     sk, em = float(gm.score(x[:, None])), float(np.log(mixture.pdf(x)).mean())
@@ -603,10 +636,12 @@ def _recommend(
     note = None
     if alignment is not None and alignment.p_value is not None and alignment.p_value >= 0.05:
         note = (
-            f"the score mixture is not closer to the count mixture than shuffled scores are (p = {alignment.p_value:.3g}), "
-            "so these data do not support choosing layers by their feature counts"
+            "the score mixture is not closer to the count mixture than shuffled scores are "
+            f"(p = {alignment.p_value:.3g}), so these data do not support choosing layers by their feature counts"
         )
-    return Recommendation([d["layer"] for d in details], RULE_JOINT if scores is not None else RULE_COUNTS, details, note)
+    return Recommendation(
+        [d["layer"] for d in details], RULE_JOINT if scores is not None else RULE_COUNTS, details, note
+    )
 
 
 def _fit_dict(fit: MixtureFit) -> dict[str, Any]:
@@ -669,9 +704,7 @@ def select_layers(
 
     check_transform(config.score_transform)
     counts = read_counts(counts_path)
-    scores = (
-        read_scores(scores_path, score_column, config.score_transform, config.temperature) if scores_path else None
-    )
+    scores = read_scores(scores_path, score_column, config.score_transform, config.temperature) if scores_path else None
     analysis = analyze_layers(counts, scores, config)
     written = write_outputs(analysis, out)
     record_stage(

@@ -34,11 +34,6 @@ _GRID_SPAN = 10.0  # standard deviations beyond the outermost components that de
 _CHUNK_ELEMENTS = 200_000  # rows x components x points per EM block: keeps the temporaries small
 _LOG_SQRT_2PI = 0.5 * np.log(2 * np.pi)
 _LOG_TINY = -600.0  # below this a bin mass from Φ differences has lost its digits (or underflowed to 0)
-BINNED_MIN_VAR = 0.15**2
-"""Binned likelihood: variance floor. A component with σ = 0.15 layer already puts 99.9% of its mass on one
-layer; below that the likelihood is flat and EM would creep towards σ = 0 for thousands of iterations."""
-START_VAR = 1.0 / 12.0
-"""Binned likelihood: each EM run starts with components of the variance of one unit-width bin."""
 LIKELIHOODS = ("binned", "continuous")
 
 
@@ -113,6 +108,7 @@ def fit_weighted(
     seed: int,
     likelihood: str = "binned",
     reg_covar: float = 1.0 / 12.0,
+    min_std: float = 0.5,
     max_iter: int = 2000,
     tol: float = 1e-9,
     start: Mixture | None = None,
@@ -121,11 +117,14 @@ def fit_weighted(
     """Fit a `n_components` mixture to integer points `x` under each row of `weights` ([n_sets, len(x)] or [len(x)]).
 
     Every row gets `restarts` EM runs, each started as GaussianMixture's `init_params="k-means++"` starts:
-    narrow components (variance `reg_covar` for `continuous`, START_VAR for `binned`) at weighted k-means++
-    seeds, equal weights. A run stops when its mean log-likelihood changes by less than `tol` over one
-    SQUAREM cycle (at most `max_iter` EM steps); the highest-likelihood run wins (the first on ties). With `start` (e.g. the fit to the full data, when the rows
-    are bootstrap resamples of it) the first run of every row starts there instead. `reg_covar` is added to
-    each variance at every M-step of the `continuous` likelihood, as in GaussianMixture. The same seed and
+    narrow components (variance `reg_covar` for `continuous`, `min_std`² for `binned`) at weighted k-means++
+    seeds, equal weights. `binned` keeps every σ at or above `min_std` (in layers): a component is a cluster
+    of layers, and below about 0.3 layer the bin masses, hence the likelihood, no longer tell widths apart.
+    A run stops when its mean log-likelihood changes by less than `tol` over one SQUAREM cycle (at most
+    `max_iter` EM steps); the highest-likelihood run wins (the first on ties). With `start` (e.g. the fit to
+    the full data, when the rows are bootstrap resamples of it) the first run of every row starts there
+    instead. `reg_covar` is added to each variance at every M-step of the `continuous` likelihood, as in
+    GaussianMixture. The same seed and
     data give the same result. `progress(n)` is called as each block of `n` rows finishes.
     """
     if likelihood not in LIKELIHOODS:
@@ -138,7 +137,7 @@ def fit_weighted(
     n_sets = w.shape[0]
     rows = np.repeat(w, restarts, axis=0)
     means = _kmeanspp_seeds(x, rows, n_components, np.random.default_rng(seed))
-    var = np.full(means.shape, reg_covar if likelihood == "continuous" else START_VAR)
+    var = np.full(means.shape, reg_covar if likelihood == "continuous" else min_std**2)
     pi = np.full(means.shape, 1.0 / n_components)
     if start is not None:
         means[::restarts], var[::restarts], pi[::restarts] = start.means, start.stds**2, start.weights
@@ -147,7 +146,8 @@ def fit_weighted(
     parts = []
     for begin in range(0, rows.shape[0], step):
         block = slice(begin, begin + step)
-        parts.append(em(x, rows[block], means[block], var[block], pi[block], reg_covar, max_iter, tol))
+        floor = reg_covar if likelihood == "continuous" else min_std**2
+        parts.append(em(x, rows[block], means[block], var[block], pi[block], floor, max_iter, tol))
         if progress is not None:
             progress(parts[-1][0].shape[0] // restarts)
     mu, var, pi, ll, done = (np.concatenate(part) for part in zip(*parts))
@@ -261,7 +261,13 @@ def _unpack(theta: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarr
 
 
 def _em_continuous(
-    x: np.ndarray, w: np.ndarray, mu: np.ndarray, var: np.ndarray, pi: np.ndarray, reg_covar: float, max_iter: int,
+    x: np.ndarray,
+    w: np.ndarray,
+    mu: np.ndarray,
+    var: np.ndarray,
+    pi: np.ndarray,
+    reg_covar: float,
+    max_iter: int,
     tol: float,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """GaussianMixture's EM on weighted points."""
@@ -274,16 +280,30 @@ def _em_continuous(
         return log_p, ()
 
     return _em_loop(
-        w, mu, var, pi, e_step,
-        lambda resp, mu, var, aux: (resp @ x, resp @ xx), lambda v: v + reg_covar, reg_covar, max_iter, tol,
+        w,
+        mu,
+        var,
+        pi,
+        e_step,
+        lambda resp, mu, var, aux: (resp @ x, resp @ xx),
+        lambda v: v + reg_covar,
+        reg_covar,
+        max_iter,
+        tol,
     )
 
 
 def _em_binned(
-    x: np.ndarray, w: np.ndarray, mu: np.ndarray, var: np.ndarray, pi: np.ndarray, reg_covar: float, max_iter: int,
+    x: np.ndarray,
+    w: np.ndarray,
+    mu: np.ndarray,
+    var: np.ndarray,
+    pi: np.ndarray,
+    min_var: float,
+    max_iter: int,
     tol: float,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Grouped-data EM: each point is the bin [x - 1/2, x + 1/2] (`reg_covar` is not used)."""
+    """Grouped-data EM: each point is the bin [x - 1/2, x + 1/2]; variances are kept at or above `min_var`."""
     edges = np.union1d(x - 0.5, x + 0.5)
     lo, hi = np.searchsorted(edges, x - 0.5), np.searchsorted(edges, x + 0.5)
 
@@ -310,8 +330,16 @@ def _em_binned(
         return mu * r0 + sd * rz, mu * mu * r0 + 2 * mu * sd * rz + var * rz2
 
     return _em_loop(
-        w, mu, var, pi, e_step, moments, lambda v: np.maximum(v, BINNED_MIN_VAR),
-        BINNED_MIN_VAR, max_iter, tol,
+        w,
+        mu,
+        var,
+        pi,
+        e_step,
+        moments,
+        lambda v: np.maximum(v, min_var),
+        min_var,
+        max_iter,
+        tol,
     )
 
 

@@ -23,7 +23,9 @@ TRUE_MEANS, TRUE_STDS, TRUE_WEIGHTS = np.array([5.0, 15.0, 24.0]), np.array([1.5
 
 def planted_counts(n: int, means=TRUE_MEANS, stds=TRUE_STDS, weights=TRUE_WEIGHTS) -> np.ndarray:
     """Feature counts per layer: n features from a Gaussian mixture, binned to layers (mass rounded)."""
-    mass = sum(w * (norm.cdf(LAYERS + 0.5, m, s) - norm.cdf(LAYERS - 0.5, m, s)) for m, s, w in zip(means, stds, weights))
+    mass = sum(
+        w * (norm.cdf(LAYERS + 0.5, m, s) - norm.cdf(LAYERS - 0.5, m, s)) for m, s, w in zip(means, stds, weights)
+    )
     return np.round(n * mass / mass.sum()).astype(int)
 
 
@@ -53,8 +55,13 @@ def test_weighted_em_reaches_sklearn_optimum_on_integer_weights():
             assert np.log(ours.pdf(x.ravel())).mean() >= gm.score(x) - 1e-7
             # and our solution is a fixed point of sklearn's own EM
             again = GaussianMixture(
-                k, reg_covar=1 / 12, tol=1e-12, max_iter=5000, means_init=ours.means[:, None],
-                weights_init=ours.weights, precisions_init=(1 / ours.stds**2).reshape(k, 1, 1),
+                k,
+                reg_covar=1 / 12,
+                tol=1e-12,
+                max_iter=5000,
+                means_init=ours.means[:, None],
+                weights_init=ours.weights,
+                precisions_init=(1 / ours.stds**2).reshape(k, 1, 1),
             ).fit(x)
             np.testing.assert_allclose(again.means_.ravel(), ours.means, atol=1e-3)
             np.testing.assert_allclose(again.weights_, ours.weights, atol=1e-4)
@@ -81,9 +88,13 @@ def test_binned_em_is_a_maximum_of_the_binned_likelihood():
         m = fit.mixtures[0]
         theta = np.concatenate([m.means, np.log(m.stds), np.log(m.weights)])
         assert binned_loglik(theta, LAYERS, counts, 3) == pytest.approx(fit.mean_loglik[0], abs=1e-10)
-        if m.stds.min() > 0.2:  # away from the σ floor the fit is an interior stationary point
-            better = minimize(lambda t: -binned_loglik(t, LAYERS, counts, 3), theta, method="Nelder-Mead",
-                              options={"xatol": 1e-9, "fatol": 1e-12, "maxiter": 4000})
+        if m.stds.min() > 0.6:  # away from the σ floor (0.5) the fit is an interior stationary point
+            better = minimize(
+                lambda t, counts=counts: -binned_loglik(t, LAYERS, counts, 3),
+                theta,
+                method="Nelder-Mead",
+                options={"xatol": 1e-9, "fatol": 1e-12, "maxiter": 4000},
+            )
             assert -better.fun <= fit.mean_loglik[0] + 1e-7
 
 
@@ -92,7 +103,7 @@ def test_weighted_em_is_exact_for_real_weights():
     w = np.abs(np.sin(LAYERS / 3.0)) + 0.1
     a = fit_weighted(LAYERS, w, 3, restarts=10, seed=1)
     b = fit_weighted(LAYERS, 7 * w, 3, restarts=10, seed=1)
-    np.testing.assert_allclose(a.mixtures[0].means, b.mixtures[0].means, rtol=1e-9)
+    np.testing.assert_allclose(a.mixtures[0].means, b.mixtures[0].means, rtol=1e-7)
     assert a.converged.all()
 
 
@@ -152,6 +163,17 @@ def test_bic_prefers_the_true_number_of_components(tmp_path, k):
     assert fit.bic_best == k
 
 
+def test_point_density_bic_overfits_layer_data_and_the_binned_likelihood_does_not(tmp_path):
+    """Why binned is the default: on 600 features from one Gaussian, a density at integer layers buys
+    likelihood with narrow components on single layers, and BIC follows it."""
+    data = read_counts(counts_csv(tmp_path, planted_counts(600, TRUE_MEANS[:1], TRUE_STDS[:1], [1.0])))
+    best = {
+        lik: analyze_layers(data, None, LayerConfig(likelihood=lik, restarts=20, bootstrap=0)).counts.bic_best
+        for lik in ("binned", "continuous")
+    }
+    assert best == {"binned": 1, "continuous": 5}
+
+
 def aligned_scores(counts: np.ndarray) -> np.ndarray:
     """Scores that rise and fall with the count distribution (a floor of 40 plus up to 10 points)."""
     share = counts / counts.max()
@@ -188,8 +210,24 @@ def test_recommendation_picks_the_modes(tmp_path):
 
 
 def run_select(cli, out, *args):
-    return cli(["select-layers", "--out", str(out), "--restarts", "20", "--resample-restarts", "5", "--bootstrap", "20",
-                "--permutations", "19", "--max-components", "3", *args])
+    return cli(
+        [
+            "select-layers",
+            "--out",
+            str(out),
+            "--restarts",
+            "20",
+            "--resample-restarts",
+            "5",
+            "--bootstrap",
+            "20",
+            "--permutations",
+            "19",
+            "--max-components",
+            "3",
+            *args,
+        ]
+    )
 
 
 def test_deterministic_and_row_order_free(tmp_path):
@@ -202,7 +240,9 @@ def test_deterministic_and_row_order_free(tmp_path):
     for name, rows in (("a", range(30)), ("b", range(30)), ("c", order)):
         (tmp_path / name).mkdir()
         cpath = counts_csv(tmp_path / name, counts, order=list(rows))
-        spath = write_csv(tmp_path / name / "scores.csv", "layer,aime24,avg", [(LAYERS[i], 30, scores[i]) for i in rows])
+        spath = write_csv(
+            tmp_path / name / "scores.csv", "layer,aime24,avg", [(LAYERS[i], 30, scores[i]) for i in rows]
+        )
         analysis = analyze_layers(read_counts(cpath), read_scores(spath), cfg)
         data = json.loads(json.dumps(analysis.to_dict()))
         for key in ("counts", "scores"):
@@ -237,9 +277,14 @@ def test_cli_writes_the_report(cli, tmp_path):
 
 def test_features_json_counts_match_csv(tmp_path):
     counts = planted_counts(100)
-    (tmp_path / "features.json").write_text(json.dumps(
-        {"model": "x", "layers": [{"layer": int(i), "count": int(c), "features": []} for i, c in zip(LAYERS, counts)]}
-    ))
+    (tmp_path / "features.json").write_text(
+        json.dumps(
+            {
+                "model": "x",
+                "layers": [{"layer": int(i), "count": int(c), "features": []} for i, c in zip(LAYERS, counts)],
+            }
+        )
+    )
     a, b = read_counts(tmp_path / "features.json"), read_counts(counts_csv(tmp_path, counts))
     assert np.array_equal(a.layers, b.layers) and np.array_equal(a.values, b.values)
 
@@ -264,12 +309,24 @@ def test_paper_table6_transcription_is_consistent():
         ([(0, 5), (1, -1), (2, 4), (3, 2)], None, [], "count '-1' at layer 1 is negative"),
         ([(0, 5), (1, 2.5), (2, 4), (3, 2)], None, [], "count '2.5' at layer 1 is not an integer"),
         ([(0, 5), (1, 1), (2, 4), (3, 2)], [(0, 40), (1, "nan"), (2, 41), (3, 42)], [], "avg at layer 1 is 'nan'"),
-        ([(0, 5), (1, 1), (2, 4), (3, 2)], [(0, 40), (1, 41), (2, 41), (5, 42)], [],
-         "only in scores [5], only in counts [3]"),
-        ([(0, 5), (1, 1), (2, 4), (3, 2)], [(0, 40), (1, 41), (2, 41), (3, 42)], ["--score-column", "gpqa"],
-         "no column 'gpqa'"),
-        ([(0, 5), (1, 1), (2, 4), (3, 2)], [(0, 40), (1, 41), (2, 41), (3, 42)], ["--score-transform", "rank"],
-         "--score-transform 'rank' is not one of"),
+        (
+            [(0, 5), (1, 1), (2, 4), (3, 2)],
+            [(0, 40), (1, 41), (2, 41), (5, 42)],
+            [],
+            "only in scores [5], only in counts [3]",
+        ),
+        (
+            [(0, 5), (1, 1), (2, 4), (3, 2)],
+            [(0, 40), (1, 41), (2, 41), (3, 42)],
+            ["--score-column", "gpqa"],
+            "no column 'gpqa'",
+        ),
+        (
+            [(0, 5), (1, 1), (2, 4), (3, 2)],
+            [(0, 40), (1, 41), (2, 41), (3, 42)],
+            ["--score-transform", "rank"],
+            "--score-transform 'rank' is not one of",
+        ),
         ([(0, 5), (0, 1), (2, 4), (3, 2)], None, [], "layer 0 appears twice"),
     ],
 )
@@ -287,8 +344,10 @@ def test_missing_columns_and_ambiguous_scores_are_refused(cli, tmp_path):
     cases = [
         (["--counts", write_csv(tmp_path / "c2.csv", "layer,n", [(0, 5)])], "missing column(s) count"),
         (["--counts", good, "--scores", write_csv(tmp_path / "s1.csv", "avg", [(40,)])], "missing column(s) layer"),
-        (["--counts", good, "--scores", write_csv(tmp_path / "s2.csv", "layer,aime24,gpqa", [(0, 1, 2)])],
-         "several score columns (aime24, gpqa) and no 'avg'"),
+        (
+            ["--counts", good, "--scores", write_csv(tmp_path / "s2.csv", "layer,aime24,gpqa", [(0, 1, 2)])],
+            "several score columns (aime24, gpqa) and no 'avg'",
+        ),
         (["--counts", str(tmp_path / "nope.csv")], "cannot be read"),
     ]
     (tmp_path / "features.json").write_text(json.dumps({"layers": [{"layer": 1}]}))
