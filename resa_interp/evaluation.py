@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import time
-from importlib import metadata
 from dataclasses import asdict, dataclass, field
+from importlib import metadata
 from pathlib import Path
 
 import torch
@@ -23,10 +24,11 @@ from resa_interp.eval_backends import BackendRun, generate_transformers
 from resa_interp.eval_lighteval import check_vllm, generate_vllm
 from resa_interp.eval_tasks import PAPER_ORDER, PAPER_TASKS, EvalTask, load_tasks
 from resa_interp.grading import grade, require_grader
-from resa_interp.models import EMBEDDED_ALIASES, resolve_model_path
+from resa_interp.models import EMBEDDED_ALIASES, resolve_dtype, resolve_model_path
 from resa_interp.runs import atomic_write_json, atomic_write_text, library_versions
 
 BACKENDS = ("auto", "vllm", "transformers")
+log = logging.getLogger(__name__)
 SCORES, SAMPLES = "scores.json", "samples.jsonl"
 
 
@@ -74,6 +76,12 @@ class EvalConfig:
                             "use --samples 1 or a positive temperature")
         if not 0 < self.top_p <= 1:
             raise ResaError(f"--top-p {self.top_p}: must be in (0, 1]")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ResaError(f"--gpu-memory-utilization {self.gpu_memory_utilization}: must be in (0, 1]")
+        if self.data_parallel_size is not None and self.data_parallel_size < 1:
+            raise ResaError(f"--data-parallel-size {self.data_parallel_size}: must be at least 1")
+        if self.dtype is not None:
+            resolve_dtype(self.dtype)
 
 
 @dataclass(frozen=True)
@@ -135,6 +143,8 @@ def evaluate(
     """Evaluate `model` (spec, HF folder or tuning output; None: the embedded default) on `tasks`; write `out`."""
     config = config or EvalConfig()
     config.check()
+    if not tasks:
+        raise ResaError("no tasks to evaluate; give one or more task names or .jsonl files")
     require_grader()
     started = time.perf_counter()
     backend = _backend(config)
@@ -191,6 +201,10 @@ def _grade(tasks: list[EvalTask], run: BackendRun, config: EvalConfig) -> tuple[
                     "correct": verdict.correct, "n_tokens": generation.n_tokens, "truncated": generation.truncated,
                 })
         n = len(task.problems) * config.samples
+        reference = run.reference_scores.get(task.name)
+        if reference is not None and abs(reference - correct / n) > 1e-9:
+            log.warning("task %s: lighteval's pass@1 %.4f differs from the grader's %.4f", task.name, reference,
+                        correct / n)
         scores[task.name] = TaskScore(
             column=task.column,
             pass_at_1=correct / n,
@@ -200,7 +214,7 @@ def _grade(tasks: list[EvalTask], run: BackendRun, config: EvalConfig) -> tuple[
             truncated=truncated,
             tokens_generated=tokens,
             source=task.source,
-            lighteval_pass_at_1=run.reference_scores.get(task.name),
+            lighteval_pass_at_1=reference,
         )
     return scores, rows
 

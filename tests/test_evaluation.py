@@ -92,6 +92,13 @@ def test_paper_tasks_point_where_lighteval_does():
     assert [PAPER_TASKS[t].column for t in PAPER_ORDER] == ["AIME24", "AIME25", "AMC23", "MATH500", "GPQA", "Minerva"]
 
 
+def test_a_model_without_chat_template_is_refused(tiny_llama):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    tokenizer.chat_template = None
+    with pytest.raises(ResaError, match="has no chat template"):
+        chat_prompt(tokenizer, "What is 1 + 1?")
+
+
 def test_hub_tasks_fail_offline_in_one_line():
     with pytest.raises(ResaError, match=r"task 'aime24': dataset HuggingFaceH4/aime_2024 could not be loaded.*offline"):
         load_task("aime24")
@@ -289,6 +296,8 @@ def test_bad_settings_are_one_line(cli, tmp_path):
         (["--samples", "2", "--temperature", "0"], "greedy decoding gives one answer"),
         (["--top-p", "1.5"], "--top-p 1.5: must be in (0, 1]"),
         (["--backend", "tpu"], "--backend 'tpu' is unknown"),
+        (["--dtype", "int4"], "dtype 'int4' is not supported"),
+        (["--tasks", ","], "--tasks is empty"),
         (["--tasks", "aime2024"], "task 'aime2024': not a paper task"),
         (["--backend", "transformers", "--max-new-tokens", "9000", "--tasks", "synthetic"], "holds 8192"),
     ]:
