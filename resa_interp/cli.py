@@ -167,6 +167,70 @@ def eval_command(
     typer.echo(f"wrote {out}/scores.json and {out}/samples.jsonl")
 
 
+def _build_config(cls, presets: dict, preset: str | None, **given):
+    """Dataclass defaults, then the named preset, then every option the user actually gave."""
+    import dataclasses
+
+    if preset is not None and preset not in presets:
+        raise ResaError(f"--preset {preset!r} is unknown; accepted: {', '.join(presets)}")
+    values = {f.name: f.default for f in dataclasses.fields(cls)}
+    values.update(presets.get(preset, {}))
+    values.update({k: v for k, v in given.items() if v is not None})
+    return cls(**values)
+
+
+@app.command("train-saes")
+def train_saes_cmd(
+    out: Annotated[str, typer.Option("--out", "-o", help="Run directory; SAEs go to OUT/saes/<hook_name>/.")],
+    model: ModelOpt = None,
+    dataset: Annotated[Optional[str], typer.Option(help="Trigger QA data: synthetic (default), still, deepscaler, a hub id, or a .json/.jsonl/.csv/.parquet file.")] = None,
+    layers: Annotated[Optional[str], typer.Option(help="all (default) | A-B | L,L,...")] = None,
+    hook: Annotated[Optional[str], typer.Option(help="resid_post (default: output of decoder layer l, as the authors' code) | mlp_out (the paper's text).")] = None,
+    mode: Annotated[Optional[str], typer.Option(help="scratch (default) | finetune (start from --from) | pretrained (import --from as is).")] = None,
+    source: Annotated[Optional[str], typer.Option("--from", help="Pretrained SAEs: SAELens folder or run, EleutherAI sparsify folder (layers.N/), or RELEASE:SAE_ID.")] = None,
+    k: Annotated[Optional[int], typer.Option("--k", help="Active latents per token [default: 32].")] = None,
+    expansion_factor: Annotated[Optional[int], typer.Option(help="Latents per model dimension [default: 8 on CPU; the paper: 64].")] = None,
+    tokens: Annotated[Optional[int], typer.Option(help="Training tokens per SAE [default: 98304]; 0 = one epoch over the dataset.")] = None,
+    batch_tokens: Annotated[Optional[int], typer.Option(help="Tokens per optimizer step [default: 1024].")] = None,
+    optimizer: Annotated[Optional[str], typer.Option(help="adam (default) | signum (the paper).")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Constant learning rate [default: 2e-3; paper preset 2.5e-4 with signum].")] = None,
+    group_size: Annotated[Optional[int], typer.Option(help="Layers per shared forward pass [default: as many as fit in memory].")] = None,
+    template: Annotated[Optional[str], typer.Option(help="r1 (default: the authors' template) | short (the paper's text).")] = None,
+    problem_column: Annotated[Optional[str], typer.Option(help="Question column of --dataset.")] = None,
+    answer_column: Annotated[Optional[str], typer.Option(help="Answer column of --dataset.")] = None,
+    keep_first: Annotated[bool, typer.Option("--keep-first", help="Also train on the first (sink) position.")] = False,
+    seed: Annotated[Optional[int], typer.Option(help="Seed [default: 0].")] = None,
+    preset: Annotated[Optional[str], typer.Option(help="paper: R1-Distill-Qwen-1.5B, STILL, resid_post, x64, k=32, signum 2.5e-4, one epoch.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Require an interrupted run in OUT and continue it (a matching one is resumed anyway).")] = False,
+    device: Annotated[Optional[str], typer.Option(help="cpu (default), cuda, auto.")] = None,
+    dtype: Annotated[Optional[str], typer.Option("--dtype", help="Model dtype: float32 (default) | bfloat16.")] = None,
+) -> None:
+    """Stage I: train TopK SAEs at every selected layer from one shared forward pass per batch.
+
+    Trigger data is CoT-free: the R1 system prompt, the question, and only the final answer between
+    <think> and </think>. Prints the memory plan, shows progress with tokens/s, checkpoints and resumes,
+    then writes held-out quality per layer (explained variance, L0, dead latents, spliced-in KL) to
+    OUT/saes/metrics.json and prints it.
+
+    Example: resa-interp train-saes --layers 3,12,24 --out runs/demo
+    """
+    from resa_interp.sae_metrics import format_table
+    from resa_interp.saes import PRESETS, SAETrainConfig, train_saes
+
+    cfg = _build_config(
+        SAETrainConfig, PRESETS, preset,
+        model=model, dataset=dataset, layers=layers, hook=hook, mode=mode, source=source, k=k,
+        expansion_factor=expansion_factor, batch_tokens=batch_tokens, optimizer=optimizer, lr=lr,
+        group_size=group_size, template=template, problem_column=problem_column, answer_column=answer_column,
+        keep_first=keep_first or None, seed=seed, device=device, model_dtype=dtype,
+    )
+    if tokens is not None:
+        cfg.tokens = tokens or None
+    result = train_saes(cfg, out, resume=resume)
+    typer.echo(format_table(result.metrics))
+    typer.echo(f"SAEs: {out}/saes/  metrics: {out}/saes/metrics.json  figure: {out}/saes/metrics.html")
+
+
 def main() -> None:
     """Console entry point: run the Typer app, turning bad input into one line and exit code 2."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
