@@ -168,6 +168,13 @@ def run_lighteval(
     model_config: ModelConfig, tasks: list[EvalTask], config: EvalConfig, work_dir: Path, launcher: str = "VLLM"
 ) -> LightevalRun:
     """Run lighteval's pipeline on the tasks; its details, results and sample cache are kept under `work_dir`."""
+    with grad_mode_kept():
+        return _run_pipeline(model_config, tasks, config, work_dir, launcher)
+
+
+def _run_pipeline(
+    model_config: ModelConfig, tasks: list[EvalTask], config: EvalConfig, work_dir: Path, launcher: str
+) -> LightevalRun:
     from lighteval.logging.evaluation_tracker import EvaluationTracker
     from lighteval.pipeline import ParallelismManager, Pipeline, PipelineParameters
 
@@ -200,9 +207,19 @@ def run_lighteval(
     return LightevalRun(lengths, tokens, texts, scores)
 
 
+@contextlib.contextmanager
+def grad_mode_kept() -> Iterator[None]:
+    """Within: whatever lighteval does to autograd is undone on exit. Its transformers model module turns
+    autograd off for the whole process when imported, and lighteval.pipeline imports it; a tuning run after an
+    evaluation in the same process (the sweep) would then fail."""
+    with torch.set_grad_enabled(torch.is_grad_enabled()):
+        yield
+
+
 def check_vllm() -> None:
     """One-line errors unless lighteval, vLLM and a CUDA GPU are all there (vLLM is imported here, not earlier)."""
-    require_extra("lighteval.pipeline", "eval", "the vllm backend")
+    with grad_mode_kept():
+        require_extra("lighteval.pipeline", "eval", "the vllm backend")
     require_extra("vllm", "vllm", "the vllm backend")
     if not torch.cuda.is_available():
         raise ResaError("the vllm backend needs a CUDA GPU and none is visible; use --backend transformers on CPU")
