@@ -231,6 +231,57 @@ def train_saes_cmd(
     typer.echo(f"SAEs: {out}/saes/  metrics: {out}/saes/metrics.json  figure: {out}/saes/metrics.html")
 
 
+@app.command()
+def features(
+    out: Annotated[str, typer.Option("--out", "-o", help="Run directory for features.json, counts.csv, figures/.")] = "runs/default",
+    model: ModelOpt = None,
+    saes: Annotated[Optional[str], typer.Option("--saes", help="Stage I run whose SAEs to use [default: OUT; trained first when OUT has none].")] = None,
+    source: Annotated[Optional[str], typer.Option("--from", help="Pretrained SAEs instead: SAELens folder, sparsify folder (layers.N/), or RELEASE:SAE_ID.")] = None,
+    layers: Annotated[Optional[str], typer.Option(help="Layers [default: 1..L-2, the paper's cut]: A-B or L,L,...")] = None,
+    prompt: Annotated[Optional[str], typer.Option(help="Prompt text [default: the R1 system prompt, with <think> and </think> twice each].")] = None,
+    prompt_file: Annotated[Optional[str], typer.Option(help="Several prompts (one per line, or JSONL with 'prompt'); a feature must qualify in every one.")] = None,
+    threshold: Annotated[float, typer.Option(help="Active means activation > threshold.")] = 0.0,
+    marker_rule: Annotated[str, typer.Option(help="Multi-token markers: any token of the span | last token | all tokens.")] = "any",
+    occurrences: Annotated[str, typer.Option(help="all: active at every <think> and </think> | any: at least one of each.")] = "all",
+    spliced: Annotated[bool, typer.Option("--spliced", help="Splice every SAE's reconstruction in at once; each SAE reads that model's activation.")] = False,
+    exclude_first: Annotated[bool, typer.Option("--exclude-first", help="Exclude position 0 even when the tokenizer adds no BOS (a sink token).")] = False,
+    hook: Annotated[str, typer.Option(help="resid_post | mlp_out (which SAEs of the run).")] = "resid_post",
+    allow_model_mismatch: Annotated[bool, typer.Option("--allow-model-mismatch", help="Use SAEs trained on another model of the same width.")] = False,
+    device: DeviceOpt = "cpu",
+    dtype: DtypeOpt = "float32",
+) -> None:
+    """Prompt-only reasoning features: SAE latents active only at <think> and </think>, counted per layer.
+
+    A latent is a reasoning feature at layer l when its activation exceeds --threshold at every <think>
+    and every </think> of the prompt (--occurrences any: at least one of each) and at no other position.
+    A multi-token marker counts as active when any token of its span is (--marker-rule last: its last
+    token; all: every token). A BOS the tokenizer prepends is excluded. With no options this runs on the
+    embedded model and, when OUT has no SAEs, trains them first (Stage I defaults, layers 1..L-2).
+    Writes OUT/features.json, OUT/counts.csv and OUT/figures/feature_counts.html/.png.
+
+    Example: resa-interp features --out runs/default
+    """
+    from pathlib import Path
+
+    from resa_interp.features import FeatureConfig, default_layers, format_table, read_prompts, run_features
+    from resa_interp.models import load_subject
+    from resa_interp.sae_io import run_sae_dirs
+
+    prompts = read_prompts(prompt, prompt_file)
+    cfg = FeatureConfig(threshold, marker_rule, occurrences, spliced, exclude_first)
+    subject = load_subject(model, dtype=dtype, device=device)
+    if source is None and saes is None and not run_sae_dirs(out, hook):
+        from resa_interp.saes import SAETrainConfig, train_saes
+
+        train_layers = layers or default_layers(subject.facts.n_layers)
+        typer.echo(f"{out} has no SAEs: training them first (Stage I defaults, layers {train_layers})")
+        train_saes(SAETrainConfig(model=model, layers=train_layers, hook=hook, device=device, model_dtype=dtype),
+                   out, subject=subject)
+    result = run_features(out, subject, cfg, prompts, saes, source, layers, hook, allow_model_mismatch)
+    typer.echo(format_table(result.layers))
+    typer.echo(f"features: {Path(out) / 'features.json'}  counts: {result.paths['counts']}  figure: {result.paths['figure']}")
+
+
 def main() -> None:
     """Console entry point: run the Typer app, turning bad input into one line and exit code 2."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -121,6 +121,8 @@ class Prefix:
     ids: Tensor
     acts: dict[int, Tensor]
     cache: object
+    logits: Tensor | None = None
+    """[len, vocab] when asked for."""
 
     def counted(self, exclude_first: int) -> dict[int, Tensor]:
         """The prefix activations at counted positions (the first `exclude_first` dropped)."""
@@ -175,21 +177,39 @@ class Harvester:
         return seen, None if out is None else out.logits
 
     @torch.inference_mode()
-    def run_prefix(self, ids: Sequence[int]) -> Prefix:
+    def run_prefix(self, ids: Sequence[int], keep_logits: bool = False) -> Prefix:
         """Run the shared prefix once (to the end, keeping its KV cache) and keep its activations."""
         device = next(self.model.parameters()).device
         tensor = torch.tensor([list(ids)], device=device)
         stop, self.stop_early = self.stop_early, False
         try:
-            seen, out = self._run(input_ids=tensor, use_cache=True, logits_to_keep=1)
+            seen, out = self._run(input_ids=tensor, use_cache=True, logits_to_keep=0 if keep_logits else 1)
         finally:
             self.stop_early = stop
         cache = getattr(out, "cache", None) or out.past_key_values
-        return Prefix(tensor, {layer: act[0].clone() for layer, act in seen.items()}, cache)
+        acts = {layer: act[0].clone() for layer, act in seen.items()}
+        return Prefix(tensor, acts, cache, out.logits[0] if keep_logits else None)
+
+    def capture_full(
+        self, batch: TextBatch, prefix: Prefix | None
+    ) -> tuple[dict[int, Tensor], Tensor | None]:
+        """Like `capture` on a suffix batch, but returned over whole texts: the prefix's activations (and
+        logits) repeated in front of every row."""
+        acts, logits = self.capture(batch.input_ids, batch.attention_mask, prefix)
+        if prefix is None:
+            return acts, logits
+        rows = batch.input_ids.shape[0]
+        full = {
+            layer: torch.cat([prefix.acts[layer].expand(rows, -1, -1), act], dim=1) for layer, act in acts.items()
+        }
+        if logits is not None and prefix.logits is not None:
+            logits = torch.cat([prefix.logits.expand(rows, -1, -1), logits], dim=1)
+        return full, logits
 
     def _run(self, **kwargs) -> tuple[dict[int, Tensor], object | None]:
         self._seen = {}
-        handles = [m.register_forward_hook(self._hook(layer)) for layer, m in self.modules.items()]
+        # prepend: see each module's own output, before any splice hook replaces it
+        handles = [m.register_forward_hook(self._hook(layer), prepend=True) for layer, m in self.modules.items()]
         out = None
         try:
             out = self.model(**kwargs)

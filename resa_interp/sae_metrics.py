@@ -12,12 +12,14 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from resa_interp.harvest import EncodedText, Harvester, make_batch
+from resa_interp.harvest import EncodedText, Harvester, Prefix, make_batch, shared_prefix_length
 from resa_interp.runs import atomic_write_json
-from resa_interp.sae_io import SAES_DIR, load_sae
+from resa_interp.sae_io import SAES_DIR
 from resa_interp.splice import spliced
 
 if TYPE_CHECKING:
+    from sae_lens import SAE
+
     from resa_interp.models import Subject
 
 METRICS_FILE = "metrics.json"
@@ -54,42 +56,56 @@ class _Sums:
         return 1.0 - self.sse / total
 
 
-def _kl_and_ce(clean: torch.Tensor, spliced_logits: torch.Tensor, ids: torch.Tensor, attn: torch.Tensor):
-    """Per-position KL(clean || spliced) [b, t] and next-token losses (clean, spliced) [b, t-1]."""
-    log_p = F.log_softmax(clean.float(), -1)
-    log_q = F.log_softmax(spliced_logits.float(), -1)
-    kl = (log_p.exp() * (log_p - log_q)).sum(-1)
-    target = ids[:, 1:]
-    ce_clean = F.cross_entropy(log_p[:, :-1].transpose(1, 2), target, reduction="none")
-    ce_spliced = F.cross_entropy(log_q[:, :-1].transpose(1, 2), target, reduction="none")
-    return kl, ce_clean, ce_spliced
+class _Reference:
+    """Clean next-token log-probabilities of a batch, computed once and compared with every spliced run."""
+
+    def __init__(self, clean_logits: torch.Tensor, ids: torch.Tensor):
+        self.log_p = F.log_softmax(clean_logits.float(), -1)
+        self.p = self.log_p.exp()
+        self.target = ids[:, 1:]
+        self.ce = self._ce(self.log_p)
+
+    def _ce(self, log_probs: torch.Tensor) -> torch.Tensor:
+        return -log_probs[:, :-1].gather(-1, self.target[..., None])[..., 0]
+
+    def compare(self, spliced_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-position KL(clean || spliced) [b, t] and the spliced next-token loss [b, t-1]."""
+        log_q = F.log_softmax(spliced_logits.float(), -1)
+        kl = (self.p * (self.log_p - log_q)).sum(-1)
+        return kl, self._ce(log_q)
 
 
 @torch.inference_mode()
 def evaluate_saes(
     subject: Subject,
-    sae_dirs: dict[int, Path],
+    saes: dict[int, SAE],
     hook: str,
     heldout: Sequence[EncodedText],
-    cfg,
+    keep_first: bool = False,
     batch_size: int = 8,
 ) -> list[dict]:
-    """One row of quality metrics per layer, measured on the held-out trigger texts."""
+    """One row of quality metrics per layer, measured on held-out trigger texts."""
     device = subject.device
-    saes = {layer: load_sae(path, device=str(device)) for layer, path in sae_dirs.items()}
-    exclude = 0 if cfg.keep_first else 1
+    exclude = 0 if keep_first else 1
     pad = subject.tokenizer.pad_token_id if subject.tokenizer.pad_token_id is not None else 0
     harvest = Harvester(subject.hf, hook, list(saes), stop_early=False)
+    n_prefix = shared_prefix_length(heldout)
+    prefix_ids = heldout[0].ids[:n_prefix]
+    clean_prefix = harvest.run_prefix(prefix_ids, keep_logits=True) if n_prefix else None
+    spliced_prefix: dict[int, Prefix] = {}
     stats = {
         layer: {"all": _Sums(), "qa": _Sums(), "l0": 0.0, "fired": torch.zeros(sae.cfg.d_sae, dtype=torch.bool,
                 device=device), "kl": [], "kl_qa": [], "ce_clean": [], "ce_spliced": []}
         for layer, sae in saes.items()
     }
     for start in range(0, len(heldout), batch_size):
-        batch = make_batch(heldout[start : start + batch_size], pad, exclude)
+        texts = heldout[start : start + batch_size]
+        batch = make_batch(texts, pad, exclude)
+        suffixes = make_batch(texts, pad, exclude, prefix_len=n_prefix)
         ids, attn = batch.input_ids.to(device), batch.attention_mask.to(device)
         mask, qa = batch.train_mask.to(device), batch.qa_mask.to(device)
-        acts, clean_logits = harvest.capture(ids, attn)
+        acts, clean_logits = harvest.capture_full(suffixes, clean_prefix)
+        reference = _Reference(clean_logits, ids)
         next_mask = mask[:, :-1] & attn[:, 1:].bool()
         for layer, sae in saes.items():
             row = stats[layer]
@@ -101,11 +117,15 @@ def evaluate_saes(
             row["l0"] += (latents > 0).sum().item()
             row["fired"] |= (latents > 0).any(0)
             with spliced(subject.hf, {(hook, layer): sae}, keep_first=exclude):
-                logits = subject.hf(input_ids=ids, attention_mask=attn, use_cache=False).logits
-            kl, ce_c, ce_s = _kl_and_ce(clean_logits, logits, ids, attn)
+                if n_prefix and layer not in spliced_prefix:
+                    spliced_prefix[layer] = harvest.run_prefix(prefix_ids, keep_logits=True)
+            # the suffixes start after the sink position, so every one of their positions is spliced
+            with spliced(subject.hf, {(hook, layer): sae}, keep_first=0 if n_prefix else exclude):
+                _, logits = harvest.capture_full(suffixes, spliced_prefix.get(layer))
+            kl, ce_s = reference.compare(logits)
             row["kl"].append(kl[mask])
             row["kl_qa"].append(kl[qa])
-            row["ce_clean"].append(ce_c[next_mask])
+            row["ce_clean"].append(reference.ce[next_mask])
             row["ce_spliced"].append(ce_s[next_mask])
     rows = []
     for layer, row in stats.items():
@@ -115,7 +135,6 @@ def evaluate_saes(
             {
                 "layer": layer,
                 "hook_name": saes[layer].cfg.metadata.hook_name,
-                "sae_path": str(sae_dirs[layer]),
                 "explained_variance": row["all"].explained_variance(),
                 "explained_variance_qa": row["qa"].explained_variance(),
                 "mse": row["all"].sse / max(row["all"].n, 1),

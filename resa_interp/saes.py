@@ -29,7 +29,7 @@ from resa_interp.harvest import EncodedText, Harvester, encode_texts, iter_batch
 from resa_interp.models import HOOKS, Subject, hook_name, load_subject
 from resa_interp.optimizers import Signum
 from resa_interp.runs import atomic_dir, atomic_write_bytes, record_stage, sha256_text
-from resa_interp.sae_io import SAES_DIR, sae_dir
+from resa_interp.sae_io import SAES_DIR, load_sae, sae_dir
 from resa_interp.topk_kernel import fast_select_dtype, normalize_rows, project_out_parallel_grad, reconstruction_loss
 
 log = logging.getLogger(__name__)
@@ -600,8 +600,10 @@ def train_saes(cfg: SAETrainConfig, run: str | Path, subject: Subject | None = N
                 checkpoint.save({"done": done, "group": None})
         checkpoint.clear()
 
-    metrics = evaluate_saes(subject, {layer: dirs[layer] for layer in layers}, cfg.hook, data.heldout, cfg)
+    final = {layer: load_sae(dirs[layer], device=str(subject.device)) for layer in layers}
+    metrics = evaluate_saes(subject, final, cfg.hook, data.heldout, keep_first=cfg.keep_first)
     for row in metrics:
+        row["sae_path"] = str(dirs[row["layer"]])
         row["dead_fraction_training"] = done.get(row["layer"])
     write_metrics(run, metrics)
     wall = time.time() - t0

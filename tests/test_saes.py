@@ -253,3 +253,28 @@ def test_source_errors(tiny_qwen2, tmp_path):
 def test_cli_errors_are_one_line(cli, tiny_qwen2, tmp_path):
     code, _, err = cli(["train-saes", "--model", tiny_qwen2, "--layers", "2-7", "--out", str(tmp_path)])
     assert code == 2 and err.strip() == "error: --layers '2-7': layer 4 is outside the model (0..3)"
+
+
+def test_paper_preset_is_appendix_a():
+    from resa_interp.cli import _build_config
+    from resa_interp.saes import PRESETS, R1_DISTILL
+
+    cfg = _build_config(SAETrainConfig, PRESETS, "paper", layers="10-14", k=None)
+    assert (cfg.model, cfg.dataset, cfg.hook) == (R1_DISTILL, "still", "resid_post")
+    assert (cfg.expansion_factor, cfg.k, cfg.optimizer, cfg.lr, cfg.tokens) == (64, 32, "signum", 2.5e-4, None)
+    assert cfg.layers == "10-14"  # what the user gave wins over the preset
+    with pytest.raises(ResaError, match="--preset 'fast' is unknown"):
+        _build_config(SAETrainConfig, PRESETS, "fast")
+
+
+def test_memory_plan_groups_layers_when_they_do_not_fit():
+    from resa_interp.saes import plan_memory
+
+    cfg = SAETrainConfig(expansion_factor=64, optimizer="signum", buffer_tokens=131_072, batch_tokens=32_768)
+    plan = plan_memory(cfg, d_in=1536, n_layers=28, device=torch.device("cpu"))
+    assert plan.per_layer_sae == 4 * (2 * 98_304 * 1536 + 98_304 + 1536) * 3
+    if plan.available is not None:
+        used = plan.group_size * (plan.per_layer_sae + plan.per_layer_buffer) + plan.step
+        assert used <= 0.8 * plan.available or plan.group_size == 1
+        assert plan.group_size < 28  # 65k-latent SAEs at 28 layers of a 1.5B model do not fit in 24 GiB
+    assert "per SAE" in plan.describe(28)
