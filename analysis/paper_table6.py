@@ -12,7 +12,7 @@ GaussianMixture, the simplest way the paper may have fitted. Writes into figures
   paper_table6_continuous_*             the same with the continuous likelihood
   paper_table6_comparison.md            paper vs this tool, side by side
 
-Run: .venv/bin/python analysis/paper_table6.py    (a few minutes on 2 cores)
+Run from the repository root: .venv/bin/python analysis/paper_table6.py    (about 4 minutes on 2 cores)
 """
 
 from __future__ import annotations
@@ -46,7 +46,8 @@ def main() -> None:
     parser.add_argument("--permutations", type=int, default=LayerConfig.permutations)
     args = parser.parse_args()
 
-    counts, scores = read_counts(TABLE), read_scores(TABLE, "avg")
+    table = TABLE.relative_to(ROOT) if Path.cwd() == ROOT else TABLE  # repository-relative paths in the outputs
+    counts, scores = read_counts(table), read_scores(table, "avg")
     results = {}
     for title, (stem, changes) in VARIANTS.items():
         config = LayerConfig(bootstrap=args.bootstrap, permutations=args.permutations, **changes)
