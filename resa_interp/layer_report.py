@@ -112,7 +112,11 @@ def tables(analysis: LayerAnalysis) -> list[Table]:
                 ["statistic", "value"],
                 [
                     ["Hellinger distance between the mixtures", _fmt(al.hellinger, 3)],
-                    [f"permutation p-value ({al.null.size} shuffles of scores over layers)", _fmt(al.p_value, 4)],
+                    [
+                        f"permutation p-value ({al.null.size} shuffles of scores over layers, statistic "
+                        f"{_fmt(al.statistic, 3)})",
+                        _fmt(al.p_value, 4),
+                    ],
                     ["weight L1 over matched components", _fmt(al.weight_l1, 3)],
                     ["entropy difference, scores − counts (nats)", _fmt(al.entropy_difference, 3)],
                     ["weight-entropy difference, scores − counts (nats)", _fmt(al.weight_entropy_difference, 3)],
@@ -232,10 +236,10 @@ def figures(analysis: LayerAnalysis) -> dict[str, go.Figure]:
     if al is not None and al.null.size:
         null = go.Figure(go.Histogram(x=al.null, nbinsx=40, name="shuffled scores", marker_color="#7f7f7f"))
         null.add_vline(
-            x=al.hellinger,
+            x=al.statistic,
             line_color=colours["scores"],
             line_width=3,
-            annotation_text=f"observed {al.hellinger:.3f}, p = {al.p_value:.3g}",
+            annotation_text=f"observed {al.statistic:.3f}, p = {al.p_value:.3g}",
         )
         null.update_layout(
             title="Hellinger distance to the count mixture: observed vs scores shuffled over layers",

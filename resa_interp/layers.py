@@ -160,8 +160,10 @@ class Alignment:
     weight_entropy_difference: float
     hellinger: float
     """Hellinger distance between the two mixture densities (0 identical, 1 disjoint)."""
+    statistic: float | None
+    """The distance the test uses: the observed scores refitted exactly as the shuffles are (the same starts)."""
     p_value: float | None
-    """P(distance ≤ observed) with scores shuffled over layers, (1 + #{null ≤ obs}) / (1 + permutations)."""
+    """P(distance ≤ statistic) with scores shuffled over layers, (1 + #{null ≤ statistic}) / (1 + permutations)."""
     null: np.ndarray = field(repr=False)
     """Distances of the shuffled-score fits."""
 
@@ -220,7 +222,8 @@ class LayerAnalysis:
             ),
             "p_value": (
                 f"{cfg.permutations} permutations of the scores over layers, score mixture refitted each time; "
-                "p = (1 + #{null distance <= observed}) / (1 + permutations): small means aligned beyond chance"
+                "the statistic is the distance of the observed scores refitted the same way (same starts); "
+                "p = (1 + #{null distance <= statistic}) / (1 + permutations): small means aligned beyond chance"
             ),
         }
         return _rounded(
@@ -589,19 +592,20 @@ def _align(
         for i, j in zip(rows, cols)
     ]
     observed = hellinger(a, b)
-    null = np.array([])
+    null, statistic = np.array([]), None
     if config.permutations:
         rng = np.random.default_rng(perm_seed)
-        shuffled = np.stack([rng.permutation(scores.data.weights) for _ in range(config.permutations)])
-        fits = _fit_batch(scores.data, shuffled, config.components, config, fit_seed, progress).mixtures
-        null = np.array([hellinger(a, m) for m in fits])
+        rows = [scores.data.weights] + [rng.permutation(scores.data.weights) for _ in range(config.permutations)]
+        fits = _fit_batch(scores.data, np.stack(rows), config.components, config, fit_seed, progress).mixtures
+        statistic, null = hellinger(a, fits[0]), np.array([hellinger(a, m) for m in fits[1:]])
     return Alignment(
         pairs=pairs,
         weight_l1=sum(p.abs_weight_diff for p in pairs),
         entropy_difference=scores.entropy - counts.entropy,
         weight_entropy_difference=scores.weight_entropy - counts.weight_entropy,
         hellinger=observed,
-        p_value=float((1 + (null <= observed).sum()) / (1 + null.size)) if null.size else None,
+        statistic=statistic,
+        p_value=float((1 + (null <= statistic).sum()) / (1 + null.size)) if null.size else None,
         null=null,
     )
 
@@ -668,6 +672,7 @@ def _alignment_dict(al: Alignment) -> dict[str, Any]:
         "entropy_difference": al.entropy_difference,
         "weight_entropy_difference": al.weight_entropy_difference,
         "hellinger": al.hellinger,
+        "statistic": al.statistic,
         "p_value": al.p_value,
         "permutations": int(al.null.size),
         "null_hellinger_quantiles": (

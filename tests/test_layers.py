@@ -191,8 +191,8 @@ def test_permutation_p_value_small_when_aligned_and_not_when_shuffled(tmp_path):
     good = analyze_layers(c, read_scores(tmp_path / "aligned.csv"), cfg).alignment
     bad = analyze_layers(c, read_scores(tmp_path / "shuffled.csv"), cfg).alignment
     assert good.p_value == pytest.approx(0.01)  # no shuffle comes as close as the aligned scores
-    assert good.hellinger < np.percentile(good.null, 1)
-    assert bad.p_value > 0.2 and bad.hellinger > good.hellinger
+    assert good.statistic == pytest.approx(good.hellinger, abs=1e-6) and good.statistic < np.percentile(good.null, 1)
+    assert bad.p_value > 0.2 and bad.statistic > good.statistic
     assert [(p.counts_component, p.scores_component) for p in good.pairs] == [(0, 0), (1, 1), (2, 2)]
     assert max(p.abs_mean_diff for p in good.pairs) < 1.0
 
