@@ -47,6 +47,23 @@ def write_adapter_facts(adapter: str | Path, model: PreTrainedModel, base_model:
     atomic_write_json(Path(adapter) / ADAPTER_FACTS, {"base_model": base_model, **model_facts(model)})
 
 
+def save_adapter(peft_model, out: str | Path, base_model: str) -> Path:
+    """Save a peft model's adapter (plus which model it was trained on) into `out`, atomically."""
+    from resa_interp.runs import atomic_dir
+
+    with atomic_dir(out) as tmp:
+        peft_model.save_pretrained(tmp)
+        write_adapter_facts(tmp, peft_model.get_base_model(), base_model)
+        world_readable(tmp)
+    return Path(out)
+
+
+def world_readable(root: Path) -> None:
+    """Files under `root` readable by all (safetensors writes 0600), like every other artifact of a run."""
+    for path in root.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+
+
 def adapter_shapes(adapter: str | Path) -> dict[str, dict[str, tuple[int, ...]]]:
     """Module path -> {'lora_A': shape, 'lora_B': shape} for every LoRA pair in the adapter's weight file."""
     path = Path(adapter)
@@ -140,4 +157,5 @@ def attach(adapter: str | Path, model: str | None, out: str | Path, dtype: str =
     with atomic_dir(out) as tmp:
         merged.save_pretrained(tmp)
         AutoTokenizer.from_pretrained(path).save_pretrained(tmp)
+        world_readable(tmp)
     return Path(out)

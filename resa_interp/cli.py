@@ -205,3 +205,7 @@ def _command_path(exc: Exception) -> str:
     if exc.ctx is None or exc.ctx.parent is None:
         return ""
     return f"{exc.ctx.info_name} "
+
+
+if __name__ == "__main__":
+    main()

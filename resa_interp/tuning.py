@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from resa_interp.errors import ResaError
+from resa_interp.sae_recon import SAEReconstruction
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -316,30 +317,6 @@ class StepRecord:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
 
-class _SAEProbe:
-    """Records the SAE's input and reconstruction during a forward (SAELens hook points)."""
-
-    def __init__(self, sae: SAE):
-        self.seen: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self._input: torch.Tensor | None = None
-        self.handles = [
-            sae.hook_sae_input.register_forward_hook(self._on_input),
-            sae.hook_sae_recons.register_forward_hook(self._on_recons),
-        ]
-
-    def _on_input(self, _module, _args, output):
-        self._input = output.detach()
-
-    def _on_recons(self, _module, _args, output):
-        self.seen.append((self._input, output.detach()))
-
-    def mse(self, keep_first: int) -> float:
-        """MSE over everything recorded since the last call (then forgotten)."""
-        errors = [((r - x)[:, keep_first:].float() ** 2).mean() for x, r in self.seen]
-        self.seen.clear()
-        return float(torch.stack(errors).mean()) if errors else float("nan")
-
-
 class SAETuner:
     """The model, SAE, optimizer and schedule of one run, and its optimizer step. `tune` drives it; tests and
     benchmarks call `train_step` directly."""
@@ -367,20 +344,23 @@ class SAETuner:
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=config.detach_sae)],
         )
         device = self.accelerator.device
+        self.device = "cpu" if device.type == "cpu" else str(device)
+        """The process's device as a string libraries accept (multi-CPU runs report 'cpu:0')."""
         dtype = config.dtype
         if dtype == "auto":
             dtype = "bfloat16" if device.type == "cuda" else "float32"
         set_seed(config.seed)
-        self.subject: Subject = load_subject(config.model, dtype=dtype, device=str(device))
+        self.subject: Subject = load_subject(config.model, dtype=dtype, device=self.device)
         self.sae: SAE | None = None
-        self.probe: _SAEProbe | None = None
+        self.recon: SAEReconstruction | None = None
+        """What is spliced in: the SAE's reconstruction (sparse for TopK), recording its input and output."""
         if self.choice is not None:
             self.subject.check_layer(self.choice.layer)
-            sae = load_sae(self.choice.path, device=str(device))
+            sae = load_sae(self.choice.path, device=self.device)
             check_sae_fits(sae, self.subject, self.choice.hook, self.choice.layer)
             self.choice = replace(self.choice, source_model=sae.cfg.metadata.model_name)
             self.sae = sae.to(dtype=self.subject.dtype).eval().requires_grad_(False)
-            self.probe = _SAEProbe(self.sae)
+            self.recon = SAEReconstruction(self.sae)
         self.examples, self.data_fingerprint = encode_examples(config, self.subject.tokenizer)
         self.model = self._peft_model()
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
@@ -426,7 +406,7 @@ class SAETuner:
         from resa_interp.models import hook_module
         from resa_interp.splice import spliced
 
-        if self.sae is None:
+        if self.recon is None:
             yield
             return
         hook, layer = self.choice.hook, self.choice.layer
@@ -434,7 +414,7 @@ class SAETuner:
             if self.config.detach_sae:  # runs before the splice's hook: the whole hookpoint output is cut off
                 handle = hook_module(self.model, hook, layer).register_forward_hook(_detached)
                 stack.callback(handle.remove)
-            stack.enter_context(spliced(self.model, {(hook, layer): self.sae}, keep_first=self.config.keep_first))
+            stack.enter_context(spliced(self.model, {(hook, layer): self.recon}, keep_first=self.config.keep_first))
             yield
 
     def _micro_loss(self, ids: torch.Tensor) -> tuple[torch.Tensor, float]:
@@ -469,7 +449,7 @@ class SAETuner:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         stats = torch.tensor(
-            [sum(values) / len(values), self.probe.mse(config.keep_first) if self.probe else 0.0, float(tokens)],
+            [sum(values) / len(values), self.recon.take_mse(config.keep_first) if self.recon else 0.0, float(tokens)],
             device=accelerator.device,
             dtype=torch.float64,
         )
@@ -527,6 +507,7 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 def _save_checkpoint(tuner: SAETuner, out: Path, step: int, elapsed_s: float) -> None:
+    from resa_interp.adapters import save_adapter
     from resa_interp.runs import atomic_dir
 
     accelerator = tuner.accelerator
@@ -537,7 +518,7 @@ def _save_checkpoint(tuner: SAETuner, out: Path, step: int, elapsed_s: float) ->
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         with atomic_dir(target) as tmp:
-            tuner.model.save_pretrained(tmp / "adapter")
+            save_adapter(tuner.model, tmp / "adapter", tuner.subject.spec)
             for rank in range(accelerator.num_processes):
                 (target.parent / f".rng-step-{step:06d}-rank{rank}.pt").rename(tmp / f"rng-{rank}.pt")
             torch.save(
@@ -556,7 +537,7 @@ def _load_checkpoint(tuner: SAETuner, checkpoint: Path) -> dict[str, Any]:
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    weights = load_file(str(checkpoint / "adapter" / "adapter_model.safetensors"), device=str(tuner.accelerator.device))
+    weights = load_file(str(checkpoint / "adapter" / "adapter_model.safetensors"), device=tuner.device)
     set_peft_model_state_dict(tuner.model, weights)
     state = torch.load(checkpoint / "state.pt", map_location="cpu", weights_only=False)
     tuner.optimizer.load_state_dict(state["optimizer"])
@@ -619,8 +600,8 @@ def tune(
     checkpoints/, manifest.json. `on_step` is called after every optimizer step (on every process)."""
     from tqdm.auto import tqdm
 
-    from resa_interp.adapters import attach, write_adapter_facts
-    from resa_interp.runs import atomic_dir, atomic_write_json, atomic_write_text, record_stage
+    from resa_interp.adapters import attach, save_adapter
+    from resa_interp.runs import atomic_write_json, atomic_write_text, record_stage
 
     out = Path(out)
     checkpoint = _prepare_out(config, out)
@@ -658,14 +639,9 @@ def tune(
     wall = elapsed_before + time.perf_counter() - began
     tokens = sum(r.tokens for r in records)
     accelerator.wait_for_everyone()
-    if tuner.probe is not None:
-        for handle in tuner.probe.handles:
-            handle.remove()
     adapter, merged = out / "adapter", out / "merged"
     if main:
-        with atomic_dir(adapter) as tmp:
-            tuner.model.save_pretrained(tmp)
-            write_adapter_facts(tmp, tuner.subject.hf, tuner.subject.spec)
+        save_adapter(tuner.model, adapter, tuner.subject.spec)
         attach(adapter, config.model, merged)
         record_stage(out, STAGE, _manifest(tuner, records, wall, tokens))
     accelerator.wait_for_everyone()

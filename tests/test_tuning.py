@@ -100,15 +100,17 @@ def test_kl_and_cross_entropy_match_the_textbook_formulas():
 # ------------------------------------------------------------------------------------------ the splice
 
 
-@pytest.mark.parametrize("which,hook,layer", [("random", "resid_post", 1), ("random_mlp", "mlp_out", 2)])
-def test_sae_reads_the_hooked_transformer_activation(tiny_qwen2, saes, which, hook, layer):
-    tuner = SAETuner(tiny_config(tiny_qwen2, saes[which]))
+@pytest.mark.parametrize("arch,which,hook,layer", [
+    ("qwen2", "random", "resid_post", 1), ("qwen2", "random_mlp", "mlp_out", 2), ("llama", "random", "resid_post", 1)])
+def test_sae_reads_the_hooked_transformer_activation(tiny_qwen2, tiny_llama, saes, arch, which, hook, layer):
+    model = tiny_qwen2 if arch == "qwen2" else tiny_llama
+    tuner = SAETuner(tiny_config(model, saes[which]))
     assert (tuner.choice.hook, tuner.choice.layer) == (hook, layer)
     read = []
-    tuner.sae.register_forward_pre_hook(lambda _m, args: read.append(args[0].detach().clone()))
+    tuner.recon.register_forward_pre_hook(lambda _m, args: read.append(args[0].detach().clone()))
     tuner.train_step(0)
     ids = tuner.examples[tuner.schedule.indices(0, 0)[0]]
-    _, cache = load_subject(tiny_qwen2).hooked.run_with_cache(ids[None])
+    _, cache = load_subject(model).hooked.run_with_cache(ids[None])
     expected = cache[hook_name(hook, layer)]
     assert len(read) == 1 and read[0].shape == expected.shape
     assert torch.allclose(read[0], expected, atol=1e-5), (read[0] - expected).abs().max()
@@ -298,8 +300,9 @@ def test_cli_errors_are_one_line(cli, tiny_qwen2, saes, tmp_path):
 
 @pytest.mark.slow
 def test_tuning_the_embedded_model_lowers_kl(embedded, tmp_path):
-    """A PCA-built TopK SAE (±64 top principal directions of layer 12, k 32) spliced into SmolLM2: the SAE
-    reads the HookedTransformer's activation, and 24 steps over the same 6 examples lower the KL."""
+    """A PCA-built TopK SAE (the 64 top principal directions of layer 12 and their negatives, k 32) spliced into SmolLM2: the SAE
+    reads the HookedTransformer's activation, and 24 steps over the same 6 examples (the paper's short
+    template, so that steps are quick) lower the KL."""
     from resa_interp.data import load_qa
     from resa_interp.templates import format_trigger
 
@@ -308,8 +311,8 @@ def test_tuning_the_embedded_model_lowers_kl(embedded, tmp_path):
     handle = embedded.hook_module("resid_post", layer).register_forward_hook(
         lambda _m, _i, out: acts.append((out[0] if isinstance(out, tuple) else out)[0, 1:].detach()))
     with torch.no_grad():
-        for e in load_qa("synthetic", limit=32, seed=1):
-            embedded.hf(**embedded.tokenizer(format_trigger(e.problem, e.answer), return_tensors="pt"))
+        for e in load_qa("synthetic", limit=16, seed=1):
+            embedded.hf(**embedded.tokenizer(format_trigger(e.problem, e.answer, "short"), return_tensors="pt"))
     handle.remove()
     x = torch.cat(acts)
     _, _, v = torch.linalg.svd(x - x.mean(0), full_matrices=False)
@@ -317,10 +320,10 @@ def test_tuning_the_embedded_model_lowers_kl(embedded, tmp_path):
     sae = save_topk_sae(tmp_path / "sae", torch.cat([pcs.T, -pcs.T], 1), torch.cat([pcs, -pcs], 0), 32, hook,
                         b_dec=x.mean(0), source="smollm2-135m")
 
-    config = preset_config("cpu", sae=sae, limit=6, steps=24, save_every=None, device="cpu")
+    config = preset_config("cpu", sae=sae, limit=6, steps=24, template="short", save_every=None, device="cpu")
     tuner = SAETuner(config)
     read = []
-    tuner.sae.register_forward_pre_hook(lambda _m, args: read.append(args[0].detach().clone()))
+    tuner.recon.register_forward_pre_hook(lambda _m, args: read.append(args[0].detach().clone()))
     tuner.train_step(0)
     ids = tuner.examples[tuner.schedule.indices(0, 0)[0]]
     _, cache = embedded.hooked.run_with_cache(ids[None], names_filter=hook)
@@ -329,6 +332,35 @@ def test_tuning_the_embedded_model_lowers_kl(embedded, tmp_path):
 
     result = tune(config, tmp_path / "run")
     kl = [r.kl for r in result.records]
+    print("KL per step:", " ".join(f"{v:.4f}" for v in kl))
     assert sum(kl[-6:]) < 0.8 * sum(kl[:6]), kl  # the same 6 examples in the first and the last epoch
     stage = json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"]["tune"]
     assert stage["source_model"] == "smollm2-135m" and stage["sae"]["d_in"] == 576
+
+
+@pytest.mark.slow
+def test_two_processes_under_torchrun_share_the_data(tiny_qwen2, saes, tmp_path):
+    """The same command under a DDP launcher (2 CPU processes, gloo): each step reads one example per process."""
+    import os
+    import subprocess
+    import sys
+
+    from transformers import AutoTokenizer
+
+    from resa_interp.tuning import Schedule, encode_examples
+
+    out = tmp_path / "ddp"
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533"]
+    command = ["-m", "resa_interp.cli", "tune", "--model", tiny_qwen2, "--sae", saes["random"], "--steps", "4",
+               "--limit", "8", "--lr", "1e-3", "--device", "cpu", "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(launcher + command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    stage = json.loads((out / "manifest.json").read_text())["stages"]["tune"]
+    assert stage["processes"] == 2
+    config = TuneConfig(limit=8)  # the cpu preset's data with --limit 8 and the default seed
+    examples, _ = encode_examples(config, AutoTokenizer.from_pretrained(tiny_qwen2))
+    schedule = Schedule(len(examples), world=2, grad_accum=1, total_steps=4, seed=config.seed, shuffle=True)
+    logged = [json.loads(line)["tokens"] for line in (out / "train_log.jsonl").read_text().splitlines()]
+    expected = [sum(len(examples[i]) for rank in (0, 1) for i in schedule.indices(step, rank)) for step in range(4)]
+    assert logged == expected
