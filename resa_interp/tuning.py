@@ -325,7 +325,9 @@ class SAETuner:
         from accelerate import Accelerator, DistributedDataParallelKwargs
         from accelerate.utils import set_seed
 
-        from resa_interp.models import load_subject
+        from transformers import AutoTokenizer
+
+        from resa_interp.models import load_subject, resolve_model_path
         from resa_interp.sae_io import check_sae_fits, load_sae
 
         if config.kl_reduction not in KL_REDUCTIONS:
@@ -339,6 +341,9 @@ class SAETuner:
             raise ResaError(f"device {config.device!r}: accepted auto, cpu, cuda (one GPU per process)")
         self.config = config
         self.choice = None if config.no_sae else resolve_sae(config)
+        # the data first: a dataset without answers is refused before a large model is loaded
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(config.model))
+        self.examples, self.data_fingerprint = encode_examples(config, tokenizer)
         self.accelerator = accelerator or Accelerator(
             cpu=config.device == "cpu",
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=config.detach_sae)],
@@ -361,7 +366,6 @@ class SAETuner:
             self.choice = replace(self.choice, source_model=sae.cfg.metadata.model_name)
             self.sae = sae.to(dtype=self.subject.dtype).eval().requires_grad_(False)
             self.recon = SAEReconstruction(self.sae)
-        self.examples, self.data_fingerprint = encode_examples(config, self.subject.tokenizer)
         self.model = self._peft_model()
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
@@ -417,18 +421,18 @@ class SAETuner:
             stack.enter_context(spliced(self.model, {(hook, layer): self.recon}, keep_first=self.config.keep_first))
             yield
 
-    def _micro_loss(self, ids: torch.Tensor) -> tuple[torch.Tensor, float]:
+    def _micro_loss(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Loss of one sequence (what is optimised) and the logged value (per-token KL or cross-entropy)."""
         config = self.config
         if config.no_sae:
             loss = next_token_loss(self.wrapped(input_ids=ids, use_cache=False).logits, ids)
-            return loss, float(loss.detach())
+            return loss, loss.detach()
         with torch.no_grad(), self.model.disable_adapter():
             teacher = self.model(input_ids=ids, use_cache=False).logits
         with self._student():
             student = self.wrapped(input_ids=ids, use_cache=False).logits
         kl = kl_per_token(teacher, student)
-        return reduce_kl(kl, config.kl_reduction), float(kl.detach().mean())
+        return reduce_kl(kl, config.kl_reduction), kl.detach().mean()
 
     def train_step(self, step: int) -> StepRecord:
         """Optimizer step `step` (0-based): its micro-batches forward and backward, clip, AdamW, schedule."""
@@ -448,19 +452,17 @@ class SAETuner:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        stats = torch.tensor(
-            [sum(values) / len(values), self.recon.take_mse(config.keep_first) if self.recon else 0.0, float(tokens)],
-            device=accelerator.device,
-            dtype=torch.float64,
-        )
-        mean = accelerator.reduce(stats, "mean")
-        metric = {"ce": float(mean[0])} if config.no_sae else {"kl": float(mean[0]), "sae_mse": float(mean[1])}
+        mse = self.recon.take_mse(config.keep_first) if self.recon else 0.0
+        value = torch.stack(values).double().mean().item()
+        stats = torch.tensor([value, mse, tokens], dtype=torch.float64, device=accelerator.device)
+        mean = accelerator.reduce(stats, "mean").tolist()
+        metric = {"ce": mean[0]} if config.no_sae else {"kl": mean[0], "sae_mse": mean[1]}
         return StepRecord(
             step=step + 1,
             epoch=self.schedule.epoch_of(step),
             lr=lr,
             grad_norm=float(grad_norm),
-            tokens=int(round(float(mean[2]) * accelerator.num_processes)),
+            tokens=int(round(mean[2] * accelerator.num_processes)),
             **metric,
         )
 
