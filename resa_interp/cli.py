@@ -94,6 +94,120 @@ def info(
         typer.echo(f"{key:<{width}}  {value}")
 
 
+def _build_config(cls, presets: dict, preset: str | None, **given):
+    """Dataclass defaults, then the named preset, then every option the user actually gave."""
+    import dataclasses
+
+    if preset is not None and preset not in presets:
+        raise ResaError(f"--preset {preset!r} is unknown; accepted: {', '.join(presets)}")
+    values = {f.name: f.default for f in dataclasses.fields(cls)}
+    values.update(presets.get(preset, {}))
+    values.update({k: v for k, v in given.items() if v is not None})
+    return cls(**values)
+
+
+@app.command("train-saes")
+def train_saes_cmd(
+    out: Annotated[str, typer.Option("--out", "-o", help="Run directory; SAEs go to OUT/saes/<hook_name>/.")],
+    model: ModelOpt = None,
+    dataset: Annotated[Optional[str], typer.Option(help="Trigger QA data: synthetic (default), still, deepscaler, a hub id, or a .json/.jsonl/.csv/.parquet file.")] = None,
+    layers: Annotated[Optional[str], typer.Option(help="all (default) | A-B | L,L,...")] = None,
+    hook: Annotated[Optional[str], typer.Option(help="resid_post (default: output of decoder layer l, as the authors' code) | mlp_out (the paper's text).")] = None,
+    mode: Annotated[Optional[str], typer.Option(help="scratch (default) | finetune (start from --from) | pretrained (import --from as is).")] = None,
+    source: Annotated[Optional[str], typer.Option("--from", help="Pretrained SAEs: SAELens folder or run, EleutherAI sparsify folder (layers.N/), or RELEASE:SAE_ID.")] = None,
+    k: Annotated[Optional[int], typer.Option("--k", help="Active latents per token [default: 32].")] = None,
+    expansion_factor: Annotated[Optional[int], typer.Option(help="Latents per model dimension [default: 8 on CPU; the paper: 64].")] = None,
+    tokens: Annotated[Optional[int], typer.Option(help="Training tokens per SAE [default: 98304]; 0 = one epoch over the dataset.")] = None,
+    batch_tokens: Annotated[Optional[int], typer.Option(help="Tokens per optimizer step [default: 1024].")] = None,
+    optimizer: Annotated[Optional[str], typer.Option(help="adam (default) | signum (the paper).")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Constant learning rate [default: 2e-3; paper preset 2.5e-4 with signum].")] = None,
+    group_size: Annotated[Optional[int], typer.Option(help="Layers per shared forward pass [default: as many as fit in memory].")] = None,
+    template: Annotated[Optional[str], typer.Option(help="r1 (default: the authors' template) | short (the paper's text).")] = None,
+    problem_column: Annotated[Optional[str], typer.Option(help="Question column of --dataset.")] = None,
+    answer_column: Annotated[Optional[str], typer.Option(help="Answer column of --dataset.")] = None,
+    keep_first: Annotated[bool, typer.Option("--keep-first", help="Also train on the first (sink) position.")] = False,
+    seed: Annotated[Optional[int], typer.Option(help="Seed [default: 0].")] = None,
+    preset: Annotated[Optional[str], typer.Option(help="paper: R1-Distill-Qwen-1.5B, STILL, resid_post, x64, k=32, signum 2.5e-4, one epoch.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Require an interrupted run in OUT and continue it (a matching one is resumed anyway).")] = False,
+    device: Annotated[Optional[str], typer.Option(help="cpu (default), cuda, auto.")] = None,
+    dtype: Annotated[Optional[str], typer.Option("--dtype", help="Model dtype: float32 (default) | bfloat16.")] = None,
+) -> None:
+    """Stage I: train TopK SAEs at every selected layer from one shared forward pass per batch.
+
+    Trigger data is CoT-free: the R1 system prompt, the question, and only the final answer between
+    <think> and </think>. Prints the memory plan, shows progress with tokens/s, checkpoints and resumes,
+    then writes held-out quality per layer (explained variance, L0, dead latents, spliced-in KL) to
+    OUT/saes/metrics.json and prints it.
+
+    Example: resa-interp train-saes --layers 3,12,24 --out runs/demo
+    """
+    from resa_interp.sae_metrics import format_table
+    from resa_interp.saes import PRESETS, SAETrainConfig, train_saes
+
+    cfg = _build_config(
+        SAETrainConfig, PRESETS, preset,
+        model=model, dataset=dataset, layers=layers, hook=hook, mode=mode, source=source, k=k,
+        expansion_factor=expansion_factor, batch_tokens=batch_tokens, optimizer=optimizer, lr=lr,
+        group_size=group_size, template=template, problem_column=problem_column, answer_column=answer_column,
+        keep_first=keep_first or None, seed=seed, device=device, model_dtype=dtype,
+    )
+    if tokens is not None:
+        cfg.tokens = tokens or None
+    result = train_saes(cfg, out, resume=resume)
+    typer.echo(format_table(result.metrics))
+    typer.echo(f"SAEs: {out}/saes/  metrics: {out}/saes/metrics.json  figure: {out}/saes/metrics.html")
+
+
+@app.command()
+def features(
+    out: Annotated[str, typer.Option("--out", "-o", help="Run directory for features.json, counts.csv, figures/.")] = "runs/default",
+    model: ModelOpt = None,
+    saes: Annotated[Optional[str], typer.Option("--saes", help="Stage I run whose SAEs to use [default: OUT; trained first when OUT has none].")] = None,
+    source: Annotated[Optional[str], typer.Option("--from", help="Pretrained SAEs instead: SAELens folder, sparsify folder (layers.N/), or RELEASE:SAE_ID.")] = None,
+    layers: Annotated[Optional[str], typer.Option(help="Layers [default: 1..L-2, the paper's cut]: A-B or L,L,...")] = None,
+    prompt: Annotated[Optional[str], typer.Option(help="Prompt text [default: the R1 system prompt, with <think> and </think> twice each].")] = None,
+    prompt_file: Annotated[Optional[str], typer.Option(help="Several prompts (one per line, or JSONL with 'prompt'); a feature must qualify in every one.")] = None,
+    threshold: Annotated[float, typer.Option(help="Active means activation > threshold.")] = 0.0,
+    marker_rule: Annotated[str, typer.Option(help="Multi-token markers: any token of the span | last token | all tokens.")] = "any",
+    occurrences: Annotated[str, typer.Option(help="all: active at every <think> and </think> | any: at least one of each.")] = "all",
+    spliced: Annotated[bool, typer.Option("--spliced", help="Splice every SAE's reconstruction in at once; each SAE reads that model's activation.")] = False,
+    exclude_first: Annotated[bool, typer.Option("--exclude-first", help="Exclude position 0 even when the tokenizer adds no BOS (a sink token).")] = False,
+    hook: Annotated[str, typer.Option(help="resid_post | mlp_out (which SAEs of the run).")] = "resid_post",
+    allow_model_mismatch: Annotated[bool, typer.Option("--allow-model-mismatch", help="Use SAEs trained on another model of the same width.")] = False,
+    device: DeviceOpt = "cpu",
+    dtype: DtypeOpt = "float32",
+) -> None:
+    """Prompt-only reasoning features: SAE latents active only at <think> and </think>, counted per layer.
+
+    A latent is a reasoning feature at layer l when its activation exceeds --threshold at every <think>
+    and every </think> of the prompt (--occurrences any: at least one of each) and at no other position.
+    A multi-token marker counts as active when any token of its span is (--marker-rule last: its last
+    token; all: every token). A BOS the tokenizer prepends is excluded. With no options this runs on the
+    embedded model and, when OUT has no SAEs, trains them first (Stage I defaults, layers 1..L-2).
+    Writes OUT/features.json, OUT/counts.csv and OUT/figures/feature_counts.html/.png.
+
+    Example: resa-interp features --out runs/default
+    """
+    from pathlib import Path
+
+    from resa_interp.features import FeatureConfig, default_layers, format_table, read_prompts, run_features
+    from resa_interp.models import load_subject
+    from resa_interp.sae_io import run_sae_dirs
+
+    prompts = read_prompts(prompt, prompt_file)
+    cfg = FeatureConfig(threshold, marker_rule, occurrences, spliced, exclude_first)
+    subject = load_subject(model, dtype=dtype, device=device)
+    if source is None and saes is None and not run_sae_dirs(out, hook):
+        from resa_interp.saes import SAETrainConfig, train_saes
+
+        train_layers = layers or default_layers(subject.facts.n_layers)
+        typer.echo(f"{out} has no SAEs: training them first (Stage I defaults, layers {train_layers})")
+        train_saes(SAETrainConfig(model=model, layers=train_layers, hook=hook, device=device, model_dtype=dtype),
+                   out, subject=subject)
+    result = run_features(out, subject, cfg, prompts, saes, source, layers, hook, allow_model_mismatch)
+    typer.echo(format_table(result.layers))
+    typer.echo(f"features: {Path(out) / 'features.json'}  counts: {result.paths['counts']}  figure: {result.paths['figure']}")
+
 @app.command()
 def tune(
     out: Annotated[str, typer.Option("--out", "-o", help="Output directory: adapter/, merged/, train_log.jsonl, checkpoints/, manifest.json.")],

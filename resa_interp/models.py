@@ -273,7 +273,9 @@ def load_subject(
 ) -> Subject:
     """Load a model spec (plus an optional peft LoRA adapter merged on load) as a `Subject`."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()
     path = resolve_model_path(spec)
     torch_dtype = resolve_dtype(dtype)
     target = _resolve_device(device)

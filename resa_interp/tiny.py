@@ -19,7 +19,7 @@ CHAT_TEMPLATE = (
 )
 
 
-def _tokenizer(vocab_size: int):
+def _tokenizer(vocab_size: int, special_markers: bool = True):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -27,12 +27,13 @@ def _tokenizer(vocab_size: int):
     from resa_interp.templates import format_trigger
 
     corpus = [R1_SYSTEM_PROMPT] + [format_trigger(e.problem, e.answer) for e in synthetic_qa(200, seed=0)]
+    specials = SPECIALS if special_markers else [t for t in SPECIALS if t not in (THINK, END_THINK)]
     tok = Tokenizer(models.BPE(unk_token=None))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=SPECIALS,
+        special_tokens=specials,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -41,7 +42,7 @@ def _tokenizer(vocab_size: int):
         tokenizer_object=tok,
         eos_token="<|endoftext|>",
         pad_token="<|endoftext|>",
-        additional_special_tokens=SPECIALS[1:],
+        additional_special_tokens=specials[1:],
         chat_template=CHAT_TEMPLATE,
     )
 
@@ -54,12 +55,17 @@ def build_tiny_model(
     d_model: int = 64,
     vocab_size: int = 512,
     seed: int = 0,
+    special_markers: bool = True,
 ) -> Path:
-    """Write a tiny random causal LM ('qwen2' untied, rope theta 31000; 'llama' tied) into `out`."""
-    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
+    """Write a tiny random causal LM ('qwen2' untied, rope theta 31000; 'llama' tied) into `out`.
 
+    With `special_markers` False, `<think>`/`</think>` are ordinary text split into several tokens."""
+    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     out = Path(out)
-    tokenizer = _tokenizer(vocab_size)
+    tokenizer = _tokenizer(vocab_size, special_markers)
     common = dict(
         vocab_size=len(tokenizer),
         hidden_size=d_model,

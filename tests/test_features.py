@@ -1,0 +1,207 @@
+"""Reasoning-feature extraction: planted latents recovered exactly under every rule; an independent recount
+on the embedded model; spliced mode; errors."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import pytest
+import torch
+
+from resa_interp.errors import ResaError
+from resa_interp.features import FeatureConfig, extract_features
+from resa_interp.models import load_subject
+from resa_interp.sae_import import build_topk_sae
+from resa_interp.templates import marker_spans
+from resa_interp.tiny import build_tiny_model
+
+PROMPT = "Solve: <think> x </think> then <think> y </think> done"
+LAYER = 2
+
+
+@pytest.fixture(scope="session")
+def tiny_multi(tmp_path_factory) -> str:
+    """Tiny Llama whose tokenizer splits <think> into several tokens (like SmolLM2)."""
+    return str(build_tiny_model(tmp_path_factory.mktemp("tiny") / "multi", "llama", special_markers=False))
+
+
+def _clean_acts(subject, ids, layer):
+    with torch.no_grad():
+        return subject.hf(torch.tensor([ids]), output_hidden_states=True).hidden_states[layer + 1][0]
+
+
+def _planted(subject, prompt):
+    """An SAE whose latents fire exactly on designed position sets (solved from the real activations).
+
+    Returns the SAE and, per latent, the set of positions where it is active."""
+    spans = marker_spans(prompt, subject.tokenizer)
+    think, end = spans.spans["<think>"], spans.spans["</think>"]
+    n = len(spans.token_ids)
+    everywhere_marker = {p for s, e in think + end for p in range(s, e)}
+    first_tok = {s for s, _ in think + end}
+    last_tok = {e - 1 for _, e in think + end}
+    designs = [
+        everywhere_marker,                                                   # 0: every token of every marker
+        last_tok,                                                            # 1: last token of every marker
+        first_tok,                                                           # 2: first token of every marker
+        everywhere_marker | {n - 1},                                         # 3: markers and elsewhere
+        {p for s, e in think for p in range(s, e)},                          # 4: only <think>
+        {p for s, e in (think[0], end[0]) for p in range(s, e)},             # 5: first occurrences only
+        {n - 1, 0},                                                          # 6: never at a marker
+    ]
+    x = _clean_acts(subject, spans.token_ids, LAYER)
+    assert n < x.shape[1], "the prompt must be shorter than d_model for exact planting"
+    targets = torch.tensor([[1.0 if p in d else -1.0 for d in designs] for p in range(n)])
+    w_enc = torch.linalg.lstsq(x.double(), targets.double()).solution.float()  # x @ w_enc == targets
+    assert torch.allclose(x @ w_enc, targets, atol=1e-3)
+    d_sae = len(designs)
+    sae = build_topk_sae(w_enc, torch.zeros(d_sae), torch.nn.functional.normalize(torch.randn(d_sae, x.shape[1]), dim=-1),
+                         torch.zeros(x.shape[1]), k=d_sae, metadata={"hook_name": f"blocks.{LAYER}.hook_resid_post"})
+    sae.cfg.apply_b_dec_to_input = False
+    return sae, designs, spans
+
+
+def _expected(designs, spans, rule, occurrences, n):
+    """Which designed latents meet the definition, computed from the designs alone."""
+    out = []
+    for fid, active in enumerate(designs):
+        ok = True
+        for marker in ("<think>", "</think>"):
+            per = []
+            for s, e in spans.spans[marker]:
+                tokens = set(range(s, e))
+                per.append({"any": bool(tokens & active), "last": (e - 1) in active, "all": tokens <= active}[rule])
+            ok &= all(per) if occurrences == "all" else any(per)
+        markers = {p for found in spans.spans.values() for s, e in found for p in range(s, e)}
+        ok &= not (active - markers)
+        if ok:
+            out.append(fid)
+    return out
+
+
+@pytest.mark.parametrize("which", ["single", "multi"])
+def test_planted_features_are_recovered_under_every_rule(which, tiny_qwen2, tiny_multi):
+    subject = load_subject(tiny_qwen2 if which == "single" else tiny_multi)
+    sae, designs, spans = _planted(subject, PROMPT)
+    if which == "single":
+        assert all(e - s == 1 for found in spans.spans.values() for s, e in found)
+    else:
+        assert all(e - s == 3 for found in spans.spans.values() for s, e in found)
+    seen = set()
+    for rule, occurrences in itertools.product(("any", "last", "all"), ("all", "any")):
+        cfg = FeatureConfig(marker_rule=rule, occurrences=occurrences)
+        _, layers = extract_features(subject, {LAYER: sae}, "resid_post", [PROMPT], cfg)
+        expected = _expected(designs, spans, rule, occurrences, len(spans.token_ids))
+        assert layers[0].features == expected, (rule, occurrences)
+        seen.add(tuple(expected))
+    assert 0 in _expected(designs, spans, "all", "all", 0) and 3 not in seen and 6 not in seen
+    if which == "multi":
+        assert len(seen) >= 3  # the rules really differ for multi-token markers
+
+
+def test_marker_activations_and_several_prompts(tiny_qwen2):
+    subject = load_subject(tiny_qwen2)
+    sae, designs, spans = _planted(subject, PROMPT)
+    cfg = FeatureConfig()
+    _, layers = extract_features(subject, {LAYER: sae}, "resid_post", [PROMPT], cfg)
+    acts = layers[0].marker_activations[str(0)][0]
+    assert len(acts["<think>"]) == 2 and all(v == pytest.approx(1.0, abs=1e-3) for v in acts["<think>"])
+    # a second prompt in which nothing was planted: a feature must qualify in every prompt
+    _, both = extract_features(subject, {LAYER: sae}, "resid_post", [PROMPT, "x <think> a </think> b"], cfg)
+    assert set(both[0].features) <= set(layers[0].features)
+
+
+def test_spliced_mode(tiny_qwen2):
+    subject = load_subject(tiny_qwen2)
+    planted, _, _ = _planted(subject, PROMPT)
+    d = subject.facts.d_model
+    eye = torch.eye(d)
+    # a perfect SAE (relu(x) - relu(-x) = x) at layer 1 leaves the model unchanged
+    perfect = build_topk_sae(torch.cat([eye, -eye], 1), torch.zeros(2 * d), torch.cat([eye, -eye]), torch.zeros(d),
+                             k=2 * d, metadata={"hook_name": "blocks.1.hook_resid_post"})
+    clean = extract_features(subject, {1: perfect, LAYER: planted}, "resid_post", [PROMPT], FeatureConfig())[1]
+    spliced = extract_features(subject, {1: perfect, LAYER: planted}, "resid_post", [PROMPT],
+                               FeatureConfig(spliced=True))[1]
+    assert spliced[1].features == clean[1].features and clean[1].count > 0
+    # a destructive SAE at layer 1 changes what layer 2 sees
+    broken = build_topk_sae(torch.cat([eye, -eye], 1), torch.zeros(2 * d), torch.zeros(2 * d, d), torch.zeros(d),
+                            k=2 * d, metadata={"hook_name": "blocks.1.hook_resid_post"})
+    changed = extract_features(subject, {1: broken, LAYER: planted}, "resid_post", [PROMPT],
+                               FeatureConfig(spliced=True))[1]
+    assert changed[1].features != clean[1].features
+
+
+@pytest.fixture(scope="session")
+def embedded_run(tmp_path_factory, embedded):
+    """A small Stage I run on the embedded model at three layers, shared by the integration tests."""
+    from resa_interp.saes import SAETrainConfig, train_saes
+
+    run = tmp_path_factory.mktemp("embedded") / "run"
+    train_saes(SAETrainConfig(layers="3,12,24", tokens=8192, heldout=8), run, subject=embedded)
+    return run
+
+
+def _independent_features(subject, run, layer, spans):
+    """The definition applied by hand: raw HF hidden states, a plain sae_lens encode, Python sets."""
+    from sae_lens import SAE
+
+    sae = SAE.load_from_disk(str(run / "saes" / f"blocks.{layer}.hook_resid_post"))
+    x = _clean_acts(subject, spans.token_ids, layer)
+    latents = sae.encode(x)
+    markers = {m: [set(range(s, e)) for s, e in found] for m, found in spans.spans.items()}
+    marker_positions = set().union(*markers["<think>"], *markers["</think>"])
+    found = []
+    for fid in range(latents.shape[1]):
+        active = {p for p in range(latents.shape[0]) if latents[p, fid] > 0}
+        at_every = all(occ & active for m in markers for occ in markers[m])
+        if at_every and not (active - marker_positions):
+            found.append(fid)
+    return found
+
+
+@pytest.mark.slow
+def test_embedded_features_match_an_independent_recount(cli, embedded, embedded_run):
+    code, out, _ = cli(["features", "--out", str(embedded_run), "--layers", "3,12,24"])
+    assert code == 0, out
+    doc = json.loads((embedded_run / "features.json").read_text())
+    spans = marker_spans(doc["prompts"][0]["text"], embedded.tokenizer)
+    assert doc["prompts"][0]["marker_spans"] == {"<think>": [[47, 50], [68, 71]], "</think>": [[50, 53], [74, 77]]}
+    assert doc["prompts"][0]["excluded_positions"] == [] and doc["definition"].startswith("Definition")
+    for layer in doc["layers"]:
+        assert layer["features"] == _independent_features(embedded, embedded_run, layer["layer"], spans)
+        assert 0 < layer["sae_quality"]["explained_variance"] <= 1
+    counts = (embedded_run / "counts.csv").read_text().splitlines()
+    assert counts[0] == "layer,count" and len(counts) == 4
+    assert (embedded_run / "figures" / "feature_counts.html").exists()
+    assert "EV q/a" in out
+
+
+def test_errors(cli, tiny_qwen2, tiny_llama, tmp_path):
+    from resa_interp.saes import SAETrainConfig, train_saes
+
+    run = tmp_path / "run"
+    train_saes(SAETrainConfig(model=tiny_qwen2, layers="1,2", expansion_factor=2, k=4, tokens=1024,
+                              batch_tokens=256, buffer_tokens=512, heldout=2, n_examples=30), run)
+    base = ["features", "--model", tiny_qwen2, "--saes", str(run), "--out", str(tmp_path / "f")]
+    cases = [
+        (base + ["--layers", "1,2", "--prompt", "no markers here"], "has no <think> and no </think>"),
+        (base + ["--layers", "1,2", "--prompt", "only <think> here"], "has no </think>"),
+        (base + ["--layers", "1,3"], "has no resid_post SAE for layer(s) 3"),
+        (base + ["--layers", "1,2", "--threshold", "abc"], "Invalid value for '--threshold'"),
+        (["features", "--model", tiny_llama, "--saes", str(run), "--layers", "1,2", "--out", str(tmp_path / "g")],
+         "was trained on"),
+    ]
+    for args, needle in cases:
+        code, _, err = cli(args)
+        assert code == 2 and needle in err and err.count("\n") == 1, (args[-2:], code, err, _)
+    code, out, _ = cli(base + ["--layers", "1,2"])
+    assert code == 0 and "count" in out
+
+
+def test_d_in_mismatch(tmp_path, tiny_qwen2):
+    subject = load_subject(tiny_qwen2)
+    wrong = build_topk_sae(torch.zeros(32, 8), torch.zeros(8), torch.zeros(8, 32), torch.zeros(32), k=2,
+                           metadata={"hook_name": "blocks.1.hook_resid_post"})
+    with pytest.raises(ResaError, match="d_in 32, the model has d_model 64"):
+        extract_features(subject, {1: wrong}, "resid_post", [PROMPT], FeatureConfig())
