@@ -19,6 +19,7 @@ import contextlib
 import json
 import random
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -397,7 +398,9 @@ class SAETuner:
             task_type="CAUSAL_LM",
         )
         try:
-            model = get_peft_model(self.subject.hf, lora)
+            with warnings.catch_warnings():  # peft 0.21 calls a transformers method deprecated in 5.x
+                warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+                model = get_peft_model(self.subject.hf, lora)
         except ValueError as exc:
             raise ResaError(
                 f"LoRA targets {', '.join(config.lora_targets)}: {str(exc).splitlines()[0]}; "
