@@ -165,6 +165,8 @@ def test_outputs_log_and_manifest(run, tiny_qwen2):
     assert stage["sae"]["hook_name"] == "blocks.1.hook_resid_post" and stage["source_model"] is None
     assert stage["tokens_seen"] == sum(line["tokens"] for line in lines) > 0
     assert stage["wall_s"] > 0 and stage["device"] == "cpu" and stage["steps"] == 40
+    for written in ("adapter/adapter_model.safetensors", "merged/model.safetensors"):
+        assert (out / written).stat().st_mode & 0o777 == 0o644, written
 
 
 def test_merged_weights_are_base_plus_lora_delta(run, tiny_qwen2):
