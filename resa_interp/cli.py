@@ -94,6 +94,79 @@ def info(
         typer.echo(f"{key:<{width}}  {value}")
 
 
+PAPER_TASK_LIST = "aime24,aime25,amc23,math_500,minerva,gpqa:diamond"
+
+
+@app.command("eval")
+def eval_command(
+    out: Annotated[str, typer.Option("--out", "-o", help="Output folder: scores.json, samples.jsonl.")],
+    model: Annotated[
+        Optional[str],
+        typer.Option(
+            "--model",
+            "-m",
+            help="Model spec (HF directory, .gguf, hub id, 'smollm2-135m') or a tuning output folder (its merged/ "
+            "model is evaluated).",
+        ),
+    ] = None,
+    tasks: Annotated[
+        str,
+        typer.Option(
+            "--tasks",
+            help="Comma-separated: the paper's aime24, aime25, amc23, math_500, minerva, gpqa:diamond (from the "
+            "hub), 'synthetic' (built-in held-out set), or local .jsonl files (problem, answer[, choices]).",
+        ),
+    ] = PAPER_TASK_LIST,
+    backend: Annotated[
+        str, typer.Option("--backend", help="vllm (lighteval on vLLM, GPU), transformers (local, CPU), or auto.")
+    ] = "auto",
+    samples: Annotated[int, typer.Option("--samples", help="Generations per problem; Pass@1 averages them.")] = 1,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Generation budget (paper: 32768).")] = 32768,
+    temperature: Annotated[float, typer.Option("--temperature", help="Sampling temperature (paper: 0.6).")] = 0.6,
+    top_p: Annotated[float, typer.Option("--top-p", help="Nucleus sampling (paper: 0.95).")] = 0.95,
+    limit: Annotated[Optional[int], typer.Option("--limit", help="Only the first N problems of each task.")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of sampling and of GPQA's option order.")] = 0,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Sequences per batch (transformers).")] = 8,
+    device: Annotated[str, typer.Option("--device", help="transformers backend: cpu, cuda, cuda:N or auto.")] = "auto",
+    dtype: Annotated[
+        Optional[str],
+        typer.Option("--dtype", help="float32, bfloat16 or float16 (default: bfloat16 on GPU, float32 on CPU)."),
+    ] = None,
+    gpu_memory_utilization: Annotated[
+        float, typer.Option("--gpu-memory-utilization", help="vLLM's share of GPU memory (paper: 0.7).")
+    ] = 0.7,
+    data_parallel_size: Annotated[
+        Optional[int], typer.Option("--data-parallel-size", help="vLLM replicas, one per GPU (default: all GPUs).")
+    ] = None,
+) -> None:
+    """Evaluate a model: zero-shot Pass@1 on the paper's tasks (lighteval + vLLM on GPU) or locally (transformers).
+
+    Writes OUT/scores.json and OUT/samples.jsonl and prints a table in the paper's column order with Avg.
+
+    Example: resa-interp eval --tasks synthetic --backend transformers --limit 20 --max-new-tokens 256 --out runs/eval
+    """
+    from resa_interp.eval_tasks import parse_task_list
+    from resa_interp.evaluation import EvalConfig, evaluate, format_table
+
+    config = EvalConfig(
+        backend=backend,
+        samples=samples,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        limit=limit,
+        seed=seed,
+        batch_size=batch_size,
+        device=device,
+        dtype=dtype,
+        gpu_memory_utilization=gpu_memory_utilization,
+        data_parallel_size=data_parallel_size,
+    )
+    result = evaluate(model, parse_task_list(tasks), out, config)
+    typer.echo(format_table(result))
+    typer.echo(f"wrote {out}/scores.json and {out}/samples.jsonl")
+
+
 def _build_config(cls, presets: dict, preset: str | None, **given):
     """Dataclass defaults, then the named preset, then every option the user actually gave."""
     import dataclasses

@@ -7,7 +7,8 @@ that tokenizes into several tokens, "at the occurrence" means on any token of it
 on its last token ('last'), or on every token of it ('all'). Positions outside all marker spans are "other".
 A BOS token the tokenizer prepends is not part of the prompt and is excluded. With several prompts, a latent
 must qualify in every one. By default each SAE reads the model's own clean activation; with `spliced`, every
-SAE's reconstruction is spliced in at once and each SAE reads the activation of that spliced model.
+SAE's reconstruction is spliced in at once (position 0, the sink the SAEs were not trained on, kept clean)
+and each SAE reads the activation of that spliced model.
 """
 
 from __future__ import annotations
@@ -150,7 +151,8 @@ def extract_features(
     for info in infos:
         ids = torch.tensor([info.token_ids])
         if cfg.spliced:
-            with splice_context(subject.hf, {(hook, layer): sae for layer, sae in saes.items()}, keep_first=0):
+            # position 0 keeps its clean activation: Stage I never trains on the sink position
+            with splice_context(subject.hf, {(hook, layer): sae for layer, sae in saes.items()}, keep_first=1):
                 acts = harvest(ids)
         else:
             acts = harvest(ids)

@@ -4,7 +4,7 @@
 # export of the plotly figures.
 #
 #   scripts/setup.sh            runtime only
-#   scripts/setup.sh dev        + what the test suite needs
+#   scripts/setup.sh dev        + what the test suite needs (the eval extra included)
 #   scripts/setup.sh dev,vllm   any extras of pyproject.toml, comma-separated ("dev" expands as above)
 #
 # TORCH_SPEC picks the torch build (default torch==2.13.0: the CPU wheel on this kind of machine's disk,
@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 extras="${1:-}"
-extras="${extras//dev/dev}"
+extras="${extras//dev/dev,eval}"
 python="${PYTHON:-python3}"
 torch_spec="${TORCH_SPEC:-torch==2.13.0}"
 
