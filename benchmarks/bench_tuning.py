@@ -47,14 +47,16 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="target model spec (default: embedded SmolLM2-135M)")
     parser.add_argument("--layer", type=int, default=12)
     parser.add_argument("--expansion", type=int, default=64, help="d_sae / d_in (paper: 64)")
-    parser.add_argument("--d-sae", type=int, default=None, help="latents, overriding --expansion (paper: 65,536 for d 1536)")
+    parser.add_argument("--d-sae", type=int, default=None,
+                        help="latents, overriding --expansion (paper: 65,536 for d 1536)")
     parser.add_argument("--k", type=int, default=32, help="TopK k (paper: 32)")
     parser.add_argument("--steps", type=int, default=8, help="timed steps of each kind")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--limit", type=int, default=16, help="synthetic examples to cycle through")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--detach-sae", action="store_true", help="time the authors' variant (no grad through the SAE)")
-    parser.add_argument("--dense", action="store_true", help="splice SAELens' own dense forward, not the sparse TopK path")
+    parser.add_argument("--dense", action="store_true",
+                        help="splice SAELens' own dense forward, not the sparse TopK path")
     args = parser.parse_args()
 
     import json
@@ -89,7 +91,8 @@ def main() -> None:
     spliced, plain = statistics.median(times[True]), statistics.median(times[False])
     print(f"device {tuner.accelerator.device}, dtype {tuner.subject.dtype}, torch threads {torch.get_num_threads()}")
     print(f"model {tuner.subject.spec} (d_model {d_in}), SAE at layer {args.layer}: d_sae {d_sae}, "
-          f"k {args.k}, {'sparse TopK' if spliced_sae.sparse else 'dense SAELens'} forward, detach {args.detach_sae}; sequences of {min(tokens)}-{max(tokens)} tokens")
+          f"k {args.k}, {'sparse TopK' if spliced_sae.sparse else 'dense SAELens'} forward, "
+          f"detach {args.detach_sae}; sequences of {min(tokens)}-{max(tokens)} tokens")
     print(f"KL-LoRA step with SAE spliced: median {spliced * 1e3:.1f} ms over {args.steps} steps")
     print(f"KL-LoRA step without SAE:      median {plain * 1e3:.1f} ms")
     print(f"ratio spliced / without: {spliced / plain:.3f}x (goal <= 1.15x)")

@@ -74,7 +74,8 @@ class TuneConfig:
     limit: int | None = None
     """Use only the first `limit` question/answer pairs (None: all)."""
     template: str = "r1"
-    """Elicitation template: 'r1' (R1 system prompt + User/Assistant, the authors' code) or 'short' (the paper's text)."""
+    """Elicitation template: 'r1' (R1 system prompt + User/Assistant, the authors' code) or 'short' (the
+    paper's text)."""
     max_length: int = 2048
     """Sequences are truncated to this many tokens (the authors' chunk length)."""
     epochs: int = 2
@@ -579,7 +580,9 @@ def _prepare_out(config: TuneConfig, out: Path) -> Path | None:
     saved = out / _CONFIG_FILE
     if not config.resume:
         if saved.exists() or (out / TRAIN_LOG).exists():
-            raise ResaError(f"output {str(out)!r} already holds a tuning run; pass --resume to continue it, or another --out")
+            raise ResaError(
+                f"output {str(out)!r} already holds a tuning run; pass --resume to continue it, or another --out"
+            )
         return None
     if saved.exists():
         before = {k: v for k, v in json.loads(saved.read_text()).items() if k not in _NOT_COMPARED_ON_RESUME}
@@ -671,7 +674,8 @@ def _manifest(tuner: SAETuner, records: list[StepRecord], wall: float, tokens: i
             "architecture": tuner.sae.cfg.architecture(),
         }
     return {
-        "objective": "next-token cross-entropy (CoT-free SFT)" if config.no_sae else "KL(teacher || SAE-spliced student)",
+        "objective": "next-token cross-entropy (CoT-free SFT)" if config.no_sae
+        else "KL(teacher || SAE-spliced student)",
         "source_model": tuner.choice.source_model if tuner.choice else None,
         "target_model": subject.spec,
         "target_model_path": str(subject.path),

@@ -92,7 +92,8 @@ def test_adapters_that_do_not_fit_are_refused(tiny_qwen2, tiny_llama, models, tm
 
 def test_cli_attach(cli, tiny_qwen2, tiny_llama, models, tmp_path):
     adapter = random_adapter(tiny_qwen2, tmp_path / "adapter")
-    code, out, err = cli(["attach", "--adapter", adapter, "--model", models["other_qwen2"], "--out", str(tmp_path / "m")])
+    args = ["attach", "--adapter", adapter, "--model", models["other_qwen2"], "--out", str(tmp_path / "m")]
+    code, out, err = cli(args)
     assert code == 0, err
     assert (tmp_path / "m" / "config.json").is_file() and "merged model written" in out
     for args, needle in [

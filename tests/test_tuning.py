@@ -222,7 +222,8 @@ def test_resume_equals_an_uninterrupted_run(tiny_qwen2, saes, tmp_path):
     resumed = tune(TuneConfig(**{**config.to_dict(), "resume": True}), tmp_path / "parts")
 
     assert (tmp_path / "parts" / "train_log.jsonl").read_text() == (tmp_path / "whole" / "train_log.jsonl").read_text()
-    a, b = load_file(str(whole.adapter / "adapter_model.safetensors")), load_file(str(resumed.adapter / "adapter_model.safetensors"))
+    a = load_file(str(whole.adapter / "adapter_model.safetensors"))
+    b = load_file(str(resumed.adapter / "adapter_model.safetensors"))
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
     assert resumed.tokens == whole.tokens
 
@@ -269,7 +270,8 @@ def test_cli_tune_on_a_tiny_model(cli, tiny_qwen2, saes, tmp_path):
     assert code == 0, stderr
     assert "3 steps, kl" in stdout
     config = json.loads((out / "adapter" / "adapter_config.json").read_text())
-    assert set(config["target_modules"]) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    assert set(config["target_modules"]) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                             "down_proj"}
     code, _, stderr = cli(args)  # the same --out again without --resume
     assert code == 2 and "already holds a tuning run" in stderr
     code, _, stderr = cli([*args[:-2], "--resume", "--lr", "5e-4", "--out", str(out)])
@@ -302,9 +304,9 @@ def test_cli_errors_are_one_line(cli, tiny_qwen2, saes, tmp_path):
 
 @pytest.mark.slow
 def test_tuning_the_embedded_model_lowers_kl(embedded, tmp_path):
-    """A PCA-built TopK SAE (the 64 top principal directions of layer 12 and their negatives, k 32) spliced into SmolLM2: the SAE
-    reads the HookedTransformer's activation, and 24 steps over the same 6 examples (the paper's short
-    template, so that steps are quick) lower the KL."""
+    """A PCA-built TopK SAE (the 64 top principal directions of layer 12 and their negatives, k 32) spliced
+    into SmolLM2: the SAE reads the HookedTransformer's activation, and 24 steps over the same 6 examples (the
+    paper's short template, so that steps are quick) lower the KL."""
     from resa_interp.data import load_qa
     from resa_interp.templates import format_trigger
 
