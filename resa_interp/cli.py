@@ -167,18 +167,6 @@ def eval_command(
     typer.echo(f"wrote {out}/scores.json and {out}/samples.jsonl")
 
 
-def _build_config(cls, presets: dict, preset: str | None, **given):
-    """Dataclass defaults, then the named preset, then every option the user actually gave."""
-    import dataclasses
-
-    if preset is not None and preset not in presets:
-        raise ResaError(f"--preset {preset!r} is unknown; accepted: {', '.join(presets)}")
-    values = {f.name: f.default for f in dataclasses.fields(cls)}
-    values.update(presets.get(preset, {}))
-    values.update({k: v for k, v in given.items() if v is not None})
-    return cls(**values)
-
-
 @app.command("train-saes")
 def train_saes_cmd(
     out: Annotated[str, typer.Option("--out", "-o", help="Run directory; SAEs go to OUT/saes/<hook_name>/.")],
@@ -215,10 +203,11 @@ def train_saes_cmd(
     Example: resa-interp train-saes --layers 3,12,24 --out runs/demo
     """
     from resa_interp.sae_metrics import format_table
+    from resa_interp.presets import with_preset
     from resa_interp.saes import PRESETS, SAETrainConfig, train_saes
 
-    cfg = _build_config(
-        SAETrainConfig, PRESETS, preset,
+    cfg = with_preset(
+        SAETrainConfig, PRESETS, preset, (),
         model=model, dataset=dataset, layers=layers, hook=hook, mode=mode, source=source, k=k,
         expansion_factor=expansion_factor, batch_tokens=batch_tokens, optimizer=optimizer, lr=lr,
         group_size=group_size, template=template, problem_column=problem_column, answer_column=answer_column,

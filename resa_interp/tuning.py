@@ -21,7 +21,7 @@ import random
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from resa_interp.errors import ResaError
+from resa_interp.presets import with_preset
 from resa_interp.sae_recon import SAEReconstruction
 
 if TYPE_CHECKING:
@@ -149,16 +150,9 @@ see in a few minutes."""
 
 def preset_config(preset: str | None, **overrides: Any) -> TuneConfig:
     """A config from a named preset (None: the paper's Appendix A defaults), then `overrides` (None values skipped)."""
-    if preset is not None and preset not in PRESETS:
-        raise ResaError(f"preset {preset!r} is unknown; accepted: {', '.join(PRESETS)}")
-    values = dict(PRESETS.get(preset, {}))
-    if overrides.get("sae") is not None:  # an SAE folder names its own layer; the preset's would contradict it
-        values.pop("layer", None)
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    unknown = set(values) - {f.name for f in fields(TuneConfig)}
-    if unknown:
-        raise ResaError(f"unknown tuning option(s): {', '.join(sorted(unknown))}")
-    return TuneConfig(**values)
+    # an SAE folder names its own layer; the preset's would contradict it
+    drop = ("layer",) if overrides.get("sae") is not None else ()
+    return with_preset(TuneConfig, PRESETS, preset, drop, **overrides)
 
 
 def lora_targets(spec: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
