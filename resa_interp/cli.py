@@ -168,18 +168,6 @@ def eval_command(
     typer.echo(f"wrote {out}/scores.json and {out}/samples.jsonl")
 
 
-def _build_config(cls, presets: dict, preset: str | None, **given):
-    """Dataclass defaults, then the named preset, then every option the user actually gave."""
-    import dataclasses
-
-    if preset is not None and preset not in presets:
-        raise ResaError(f"--preset {preset!r} is unknown; accepted: {', '.join(presets)}")
-    values = {f.name: f.default for f in dataclasses.fields(cls)}
-    values.update(presets.get(preset, {}))
-    values.update({k: v for k, v in given.items() if v is not None})
-    return cls(**values)
-
-
 @app.command("train-saes")
 def train_saes_cmd(
     out: Annotated[str, typer.Option("--out", "-o", help="Run directory; SAEs go to OUT/saes/<hook_name>/.")],
@@ -216,10 +204,11 @@ def train_saes_cmd(
     Example: resa-interp train-saes --layers 3,12,24 --out runs/demo
     """
     from resa_interp.sae_metrics import format_table
+    from resa_interp.presets import with_preset
     from resa_interp.saes import PRESETS, SAETrainConfig, train_saes
 
-    cfg = _build_config(
-        SAETrainConfig, PRESETS, preset,
+    cfg = with_preset(
+        SAETrainConfig, PRESETS, preset, (),
         model=model, dataset=dataset, layers=layers, hook=hook, mode=mode, source=source, k=k,
         expansion_factor=expansion_factor, batch_tokens=batch_tokens, optimizer=optimizer, lr=lr,
         group_size=group_size, template=template, problem_column=problem_column, answer_column=answer_column,
@@ -281,6 +270,87 @@ def features(
     result = run_features(out, subject, cfg, prompts, saes, source, layers, hook, allow_model_mismatch)
     typer.echo(format_table(result.layers))
     typer.echo(f"features: {Path(out) / 'features.json'}  counts: {result.paths['counts']}  figure: {result.paths['figure']}")
+
+@app.command()
+def tune(
+    out: Annotated[str, typer.Option("--out", "-o", help="Output directory: adapter/, merged/, train_log.jsonl, checkpoints/, manifest.json.")],
+    model: ModelOpt = None,
+    saes: Annotated[Optional[str], typer.Option("--saes", help="Stage I run directory; with --layer picks RUN/saes/blocks.L.hook_<hook>.")] = None,
+    layer: Annotated[Optional[int], typer.Option("--layer", "-l", help="Hookpoint layer (both presets: 12). With --sae it is read from the SAE and checked.")] = None,
+    hook: Annotated[str, typer.Option("--hook", help="resid_post (decoder layer output, the authors' code) or mlp_out (the paper's text); with --saes.")] = "resid_post",
+    sae: Annotated[Optional[str], typer.Option("--sae", help="One SAELens SAE folder to splice in (instead of --saes/--layer).")] = None,
+    dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="Elicitation data: synthetic, still, deepscaler, a hub id or a local file (cpu preset: synthetic; paper: still).")] = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", help="Use the first N question/answer pairs (cpu preset: 64; paper: all).")] = None,
+    template: Annotated[Optional[str], typer.Option("--template", help="r1 (authors' code, default) or short (the paper's text).")] = None,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", help="Passes over the data (paper: 2); ignored with --steps.")] = None,
+    steps: Annotated[Optional[int], typer.Option("--steps", help="Optimizer steps in total (cpu preset: 60); overrides --epochs.")] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", help="Peak AdamW lr. Paper: 1e-6 (--preset paper). The cpu preset uses 1e-4: at 1e-6 the KL barely moves in a 60-step CPU run.")] = None,
+    min_lr_rate: Annotated[Optional[float], typer.Option("--min-lr-rate", help="Cosine schedule ends at lr x this (default 0.1).")] = None,
+    warmup_ratio: Annotated[Optional[float], typer.Option("--warmup-ratio", help="Fraction of steps of linear warm-up (default 0).")] = None,
+    lora_r: Annotated[Optional[int], typer.Option("--lora-r", help="LoRA rank (paper: 32).")] = None,
+    lora_alpha: Annotated[Optional[int], typer.Option("--lora-alpha", help="LoRA alpha (paper: 128).")] = None,
+    lora_dropout: Annotated[Optional[float], typer.Option("--lora-dropout", help="LoRA dropout (paper: 0.05).")] = None,
+    lora_targets: Annotated[Optional[str], typer.Option("--lora-targets", help="attn (paper: q,k,v,o), attn+mlp (authors' code) or comma-separated module names.")] = None,
+    grad_accum: Annotated[Optional[int], typer.Option("--grad-accum", help="Sequences per optimizer step and process (default 1: batch 1, no padding).")] = None,
+    max_grad_norm: Annotated[Optional[float], typer.Option("--max-grad-norm", help="Gradient clipping norm (default 1.0, the authors' code).")] = None,
+    kl_reduction: Annotated[Optional[str], typer.Option("--kl-reduction", help="token (mean KL per token, default) or batchmean (sum over tokens / batch, the authors' code).")] = None,
+    detach_sae: Annotated[bool, typer.Option("--detach-sae", help="No gradient through the SAE into earlier layers (the authors' code); default: gradients flow, as the paper describes.")] = False,
+    no_sae: Annotated[bool, typer.Option("--no-sae", help="The CoT-free SFT baseline: next-token loss on the same data with the same LoRA, no SAE.")] = False,
+    save_every: Annotated[Optional[int], typer.Option("--save-every", help="Checkpoint every N steps (default 500; cpu preset 30).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint in --out, to the same result as an uninterrupted run.")] = False,
+    preset: Annotated[str, typer.Option("--preset", help="cpu (default: embedded model, quick) or paper (R1-Distill-Qwen-1.5B, STILL, layer 12, Appendix A); options given override it.")] = "cpu",
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed for LoRA init, dropout and data order (default 42).")] = None,
+    device: Annotated[str, typer.Option("--device", help="auto (CUDA if present; each process's GPU under accelerate launch), cpu or cuda.")] = "auto",
+    dtype: Annotated[str, typer.Option("--dtype", help="auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16 or float16.")] = "auto",
+) -> None:
+    """Stage II, SAE-Tuning: splice a frozen SAE into the target, train LoRA on KL(teacher || student), merge.
+
+    Example: resa-interp tune --saes runs/smollm2 --layer 12 --out runs/smollm2/tuned-l12
+    """
+    from resa_interp.tuning import lora_targets as parse_targets
+    from resa_interp.tuning import preset_config, tune as run_tune
+
+    _quiet_transformers()
+    config = preset_config(
+        preset,
+        model=model, sae=sae, saes_run=saes, layer=layer, hook=hook, dataset=dataset, limit=limit,
+        template=template, epochs=epochs, steps=steps, lr=lr, min_lr_rate=min_lr_rate,
+        warmup_ratio=warmup_ratio, lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+        lora_targets=parse_targets(lora_targets) if lora_targets else None, grad_accum=grad_accum,
+        max_grad_norm=max_grad_norm, kl_reduction=kl_reduction, detach_sae=detach_sae, no_sae=no_sae,
+        save_every=save_every, resume=resume, seed=seed, device=device, dtype=dtype,
+    )
+    result = run_tune(config, out)
+    if result.records and int(os.environ.get("RANK", "0")) == 0:
+        name = "ce" if config.no_sae else "kl"
+        typer.echo(
+            f"{result.steps} steps, {name} {result.first:.4g} -> {result.last:.4g}, {result.tokens} tokens, "
+            f"{result.wall_s:.1f} s; adapter: {result.adapter}; merged model: {result.merged}"
+        )
+
+
+@app.command()
+def attach(
+    adapter: Annotated[str, typer.Option("--adapter", help="peft LoRA adapter folder (e.g. OUT/adapter of tune).")],
+    out: Annotated[str, typer.Option("--out", "-o", help="Where to write the merged HF model (with tokenizer).")],
+    model: ModelOpt = None,
+    dtype: Annotated[str, typer.Option("--dtype", help="auto (the checkpoint's own dtype), float32, bfloat16 or float16; the merge itself is float32.")] = "auto",
+) -> None:
+    """Attach an adapter trained on one model to another of the same architecture and write the merged model.
+
+    Example: resa-interp attach --adapter runs/qwen-math/tuned/adapter --model deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B --out merged
+    """
+    from resa_interp.adapters import attach as run_attach
+
+    _quiet_transformers()
+    typer.echo(f"merged model written to {run_attach(adapter, model, out, dtype=dtype)}")
+
+
+def _quiet_transformers() -> None:
+    """No weight-loading/shard-writing bars from transformers: a command's own bar (and errors) stay readable."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
 
 @app.command("select-layers")
@@ -362,3 +432,7 @@ def _command_path(exc: Exception) -> str:
     if exc.ctx is None or exc.ctx.parent is None:
         return ""
     return f"{exc.ctx.info_name} "
+
+
+if __name__ == "__main__":
+    main()

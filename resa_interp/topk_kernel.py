@@ -11,9 +11,14 @@ Layout (SAELens-compatible after a transpose): `enc` is [d_sae, d_in] (rows are 
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+# torch marks CSR tensors "beta" on every construction; the one use here (a sampling pattern) is tested
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)
 
 
 def _scatter_rows(indices: Tensor, weights: Tensor, dense: Tensor, n_rows: int) -> Tensor:

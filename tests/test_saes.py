@@ -256,15 +256,15 @@ def test_cli_errors_are_one_line(cli, tiny_qwen2, tmp_path):
 
 
 def test_paper_preset_is_appendix_a():
-    from resa_interp.cli import _build_config
+    from resa_interp.presets import with_preset
     from resa_interp.saes import PRESETS, R1_DISTILL
 
-    cfg = _build_config(SAETrainConfig, PRESETS, "paper", layers="10-14", k=None)
+    cfg = with_preset(SAETrainConfig, PRESETS, "paper", layers="10-14", k=None)
     assert (cfg.model, cfg.dataset, cfg.hook) == (R1_DISTILL, "still", "resid_post")
     assert (cfg.expansion_factor, cfg.k, cfg.optimizer, cfg.lr, cfg.tokens) == (64, 32, "signum", 2.5e-4, None)
     assert cfg.layers == "10-14"  # what the user gave wins over the preset
     with pytest.raises(ResaError, match="--preset 'fast' is unknown"):
-        _build_config(SAETrainConfig, PRESETS, "fast")
+        with_preset(SAETrainConfig, PRESETS, "fast")
 
 
 def test_memory_plan_groups_layers_when_they_do_not_fit():
