@@ -403,6 +403,45 @@ def select_layers_command(
     typer.echo(markdown_summary(analysis))
 
 
+@app.command()
+def dashboard(
+    run: Annotated[str, typer.Option("--run", help="Run directory with saes/ (and features.json for 'reasoning').")],
+    out: Annotated[str, typer.Option("--out", "-o", help="Output folder: dashboard.html, dashboard.json.")],
+    layer: Annotated[Optional[int], typer.Option("--layer", help="Only this layer (needed for latent ids).")] = None,
+    features: Annotated[str, typer.Option("--features", help="'reasoning' (every reasoning feature in RUN/features.json) or latent ids like 3,17,200.")] = "reasoning",
+    dataset: Annotated[Optional[str], typer.Option("--dataset", help="Trigger data for the contexts [default: the SAEs' training dataset].")] = None,
+    texts: Annotated[int, typer.Option("--texts", help="Trigger texts to harvest.")] = 128,
+    top: Annotated[int, typer.Option("--top", help="Top-activating contexts per latent.")] = 12,
+    include_sinks: Annotated[bool, typer.Option("--include-sinks", help="Keep position 0 and high-norm sink positions.")] = False,
+    sink_ratio: Annotated[float, typer.Option("--sink-ratio", help="A position whose activation norm exceeds this times the layer's median is a sink.")] = 4.0,
+    threshold: Annotated[Optional[float], typer.Option("--threshold", help="Fires means activation > this [default: the features run's, else 0].")] = None,
+    model: ModelOpt = None,
+    hook: Annotated[Optional[str], typer.Option("--hook", help="resid_post | mlp_out [default: features.json's, else resid_post].")] = None,
+    plotlyjs: Annotated[str, typer.Option("--plotlyjs", help="inline (the page works offline) | cdn (small page, loads plotly.js from its CDN).")] = "inline",
+    device: DeviceOpt = "cpu",
+) -> None:
+    """Feature dashboards: top-activating contexts, activation histogram, logit effects, prompt markers, frequency.
+
+    One self-contained page OUT/dashboard.html (index, then one section per latent) and OUT/dashboard.json.
+    By default every reasoning feature found by `features`; sink positions (position 0 and high-norm ones) are
+    left out unless --include-sinks. The model is the one the SAEs were trained on unless --model is given.
+
+    Example: resa-interp dashboard --run runs/default --layer 12 --out runs/default/dashboard
+    """
+    from resa_interp.dashboards import DashboardConfig, run_dashboard
+
+    _quiet_transformers()
+    cfg = DashboardConfig(texts=texts, dataset=dataset, top=top, include_sinks=include_sinks, sink_ratio=sink_ratio,
+                          threshold=threshold)
+    result, page = run_dashboard(run, out, layer, features, cfg, model=model, hook=hook, device=device,
+                                 plotlyjs=plotlyjs)
+    for f in result.features:
+        tokens = " ".join(repr(t) for t, _ in f.logits_positive[:3])
+        typer.echo(f"layer {f.layer:>3} latent {f.feature:>6}  fires {100 * f.frequency:7.3f}%  "
+                   f"max {f.max_activation:8.3f}  logits+ {tokens}")
+    typer.echo(f"dashboard: {page}")
+
+
 def main() -> None:
     """Console entry point: run the Typer app, turning bad input into one line and exit code 2."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
