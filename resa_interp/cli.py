@@ -437,8 +437,10 @@ def dashboard(
                                  plotlyjs=plotlyjs)
     for f in result.features:
         tokens = " ".join(repr(t) for t, _ in f.logits_positive[:3])
+        at_marker = sum(c.at_marker for c in f.contexts)
         typer.echo(f"layer {f.layer:>3} latent {f.feature:>6}  fires {100 * f.frequency:7.3f}%  "
-                   f"max {f.max_activation:8.3f}  logits+ {tokens}")
+                   f"max {f.max_activation:8.3f}  top contexts at a marker {at_marker:>2}/{len(f.contexts)}  "
+                   f"logits+ {tokens}")
     typer.echo(f"dashboard: {page}")
 
 

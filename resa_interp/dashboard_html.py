@@ -49,7 +49,8 @@ def _context(ctx: Context, scale: float) -> str:
         _tok(t, v, scale, ("peak " if i == ctx.peak else "") + ("sink" if s else ""), "sink, excluded: " if s else "")
         for i, (t, v, s) in enumerate(zip(ctx.tokens, ctx.acts, ctx.sinks))
     )
-    return f'<div class="ctx" title="{where}, position {ctx.position}"><span class="val">{ctx.value:.3f}</span>{tokens}</div>'
+    value = f'<span class="val">{ctx.value:.3f}</span>'
+    return f'<div class="ctx" title="{where}, position {ctx.position}">{value}{tokens}</div>'
 
 
 def _prompt(dset: DashboardSet, f: FeatureDashboard, scale: float) -> str:
@@ -125,11 +126,13 @@ def _index(dset: DashboardSet) -> str:
             f'<tr><td><a href="#{f.anchor}">{f.layer}</a></td><td><a href="#{f.anchor}">{f.feature}</a></td>'
             f'<td>{"yes" if f.reasoning else ""}</td><td>{100 * f.frequency:.3f}%</td><td>{f.max_activation:.2f}</td>'
             f"<td>{sum(think) / len(think):.2f}</td><td>{sum(end) / len(end):.2f}</td>"
+            f"<td>{sum(c.at_marker for c in f.contexts)}/{len(f.contexts)}</td>"
             f'<td class="l">{top}</td></tr>'
         )
     return (
         '<table id="index"><tr><th>layer</th><th>latent</th><th>reasoning</th><th>fires</th><th>max</th>'
-        f"<th>mean at {html.escape(THINK)}</th><th>mean at {html.escape(END_THINK)}</th>"
+        f"<th>prompt: mean at {html.escape(THINK)}</th><th>prompt: mean at {html.escape(END_THINK)}</th>"
+        "<th>top contexts at a marker</th>"
         f'<th class="l">top logit effects</th></tr>{"".join(rows)}</table>'
     )
 
@@ -168,7 +171,8 @@ def _plotly_script(plotlyjs: str) -> str:
 def fragment_html(dset: DashboardSet, plotlyjs: str = "cdn") -> str:
     """The dashboards as an HTML fragment (style, plotly.js, index, sections): for notebooks."""
     body = "".join(feature_html(dset, f) for f in dset.features)
-    return f'<style>{STYLE}</style>{_plotly_script(plotlyjs)}<div class="resa-dash">{_header(dset)}{_index(dset)}{body}</div>'
+    head = f"<style>{STYLE}</style>{_plotly_script(plotlyjs)}"
+    return f'{head}<div class="resa-dash">{_header(dset)}{_index(dset)}{body}</div>'
 
 
 def page_html(dset: DashboardSet, plotlyjs: str = "inline") -> str:

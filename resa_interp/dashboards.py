@@ -90,6 +90,8 @@ class Context:
     acts: list[float]
     peak: int
     """Index of the peak token within `tokens`."""
+    at_marker: bool
+    """Whether the peak token is part of a `<think>` or `</think>`."""
     sinks: list[bool]
     """Which tokens of the window are excluded sinks."""
 
@@ -111,6 +113,8 @@ class FeatureDashboard:
     histogram_counts: list[float]
     """Positions per bin (the shared prefix counted once per text), firing positions only."""
     contexts: list[Context]
+    at_marker_share: float
+    """Fraction of the top contexts whose peak is part of a `<think>` or `</think>` (0 when there are none)."""
     logits_positive: list[tuple[str, float]]
     logits_negative: list[tuple[str, float]]
     prompt_acts: list[float]
@@ -182,7 +186,9 @@ def parse_ids(spec: str) -> list[int]:
     return ids
 
 
-def select_features(run: str | Path, layer: int | None, features: str = REASONING, hook: str | None = None) -> Selection:
+def select_features(
+    run: str | Path, layer: int | None, features: str = REASONING, hook: str | None = None
+) -> Selection:
     """Resolve --layer/--features against the run: its SAEs, and its features.json for 'reasoning'."""
     from resa_interp.sae_io import run_sae_dirs
 
@@ -242,6 +248,8 @@ class Corpus:
 
     texts: list[EncodedText]
     prefix_len: int
+    markers: list[set[int]]
+    """Per text, the positions inside a `<think>` or `</think>`."""
 
     @property
     def n_rows(self) -> int:
@@ -419,7 +427,7 @@ class _LayerView:
             taken.setdefault(t, []).append((lo, hi))
             chosen.append(Context(
                 t, p, float(values[row]), self.tokens(ids[lo:hi]), [round(float(v), 4) for v in values[window]],
-                p - lo, [bool(s) for s in self.sinks[window]],
+                p - lo, p in self.corpus.markers[max(t, 0)], [bool(s) for s in self.sinks[window]],
             ))
         return chosen
 
@@ -442,8 +450,10 @@ def _trigger_corpus(subject: Subject, sae: SAE, cfg: DashboardConfig) -> tuple[C
     dataset = cfg.dataset or getattr(meta, "dataset_path", None) or "synthetic"
     template = cfg.template or getattr(meta, "template", None) or "r1"
     examples = load_qa(dataset, limit=cfg.texts, seed=cfg.seed)
-    texts = encode_texts(subject.tokenizer, [format_trigger(e.problem, e.answer, template) for e in examples])
-    return Corpus(texts, shared_prefix_length(texts)), dataset, template
+    strings = [format_trigger(e.problem, e.answer, template) for e in examples]
+    texts = encode_texts(subject.tokenizer, strings)
+    markers = [marker_spans(s, subject.tokenizer).marker_positions for s in strings]
+    return Corpus(texts, shared_prefix_length(texts), markers), dataset, template
 
 
 def _model_spec(sae: SAE, doc: dict | None) -> str | None:
@@ -510,7 +520,8 @@ def build_dashboards(
         else f"position 0, and positions whose activation norm exceeds {cfg.sink_ratio:g}x the layer's median"
     )
     out = DashboardSet(
-        run=str(run), model=getattr(first.cfg.metadata, "model_name", None) or subject.spec, hook=sel.hook, dataset=dataset, template=template,
+        run=str(run), model=getattr(first.cfg.metadata, "model_name", None) or subject.spec, hook=sel.hook,
+        dataset=dataset, template=template,
         n_texts=len(corpus.texts), n_positions=int(weight.sum()), sinks={}, threshold=threshold,
         sink_rule=sink_rule, logit_rule=unembedding(subject)[1], prompt_tokens=tokens(prompt_ids),
         prompt_markers=prompt_markers, prompt_excluded=prompt_excluded, marker_rule=rule,
@@ -526,12 +537,15 @@ def build_dashboards(
             effects = logit_effects(subject, saes[lay].W_dec[ids].detach())
             for j, fid in enumerate(ids):
                 values = data.values[:, j].numpy()
+                contexts = view.contexts(values)
                 top, bottom = torch.topk(effects[j], cfg.logit_tokens), torch.topk(-effects[j], cfg.logit_tokens)
                 prompt_values = prompt_latents[lay][:, j : j + 1]
                 out.features.append(FeatureDashboard(
-                    layer=lay, feature=fid, hook_name=hook_name(sel.hook, lay), reasoning=fid in reasoning.get(lay, ()),
+                    layer=lay, feature=fid, hook_name=hook_name(sel.hook, lay),
+                    reasoning=fid in reasoning.get(lay, ()),
                     **view.statistics(values),
-                    contexts=view.contexts(values),
+                    contexts=contexts,
+                    at_marker_share=sum(c.at_marker for c in contexts) / len(contexts) if contexts else 0.0,
                     logits_positive=list(zip(tokens(top.indices), [round(v, 4) for v in top.values.tolist()])),
                     logits_negative=list(zip(tokens(bottom.indices), [round(-v, 4) for v in bottom.values.tolist()])),
                     prompt_acts=[round(float(v), 4) for v in prompt_values[:, 0]],

@@ -21,7 +21,7 @@ from resa_interp.sae_import import build_topk_sae
 from resa_interp.sae_io import load_sae, sae_dir
 from resa_interp.saes import SAETrainConfig, train_saes
 from resa_interp.synthetic import synthetic_qa
-from resa_interp.templates import format_trigger
+from resa_interp.templates import format_trigger, marker_spans
 
 TEXTS = 12
 
@@ -70,6 +70,8 @@ def test_statistics_match_a_plain_forward_pass(tiny_run, include_sinks):
     cfg = DashboardConfig(texts=TEXTS, top=5, bins=10, include_sinks=include_sinks)
     dset = build_dashboards(run, layer=1, features=",".join(map(str, ids)), cfg=cfg, subject=subject, progress=False)
     texts = _full_texts(subject, TEXTS)
+    markers = [marker_spans(format_trigger(e.problem, e.answer), subject.tokenizer).marker_positions
+               for e in synthetic_qa(TEXTS, seed=0)]
     sae = load_sae(sae_dir(run, "resid_post", 1))
     lat, sinks = _independent(subject, sae, 1, ids, texts, None if include_sinks else cfg.sink_ratio)
     assert dset.n_positions == sum(len(t.ids) for t in texts)
@@ -88,7 +90,9 @@ def test_statistics_match_a_plain_forward_pass(tiny_run, include_sinks):
             assert ctx.acts == pytest.approx(values[start : start + len(ctx.acts)].tolist(), rel=1e-3, abs=1e-4)
             assert ctx.value == pytest.approx(values[ctx.position], rel=1e-4, abs=1e-5)
             assert not sinks[max(ctx.text, 0)][ctx.position]
-            assert "".join(ctx.tokens) == subject.tokenizer.decode(texts[max(ctx.text, 0)].ids[start : start + len(ctx.tokens)]).replace("\n", "↵")
+            assert ctx.at_marker == (ctx.position in markers[max(ctx.text, 0)])
+            window = texts[max(ctx.text, 0)].ids[start : start + len(ctx.tokens)]
+            assert "".join(ctx.tokens) == subject.tokenizer.decode(window).replace("\n", "↵")
         if f.contexts:
             assert f.contexts[0].value == pytest.approx(f.max_activation, rel=1e-5)
             assert [c.value for c in f.contexts] == sorted((c.value for c in f.contexts), reverse=True)
