@@ -251,11 +251,6 @@ class Corpus:
     markers: list[set[int]]
     """Per text, the positions inside a `<think>` or `</think>`."""
 
-    @property
-    def n_rows(self) -> int:
-        """Positions stored: the prefix once plus every text's own tokens."""
-        return self.prefix_len + sum(len(t.ids) - self.prefix_len for t in self.texts)
-
     def index(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per stored row: its text (-1 for the prefix), its position in that text, and its weight (how often
         the position occurs in the data)."""
@@ -314,7 +309,7 @@ def harvest_latents(
     pad = subject.tokenizer.pad_token_id if subject.tokenizer.pad_token_id is not None else 0
     batches = iter_batches(corpus.texts, batch_size, pad, exclude_first=0, prefix_len=corpus.prefix_len)
     with tqdm(total=len(corpus.texts), desc="dashboard: harvest", unit="text", disable=not progress) as bar:
-        for first, batch in batches:
+        for _, batch in batches:
             acts = harvest(batch.input_ids, batch.attention_mask, prefix=prefix)
             real = batch.attention_mask.bool().to(subject.device)
             add({layer: act[real] for layer, act in acts.items()})  # row-major: text by text
@@ -323,9 +318,10 @@ def harvest_latents(
 
 
 def sink_mask(norms: torch.Tensor, positions: np.ndarray, ratio: float) -> np.ndarray:
-    """Boolean per stored row: position 0, or a norm above `ratio` times the median norm."""
-    median = float(norms.median())
-    return (positions == 0) | (norms.numpy() > ratio * median)
+    """Boolean per stored row: position 0, or a norm above `ratio` times the median norm of the stored rows (the
+    distinct positions: the shared prefix once)."""
+    values = norms.numpy()
+    return (positions == 0) | (values > ratio * float(np.median(values)))
 
 
 # --------------------------------------------------------------------------------------------- logit effects
