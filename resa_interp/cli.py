@@ -20,7 +20,8 @@ app = typer.Typer(
     name="resa-interp",
     help=(
         "SAE feature analysis of reasoning models (the Resa method).\n\n"
-        "Stages: info (what a model looks like) -> train-saes -> features -> select-layers -> tune -> eval. "
+        "Stages: info (what a model looks like) -> train-saes -> features -> select-layers -> tune -> eval; "
+        "sweep (tune + eval at every layer) feeds select-layers. "
         "Every command works offline on the embedded default model (SmolLM2-135M-Instruct) when --model is "
         "not given."
     ),
@@ -444,12 +445,75 @@ def dashboard(
     typer.echo(f"dashboard: {page}")
 
 
+@app.command("sweep")
+def sweep_command(
+    out: Annotated[str, typer.Option("--out", "-o", help="Sweep folder: layer-L/ (tuned model, eval/), scores.csv, manifest.json; the Stage I run too unless --saes.")],
+    layers: Annotated[Optional[str], typer.Option("--layers", help="Layers to tune: A-B or L,L,... [default: 1..L-2, as features; paper preset: 2-27].")] = None,
+    model: ModelOpt = None,
+    saes: Annotated[Optional[str], typer.Option("--saes", help="Stage I run with an SAE per layer [default: OUT; trained first when OUT has no SAEs].")] = None,
+    hook: Annotated[Optional[str], typer.Option("--hook", help="resid_post (default) or mlp_out: which SAEs of the run.")] = None,
+    dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="Elicitation data for tuning: synthetic (cpu preset), still (paper), deepscaler, a hub id or a local file.")] = None,
+    train_limit: Annotated[Optional[int], typer.Option("--train-limit", help="Tune on the first N question/answer pairs (cpu preset: 64; paper: all).")] = None,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", help="Tuning epochs per layer (paper: 2); ignored with --steps.")] = None,
+    steps: Annotated[Optional[int], typer.Option("--steps", help="Tuning steps per layer (cpu preset: 60).")] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", help="Peak AdamW lr (paper: 1e-6; cpu preset: 1e-4).")] = None,
+    lora_r: Annotated[Optional[int], typer.Option("--lora-r", help="LoRA rank (paper: 32).")] = None,
+    lora_alpha: Annotated[Optional[int], typer.Option("--lora-alpha", help="LoRA alpha (paper: 128).")] = None,
+    lora_dropout: Annotated[Optional[float], typer.Option("--lora-dropout", help="LoRA dropout (paper: 0.05).")] = None,
+    lora_targets: Annotated[Optional[str], typer.Option("--lora-targets", help="attn (paper), attn+mlp (authors' code) or module names.")] = None,
+    save_every: Annotated[Optional[int], typer.Option("--save-every", help="Tuning checkpoint every N steps, for resuming (default 500; cpu preset 30).")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Tuning seed: LoRA init, dropout, data order (default 42).")] = None,
+    tasks: Annotated[Optional[str], typer.Option("--tasks", help="Comma-separated evaluation tasks: paper task names, synthetic, .jsonl files [cpu preset: synthetic; paper: the six].")] = None,
+    backend: Annotated[Optional[str], typer.Option("--backend", help="vllm (GPU, paper preset), transformers (cpu preset) or auto.")] = None,
+    samples: Annotated[Optional[int], typer.Option("--samples", help="Generations per problem (default 1).")] = None,
+    max_new_tokens: Annotated[Optional[int], typer.Option("--max-new-tokens", help="Generation budget (paper: 32768; cpu preset: 256).")] = None,
+    temperature: Annotated[Optional[float], typer.Option("--temperature", help="Sampling temperature (paper: 0.6).")] = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", help="Evaluate the first N problems of each task (cpu preset: 20; paper: all).")] = None,
+    eval_seed: Annotated[Optional[int], typer.Option("--eval-seed", help="Seed of sampling and GPQA's option order (default 0).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Sequences per generation batch (transformers backend, default 8).")] = None,
+    device: Annotated[Optional[str], typer.Option("--device", help="auto, cpu or cuda, for Stage I, tuning and evaluation.")] = None,
+    preset: Annotated[str, typer.Option("--preset", help="cpu (default: embedded model, short tuning, 20 synthetic problems) or paper (Table 6: R1-Distill, STILL, layers 2-27, the six tasks on vLLM).")] = "cpu",
+) -> None:
+    """Per-layer sweep: SAE-Tuning at every layer with its Stage I SAE, each tuned model evaluated, into OUT/scores.csv.
+
+    Resumable: finished layers are kept, an interrupted tuning continues from its checkpoint. The scores file
+    (layer, one column per task in percent, avg) is what select-layers --scores reads.
+
+    Example: resa-interp sweep --layers 11,12 --steps 10 --limit 5 --max-new-tokens 128 --out runs/default
+    """
+    from resa_interp.eval_tasks import parse_task_list
+    from resa_interp.sweep import sweep, sweep_config
+    from resa_interp.tuning import lora_targets as parse_targets
+
+    _quiet_transformers()
+    config = sweep_config(
+        preset, layers=layers, tasks=parse_task_list(tasks) if tasks is not None else None, saes_run=saes,
+        device=device,
+        tune=dict(
+            model=model, hook=hook, dataset=dataset, limit=train_limit, epochs=epochs, steps=steps, lr=lr,
+            lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+            lora_targets=parse_targets(lora_targets) if lora_targets else None, save_every=save_every, seed=seed,
+        ),
+        evaluation=dict(
+            backend=backend, samples=samples, max_new_tokens=max_new_tokens, temperature=temperature, limit=limit,
+            seed=eval_seed, batch_size=batch_size,
+        ),
+    )
+    result = sweep(config, out, echo=typer.echo)
+    counts = Path(out) / "counts.csv"
+    typer.echo(
+        f"{len(result.layers)} layers in {result.wall_s:.0f} s; scores: {result.scores_csv}\n"
+        f"next: resa-interp select-layers --counts {counts if counts.exists() else 'COUNTS.csv'} "
+        f"--scores {result.scores_csv} --out {Path(out) / 'layers'}"
+    )
+
+
 def main() -> None:
     """Console entry point: run the Typer app, turning bad input into one line and exit code 2."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     command = typer.main.get_command(app)
     try:
-        command.main(args=sys.argv[1:], prog_name="resa-interp", standalone_mode=False)
+        code = command.main(args=sys.argv[1:], prog_name="resa-interp", standalone_mode=False)
     except ResaError as exc:
         if _STATE["debug"]:
             traceback.print_exc()
@@ -461,12 +525,17 @@ def main() -> None:
             sys.exit(0)
         typer.echo(f"error: {exc.format_message()} (see resa-interp {_command_path(exc)}--help)", err=True)
         sys.exit(2)
-    except _CLICK_ERRORS.Abort:
+    except typer.Abort:
         typer.echo("aborted", err=True)
         sys.exit(130)
     except KeyboardInterrupt:
-        typer.echo("interrupted: finished work is saved; rerun the same command with --resume to continue", err=True)
-        sys.exit(130)
+        code = 130
+    # recent typer turns Ctrl-C into exit code 130, returned (not raised) outside standalone mode
+    if code == 130:
+        typer.echo("interrupted: finished work is saved; rerun the same command (with --resume where it has one) "
+                   "to continue", err=True)
+    if isinstance(code, int) and code:
+        sys.exit(code)
 
 
 def _command_path(exc: Exception) -> str:

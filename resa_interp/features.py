@@ -335,7 +335,7 @@ def run_features(
     allow_model_mismatch: bool = False,
 ) -> FeaturesRun:
     """Load the SAEs (a Stage I run, or --from), extract, write the outputs and record the stage."""
-    from resa_interp.sae_io import load_sae, run_sae_dirs
+    from resa_interp.sae_io import load_sae, require_sae_dirs
     from resa_interp.sae_metrics import read_metrics
     from resa_interp.saes import parse_layers
 
@@ -351,13 +351,7 @@ def run_features(
         quality = heldout_quality(subject, saes, hook)
     else:
         run = Path(saes_run if saes_run is not None else out)
-        found = run_sae_dirs(run, hook)
-        missing = [layer for layer in wanted if layer not in found]
-        if missing:
-            raise ResaError(
-                f"{run} has no {hook} SAE for layer(s) {','.join(map(str, missing))}; "
-                f"train them (resa-interp train-saes --out {run}) or choose --layers"
-            )
+        found = require_sae_dirs(run, hook, wanted)
         saes = {layer: load_sae(found[layer], device=str(subject.device)) for layer in wanted}
         paths = {layer: str(found[layer]) for layer in wanted}
         metrics = read_metrics(run)

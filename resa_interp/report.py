@@ -29,5 +29,6 @@ def save_figure(
         try:
             written.append(atomic_write_bytes(stem.with_suffix(".png"), fig.to_image(format="png", scale=scale)))
         except Exception as exc:  # Kaleido raises its own types when no browser is found
-            log.warning("PNG not written for %s: %s", stem.name, str(exc).splitlines()[0] if str(exc) else exc)
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            log.warning("PNG not written for %s (%s); PNG export needs Kaleido and a Chrome/Chromium", stem.name, reason)
     return written

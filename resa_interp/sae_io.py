@@ -34,6 +34,18 @@ def run_sae_dirs(run: str | Path, hook: str = "resid_post") -> dict[int, Path]:
     return dict(sorted(found.items()))
 
 
+def require_sae_dirs(run: str | Path, hook: str, layers: list[int]) -> dict[int, Path]:
+    """Layer -> SAE folder for each of `layers`; a one-line error naming the layers the run has no SAE for."""
+    found = run_sae_dirs(run, hook)
+    missing = ",".join(str(layer) for layer in layers if layer not in found)
+    if missing:
+        raise ResaError(
+            f"{run} has no {hook} SAE for layer(s) {missing}; train them (resa-interp train-saes --layers {missing} "
+            f"--out {run}) or choose --layers"
+        )
+    return {layer: found[layer] for layer in layers}
+
+
 def load_sae(path: str | Path, device: str = "cpu") -> SAE:
     """Load an SAELens SAE folder (cfg.json + sae_weights.safetensors) with one-line errors."""
     from sae_lens import SAE

@@ -17,8 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-# torch marks CSR tensors "beta" on every construction; the one use here (a sampling pattern) is tested
-warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)
+# torch warns on every sparse CSR construction (beta status, unchecked invariants); the one use here, a
+# sampling pattern built sorted by construction, is tested
+warnings.filterwarnings("ignore", message="Sparse (CSR tensor support|invariant checks)", category=UserWarning)
 
 
 def _scatter_rows(indices: Tensor, weights: Tensor, dense: Tensor, n_rows: int) -> Tensor:

@@ -569,24 +569,31 @@ class TuneResult:
     records: list[StepRecord] = field(repr=False)
 
 
+def changed_settings(config: TuneConfig, out: str | Path) -> list[str]:
+    """Settings of `config` that differ from those the run in `out` was started with (none when `out` has no run);
+    `resume`, `save_every` and `device` do not count."""
+    saved = Path(out) / _CONFIG_FILE
+    if not saved.exists():
+        return []
+    before = {k: v for k, v in json.loads(saved.read_text()).items() if k not in _NOT_COMPARED_ON_RESUME}
+    now = {k: v for k, v in json.loads(json.dumps(config.to_dict())).items() if k not in _NOT_COMPARED_ON_RESUME}
+    return sorted(k for k in now if before.get(k) != now[k])
+
+
 def _prepare_out(config: TuneConfig, out: Path) -> Path | None:
     """Check the output directory against `resume`; return the checkpoint to resume from, if any."""
-    saved = out / _CONFIG_FILE
     if not config.resume:
-        if saved.exists() or (out / TRAIN_LOG).exists():
+        if (out / _CONFIG_FILE).exists() or (out / TRAIN_LOG).exists():
             raise ResaError(
                 f"output {str(out)!r} already holds a tuning run; pass --resume to continue it, or another --out"
             )
         return None
-    if saved.exists():
-        before = {k: v for k, v in json.loads(saved.read_text()).items() if k not in _NOT_COMPARED_ON_RESUME}
-        now = {k: v for k, v in json.loads(json.dumps(config.to_dict())).items() if k not in _NOT_COMPARED_ON_RESUME}
-        changed = sorted(k for k in now if before.get(k) != now[k])
-        if changed:
-            raise ResaError(
-                f"--resume: the run in {str(out)!r} was started with other settings ({', '.join(changed)}); "
-                f"rerun with the same options, or use another --out"
-            )
+    changed = changed_settings(config, out)
+    if changed:
+        raise ResaError(
+            f"--resume: the run in {str(out)!r} was started with other settings ({', '.join(changed)}); "
+            f"rerun with the same options, or use another --out"
+        )
     checkpoints = _checkpoint_dirs(out)
     return checkpoints[-1] if checkpoints else None
 

@@ -205,3 +205,23 @@ def test_d_in_mismatch(tmp_path, tiny_qwen2):
                            metadata={"hook_name": "blocks.1.hook_resid_post"})
     with pytest.raises(ResaError, match="d_in 32, the model has d_model 64"):
         extract_features(subject, {1: wrong}, "resid_post", [PROMPT], FeatureConfig())
+
+
+def test_prompt_file_jsonl_through_the_cli(cli, tiny_qwen2, tmp_path):
+    from resa_interp.saes import SAETrainConfig, train_saes
+
+    run = tmp_path / "run"
+    train_saes(SAETrainConfig(model=tiny_qwen2, layers="1,2", expansion_factor=2, k=4, tokens=1024,
+                              batch_tokens=256, buffer_tokens=512, heldout=2, n_examples=30), run)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"prompt": PROMPT}) + "\n" + json.dumps({"text": "a <think> b </think> c"}) + "\n")
+    code, out, err = cli(["features", "--model", tiny_qwen2, "--saes", str(run), "--prompt-file", str(prompts),
+                          "--out", str(tmp_path / "f")])
+    assert code == 0, err
+    doc = json.loads((tmp_path / "f" / "features.json").read_text())
+    assert [p["text"] for p in doc["prompts"]] == [PROMPT, "a <think> b </think> c"]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"other": 1}\n')
+    code, _, err = cli(["features", "--model", tiny_qwen2, "--saes", str(run), "--prompt-file", str(bad),
+                        "--out", str(tmp_path / "g")])
+    assert code == 2 and "line 1 is not JSON with 'prompt' or 'text'" in err

@@ -278,3 +278,15 @@ def test_memory_plan_groups_layers_when_they_do_not_fit():
         assert used <= 0.8 * plan.available or plan.group_size == 1
         assert plan.group_size < 28  # 65k-latent SAEs at 28 layers of a 1.5B model do not fit in 24 GiB
     assert "per SAE" in plan.describe(28)
+
+
+def test_layer_groups_train_the_same_saes(tiny_qwen2, tmp_path):
+    """Grouping only changes how many layers share a forward pass, not what each SAE sees."""
+    from safetensors.torch import load_file
+
+    together = train_saes(small_cfg(tiny_qwen2, layers="1,3", tokens=2048), tmp_path / "together").sae_dirs
+    apart = train_saes(small_cfg(tiny_qwen2, layers="1,3", tokens=2048, group_size=1), tmp_path / "apart").sae_dirs
+    for layer in (1, 3):
+        a = load_file(together[layer] / "sae_weights.safetensors")
+        b = load_file(apart[layer] / "sae_weights.safetensors")
+        assert all(torch.equal(a[key], b[key]) for key in a)

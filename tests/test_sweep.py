@@ -1,0 +1,208 @@
+"""The per-layer sweep on a tiny model: the loop features -> sweep -> select-layers, resuming (finished layers are
+kept, an interrupted tuning continues from its checkpoint), Stage I run first when needed, presets, errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from resa_interp.eval_tasks import PAPER_ORDER
+from resa_interp.saes import SAETrainConfig, train_saes
+from resa_interp.sweep import sweep, sweep_config
+
+STAGE1 = dict(expansion_factor=4, k=8, tokens=2048, batch_tokens=256, buffer_tokens=512, heldout=2, n_examples=30)
+"""A tiny Stage I: on tiny_qwen2 these SAEs give reasoning features at every layer for the prompt below."""
+PROMPT = "<think></think>"
+"""Only markers: a latent active at both positions is a reasoning feature (random models have few otherwise)."""
+BUDGET = ["--steps", "3", "--train-limit", "3", "--save-every", "1", "--limit", "2", "--max-new-tokens", "8",
+          "--device", "cpu"]
+"""Three tuning steps (checkpoints after steps 1 and 2), two synthetic problems, eight new tokens."""
+
+
+@pytest.fixture(scope="module")
+def stage1(tiny_qwen2, tmp_path_factory) -> Path:
+    """A Stage I run with SAEs at layers 1-3 of tiny_qwen2."""
+    run = tmp_path_factory.mktemp("stage1") / "run"
+    train_saes(SAETrainConfig(model=tiny_qwen2, layers="1-3", **STAGE1), run)
+    return run
+
+
+def _mtimes(out: Path, layer: int) -> dict[str, int]:
+    folder = out / f"layer-{layer}"
+    files = ("train_log.jsonl", "merged/model.safetensors", "adapter/adapter_model.safetensors", "eval/scores.json")
+    return {name: (folder / name).stat().st_mtime_ns for name in files}
+
+
+def _csv(path: Path) -> list[dict[str, str]]:
+    return list(csv.DictReader(path.read_text().splitlines()))
+
+
+def test_features_sweep_select_layers(cli, tiny_qwen2, stage1, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(stage1, out)
+    code, _, err = cli(["features", "--model", tiny_qwen2, "--layers", "1-3", "--prompt", PROMPT, "--out", str(out)])
+    assert code == 0, err
+    counts = {int(r["layer"]): int(r["count"]) for r in _csv(out / "counts.csv")}
+    assert sorted(counts) == [1, 2, 3] and all(c > 0 for c in counts.values()), counts
+
+    sweep_args = ["sweep", "--model", tiny_qwen2, "--layers", "1-3", *BUDGET, "--out", str(out)]
+    code, stdout, err = cli(sweep_args)
+    assert code == 0, err
+    assert [line.split(":")[0] for line in stdout.splitlines() if line.startswith("[")] == [
+        "[1/3] layer 1", "[2/3] layer 2", "[3/3] layer 3"]
+    assert stdout.count(": tuned (3 steps") == 3 and "earlier" not in stdout
+
+    # scores.csv: one row per layer, the task's column and avg, equal to each layer's own evaluation in percent
+    text = (out / "scores.csv").read_text()
+    assert text.splitlines()[0] == "layer,synthetic,avg"
+    rows = _csv(out / "scores.csv")
+    assert [int(r["layer"]) for r in rows] == [1, 2, 3]
+    for row in rows:
+        evaluation = json.loads((out / f"layer-{row['layer']}" / "eval" / "scores.json").read_text())
+        assert evaluation["tasks"]["synthetic"]["n_problems"] == 2
+        assert float(row["synthetic"]) == pytest.approx(100 * evaluation["tasks"]["synthetic"]["pass@1"])
+        assert float(row["avg"]) == pytest.approx(100 * evaluation["average"])
+        tuned = json.loads((out / f"layer-{row['layer']}" / "manifest.json").read_text())["stages"]
+        assert tuned["tune"]["sae"]["layer"] == int(row["layer"]) and tuned["tune"]["steps"] == 3
+        assert tuned["tune"]["sae"]["path"] == str((out / "saes" / f"blocks.{row['layer']}.hook_resid_post").resolve())
+        assert tuned["eval"]["average"] == evaluation["average"]
+    record = json.loads((out / "manifest.json").read_text())["stages"]["sweep"]
+    assert record["complete"] and record["layers"] == [1, 2, 3] and record["tasks"] == ["synthetic"]
+    assert [r["layer"] for r in record["per_layer"]] == [1, 2, 3]
+    assert record["config"]["tune"]["steps"] == 3 and record["config"]["evaluation"]["limit"] == 2
+
+    # a second run of the same sweep tunes and evaluates nothing: no file of any layer is rewritten
+    before = {layer: _mtimes(out, layer) for layer in (1, 2, 3)}
+    code, stdout, err = cli(sweep_args)
+    assert code == 0, err
+    assert stdout.count("tuned earlier") == 3 and stdout.count("evaluated earlier") == 3
+    assert {layer: _mtimes(out, layer) for layer in (1, 2, 3)} == before
+    assert (out / "scores.csv").read_text() == text
+
+    # layer 2 interrupted after step 2: checkpoints at steps 1 and 2, no adapter, merged model, manifest or eval
+    layer2 = out / "layer-2"
+    merged = load_file(str(layer2 / "merged" / "model.safetensors"))
+    for name in ("adapter", "merged", "eval"):
+        shutil.rmtree(layer2 / name)
+    (layer2 / "manifest.json").unlink()
+    log = [json.loads(line) for line in (layer2 / "train_log.jsonl").read_text().splitlines()]
+    log[0]["kl"] = 123.0  # a resumed run keeps the logged steps up to its checkpoint; a restart recomputes them
+    (layer2 / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
+    code, stdout, err = cli(sweep_args)
+    assert code == 0, err
+    assert "layer 2: tuned (3 steps" in stdout and "kl 123 -> " in stdout and stdout.count("tuned earlier") == 2
+    resumed = [json.loads(line) for line in (layer2 / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in resumed] == [1, 2, 3] and resumed[0]["kl"] == 123.0 and resumed[1:] == log[1:]
+    again = load_file(str(layer2 / "merged" / "model.safetensors"))
+    assert again.keys() == merged.keys() and all((again[k] == merged[k]).all() for k in merged)
+    assert {layer: _mtimes(out, layer) for layer in (1, 3)} == {layer: before[layer] for layer in (1, 3)}
+
+    # other tuning settings for finished layers are refused before any work
+    code, _, err = cli([*sweep_args, "--lr", "0.5"])
+    assert code == 2 and err.count("\n") == 1 and "layer 1 in" in err and "other settings (lr)" in err
+
+    # select-layers reads the counts and the sweep's scores as they are (all-equal scores: softmax weights)
+    code, stdout, err = cli(["select-layers", "--counts", str(out / "counts.csv"), "--scores", str(out / "scores.csv"),
+                             "--out", str(out / "layers"), "--components", "2", "--max-components", "2",
+                             "--score-transform", "softmax", "--bootstrap", "10", "--permutations", "10",
+                             "--restarts", "4", "--resample-restarts", "2"])
+    assert code == 0, err
+    layers = json.loads((out / "layers" / "layers.json").read_text())
+    assert layers["inputs"]["scores"] == f"{out / 'scores.csv'} [avg]" and layers["inputs"]["layers"] == [1, 2, 3]
+    assert [row["score"] for row in layers["per_layer"]] == [float(row["avg"]) for row in rows]
+    assert set(layers["recommended_layers"]["layers"]) <= {1, 2, 3}
+
+
+def test_ctrl_c_stops_with_130_and_the_rerun_resumes(cli, tiny_qwen2, stage1, tmp_path):
+    """A separate process gets SIGINT while it tunes layer 2 (layer 1 finished); the rerun keeps layer 1 and
+    continues layer 2 from its checkpoint."""
+    out = tmp_path / "run"
+    shutil.copytree(stage1, out)
+    args = ["sweep", "--model", tiny_qwen2, "--layers", "1,2", *BUDGET, "--steps", "12", "--save-every", "2",
+            "--out", str(out)]
+    with (tmp_path / "stderr.txt").open("w") as stderr:
+        proc = subprocess.Popen([sys.executable, "-m", "resa_interp.cli", *args], stdout=subprocess.DEVNULL,
+                                stderr=stderr, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        checkpoint = out / "layer-2" / "checkpoints" / "step-000002" / "state.pt"
+        deadline = time.time() + 240
+        while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.02)
+        assert checkpoint.exists(), "layer 2 wrote no checkpoint before the run ended"
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) == 130
+    assert "interrupted: finished work is saved" in (tmp_path / "stderr.txt").read_text()
+    assert not (out / "layer-2" / "manifest.json").exists() and not (out / "layer-2" / "merged").exists()
+    assert [r["layer"] for r in _csv(out / "scores.csv")] == ["1"]
+    finished = _mtimes(out, 1)
+    log = (out / "layer-2" / "train_log.jsonl").read_text().splitlines()
+    first = {**json.loads(log[0]), "kl": 123.0}  # kept by a resumed run, recomputed by a restarted one
+    (out / "layer-2" / "train_log.jsonl").write_text("\n".join([json.dumps(first), *log[1:]]) + "\n")
+    code, stdout, err = cli(args)
+    assert code == 0, err
+    assert "layer 1: tuned earlier" in stdout and "layer 2: tuned (12 steps" in stdout and "kl 123 -> " in stdout
+    steps = [json.loads(line)["step"] for line in (out / "layer-2" / "train_log.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 13)) and _mtimes(out, 1) == finished
+    assert [r["layer"] for r in _csv(out / "scores.csv")] == ["1", "2"]
+
+
+def test_missing_saes_are_trained_first(tiny_qwen2, tmp_path):
+    config = sweep_config(
+        layers="2", device="cpu", tune={"model": tiny_qwen2, "steps": 1, "limit": 1},
+        evaluation={"limit": 1, "max_new_tokens": 4},
+    )
+    config = replace(config, saes=SAETrainConfig(**STAGE1))
+    lines: list[str] = []
+    result = sweep(config, tmp_path, echo=lines.append)
+    assert lines[0] == f"{tmp_path} has no SAEs: training them first (Stage I, layers 2)"
+    assert (tmp_path / "saes" / "blocks.2.hook_resid_post" / "cfg.json").is_file()
+    stage1 = json.loads((tmp_path / "manifest.json").read_text())["stages"]["train-saes"]
+    assert stage1["layers"] == [2] and stage1["model"] == tiny_qwen2 and stage1["config"]["tokens"] == 2048
+    assert [row.layer for row in result.layers] == [2] and result.layers[0].steps == 1
+    assert _csv(result.scores_csv)[0]["layer"] == "2"
+
+
+def test_presets_combine_the_stages_presets():
+    paper = sweep_config("paper")
+    assert paper.layers == "2-27" and paper.tasks == PAPER_ORDER and paper.saes_run is None
+    assert (paper.tune.model, paper.tune.dataset, paper.tune.lr, paper.tune.epochs, paper.tune.steps) == (
+        "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B", "still", 1e-6, 2, None)
+    assert (paper.tune.lora_r, paper.tune.lora_alpha, paper.tune.lora_dropout) == (32, 128, 0.05)
+    ev = paper.evaluation
+    assert (ev.backend, ev.samples, ev.max_new_tokens, ev.temperature, ev.top_p, ev.limit) == (
+        "vllm", 1, 32768, 0.6, 0.95, None)
+    assert (paper.saes.expansion_factor, paper.saes.optimizer, paper.saes.lr) == (64, "signum", 2.5e-4)
+
+    cpu = sweep_config(layers="3,4", tasks=["synthetic", "x.jsonl"], device="cpu",
+                       tune={"steps": 5, "lr": None}, evaluation={"samples": 2})
+    assert cpu.layers == "3,4" and cpu.tasks == ("synthetic", "x.jsonl")
+    assert (cpu.tune.model, cpu.tune.steps, cpu.tune.lr, cpu.tune.limit, cpu.tune.device) == (None, 5, 1e-4, 64, "cpu")
+    assert (cpu.evaluation.backend, cpu.evaluation.limit, cpu.evaluation.max_new_tokens) == ("transformers", 20, 256)
+    assert (cpu.evaluation.samples, cpu.evaluation.device, cpu.saes.device) == (2, "cpu", "cpu")
+
+
+def test_bad_input_is_one_line(cli, tiny_qwen2, stage1, tmp_path):
+    base = ["sweep", "--model", tiny_qwen2, "--saes", str(stage1), *BUDGET, "--out", str(tmp_path / "s")]
+    (tmp_path / "avg.jsonl").write_text('{"problem": "1 + 1?", "answer": "2"}\n')
+    cases = [
+        (["--layers", "2-5"], "--layers '2-5': layer 4 is outside the model (0..3)"),
+        (["--layers", "0-2"], f"{stage1} has no resid_post SAE for layer(s) 0; train them"),
+        (["--layers", "1", "--tasks", "aime2024"], "task 'aime2024': not a paper task"),
+        (["--layers", "1", "--tasks", str(tmp_path / "avg.jsonl")], "would clash with scores.csv's own column"),
+        (["--layers", "1", "--hook", "attn_out"], "--hook 'attn_out': accepted resid_post, mlp_out"),
+        (["--layers", "1", "--preset", "huge"], "--preset 'huge' is unknown"),
+        (["--layers", "1", "--samples", "0"], "--samples 0: must be at least 1"),
+    ]
+    for args, needle in cases:
+        code, _, err = cli([*base, *args])
+        assert code == 2 and err.count("\n") == 1 and needle in err, (args, err)
+    assert not (tmp_path / "s").exists()
