@@ -21,7 +21,8 @@ app = typer.Typer(
     help=(
         "SAE feature analysis of reasoning models (the Resa method).\n\n"
         "Stages: info (what a model looks like) -> train-saes -> features -> select-layers -> tune -> eval; "
-        "sweep (tune + eval at every layer) feeds select-layers. "
+        "sweep (tune + eval at every layer) feeds select-layers; dashboard shows what a feature does; attach puts "
+        "a tuned adapter on another model of the family. "
         "Every command works offline on the embedded default model (SmolLM2-135M-Instruct) when --model is "
         "not given."
     ),
