@@ -118,7 +118,7 @@ def main() -> None:
                         help="layer of the dashboard example (the paper's default hookpoint; 0: the layer with the "
                         "most reasoning features)")
     parser.add_argument("--texts", type=int, default=128, help="trigger texts for the dashboard example")
-    parser.add_argument("--no-table6", action="store_true", help="skip analysis/paper_table6.py (about 4 minutes)")
+    parser.add_argument("--no-table6", action="store_true", help="skip analysis/paper_table6.py (about 2 minutes)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
 
