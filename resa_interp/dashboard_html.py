@@ -151,10 +151,9 @@ logit effects: {html.escape(dset.logit_rule)}</p>"""
 
 def check_plotlyjs(plotlyjs: str) -> None:
     """One-line error unless `plotlyjs` is 'inline' or 'cdn'."""
-    if plotlyjs not in PLOTLYJS:
-        from resa_interp.errors import ResaError
+    from resa_interp.errors import check_choice
 
-        raise ResaError(f"--plotlyjs {plotlyjs!r}: accepted {', '.join(PLOTLYJS)}")
+    check_choice("--plotlyjs", plotlyjs, PLOTLYJS)
 
 
 def _plotly_script(plotlyjs: str) -> str:

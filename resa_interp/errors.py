@@ -3,3 +3,9 @@
 
 class ResaError(Exception):
     """Bad input or an unmet precondition, described in one line: which value, why, what is accepted."""
+
+
+def check_choice(what: str, value: object, accepted: object, problem: str = "is unknown") -> None:
+    """Raise the one-line error "WHAT 'VALUE' is unknown; accepted: A, B" unless `value` is in `accepted`."""
+    if value not in accepted:
+        raise ResaError(f"{what} {value!r} {problem}; accepted: {', '.join(map(str, accepted))}")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from resa_interp.errors import ResaError
+from resa_interp.errors import ResaError, check_choice
 from resa_interp.eval_backends import BackendRun, generate_transformers
 from resa_interp.eval_lighteval import check_vllm, generate_vllm
 from resa_interp.eval_tasks import PAPER_ORDER, PAPER_TASKS, EvalTask, load_tasks
@@ -64,8 +64,7 @@ class EvalConfig:
 
     def check(self) -> None:
         """Raise a one-line error for values no backend can run."""
-        if self.backend not in BACKENDS:
-            raise ResaError(f"--backend {self.backend!r} is unknown; accepted: {', '.join(BACKENDS)}")
+        check_choice("--backend", self.backend, BACKENDS)
         for name in ("samples", "max_new_tokens", "batch_size"):
             if getattr(self, name) < 1:
                 raise ResaError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be at least 1")

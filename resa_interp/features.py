@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from resa_interp.errors import ResaError
+from resa_interp.errors import ResaError, check_choice
 from resa_interp.harvest import Harvester
 from resa_interp.models import Subject, hook_name
 from resa_interp.runs import atomic_write_json, atomic_write_text, record_stage
@@ -135,10 +135,8 @@ def extract_features(
     quality: dict[int, dict] | None = None,
 ) -> tuple[list[PromptInfo], list[LayerFeatures]]:
     """Reasoning features per layer over all prompts (a latent must qualify in every prompt)."""
-    if cfg.marker_rule not in MARKER_RULES:
-        raise ResaError(f"--marker-rule {cfg.marker_rule!r}: accepted {', '.join(MARKER_RULES)}")
-    if cfg.occurrences not in OCCURRENCES:
-        raise ResaError(f"--occurrences {cfg.occurrences!r}: accepted {', '.join(OCCURRENCES)}")
+    check_choice("--marker-rule", cfg.marker_rule, MARKER_RULES)
+    check_choice("--occurrences", cfg.occurrences, OCCURRENCES)
     for layer, sae in saes.items():
         if sae.cfg.d_in != subject.facts.d_model:
             raise ResaError(

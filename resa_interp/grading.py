@@ -23,7 +23,7 @@ import string
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from resa_interp.errors import ResaError
+from resa_interp.errors import ResaError, check_choice
 from resa_interp.extras import require_extra
 
 if TYPE_CHECKING:
@@ -56,8 +56,7 @@ def require_grader() -> None:
 @functools.cache
 def extractive_match(grading: str) -> MultilingualExtractiveMatchMetric:
     """The authors' lighteval metric for one grading ('expr', 'latex' or 'choice')."""
-    if grading not in GRADINGS:
-        raise ResaError(f"grading {grading!r} is unknown; accepted: {', '.join(GRADINGS)}")
+    check_choice("grading", grading, GRADINGS)
     require_grader()
     from lighteval.metrics.dynamic_metrics import MultilingualExtractiveMatchMetric
     from lighteval.metrics.utils.extractive_match_utils import (

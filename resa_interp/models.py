@@ -10,6 +10,7 @@ merges, local fine-tunes) load with their own rope settings and embedding tying.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -17,6 +18,7 @@ import os
 import re
 import tempfile
 import warnings
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -25,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from resa_interp.errors import ResaError
+from resa_interp.errors import ResaError, check_choice
 from resa_interp.runs import atomic_dir
 
 if TYPE_CHECKING:
@@ -55,8 +57,7 @@ def cache_dir() -> Path:
 
 def hook_name(hook: str, layer: int) -> str:
     """TransformerLens/SAELens hook name for `hook` ('resid_post' or 'mlp_out') at `layer`."""
-    if hook not in HOOKS:
-        raise ResaError(f"hook {hook!r} is not supported; accepted: {', '.join(HOOKS)}")
+    check_choice("hook", hook, HOOKS, "is not supported")
     return HOOKS[hook].format(layer=layer)
 
 
@@ -236,12 +237,9 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
 
 def hook_module(model: nn.Module, hook: str, layer: int) -> nn.Module:
     """The HF module whose output equals TransformerLens' `hook` at `layer` (decoder layer or its MLP)."""
+    check_choice("hook", hook, HOOKS, "is not supported")
     block = decoder_layers(model)[layer]
-    if hook == "resid_post":
-        return block
-    if hook == "mlp_out":
-        return block.mlp
-    raise ResaError(f"hook {hook!r} is not supported; accepted: {', '.join(HOOKS)}")
+    return block if hook == "resid_post" else block.mlp
 
 
 def _resolve_device(device: str) -> torch.device:
@@ -259,8 +257,7 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     """'float32' | 'bfloat16' | 'float16' (or a torch dtype) -> torch dtype."""
     if isinstance(dtype, torch.dtype):
         return dtype
-    if dtype not in DTYPES:
-        raise ResaError(f"dtype {dtype!r} is not supported; accepted: {', '.join(DTYPES)}")
+    check_choice("dtype", dtype, DTYPES, "is not supported")
     return DTYPES[dtype]
 
 
@@ -328,6 +325,17 @@ def _facts(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, architect
     )
 
 
+@contextlib.contextmanager
+def _neutral_name(path: Path) -> Iterator[str]:
+    """`path` reached through a link named 'model', with TransformerLens' warnings silenced: TransformerLens
+    guesses the architecture from names that contain 'llama' or 'gemma'."""
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        neutral = Path(tmp) / "model"
+        neutral.symlink_to(path, target_is_directory=True)
+        yield str(neutral)
+
+
 def transformer_lens_config(path: Path, hf_model: PreTrainedModel) -> HookedTransformerConfig:
     """HookedTransformerConfig derived from the checkpoint's own HF config (never a listed model's).
 
@@ -337,13 +345,10 @@ def transformer_lens_config(path: Path, hf_model: PreTrainedModel) -> HookedTran
     from transformer_lens.loading_from_pretrained import get_pretrained_model_config
 
     n_ctx = min(int(getattr(hf_model.config, "max_position_embeddings", 2048) or 2048), 4096)
-    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        neutral = Path(tmp) / "model"
-        neutral.symlink_to(path, target_is_directory=True)
+    with _neutral_name(path) as neutral:
         try:
             return get_pretrained_model_config(
-                str(neutral),
+                neutral,
                 hf_cfg=hf_model.config.to_dict(),
                 fold_ln=False,
                 device=str(next(hf_model.parameters()).device),
@@ -364,12 +369,9 @@ def build_hooked(subject: Subject) -> HookedTransformer:
     from transformer_lens.loading_from_pretrained import get_pretrained_state_dict
 
     cfg = subject.tl_config
-    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        neutral = Path(tmp) / "model"
-        neutral.symlink_to(subject.path, target_is_directory=True)
+    with _neutral_name(subject.path) as neutral:
         model = HookedTransformer(cfg, subject.tokenizer, move_to_device=False, default_padding_side="right")
-        state = get_pretrained_state_dict(str(neutral), cfg, hf_model=subject.hf, dtype=subject.dtype)
+        state = get_pretrained_state_dict(neutral, cfg, hf_model=subject.hf, dtype=subject.dtype)
         model.load_and_process_state_dict(
             state,
             fold_ln=False,

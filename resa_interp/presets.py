@@ -6,7 +6,7 @@ import dataclasses
 from collections.abc import Iterable
 from typing import Any, TypeVar
 
-from resa_interp.errors import ResaError
+from resa_interp.errors import ResaError, check_choice
 
 T = TypeVar("T")
 
@@ -14,8 +14,8 @@ T = TypeVar("T")
 def with_preset(cls: type[T], presets: dict[str, dict[str, Any]], preset: str | None, drop: Iterable[str] = (),
                 **given: Any) -> T:
     """`cls` built from its defaults, then `presets[preset]` (minus `drop`), then every non-None `given`."""
-    if preset is not None and preset not in presets:
-        raise ResaError(f"--preset {preset!r} is unknown; accepted: {', '.join(presets)}")
+    if preset is not None:
+        check_choice("--preset", preset, presets)
     names = {f.name for f in dataclasses.fields(cls)}
     values = {k: v for k, v in presets.get(preset, {}).items() if k not in set(drop)}
     values.update({k: v for k, v in given.items() if v is not None})

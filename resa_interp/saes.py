@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from resa_interp.errors import ResaError
+from resa_interp.errors import ResaError, check_choice
 from resa_interp.harvest import EncodedText, Harvester, encode_texts, iter_batches, shared_prefix_length
 from resa_interp.models import HOOKS, Subject, hook_name, load_subject
 from resa_interp.optimizers import Signum
@@ -521,8 +521,7 @@ def _train_group(
 
 def _select_dtype(cfg: SAETrainConfig, device: torch.device) -> torch.dtype | None:
     choices = {"auto": None, "bfloat16": torch.bfloat16, "float32": None}
-    if cfg.select_precision not in choices:
-        raise ResaError(f"select precision {cfg.select_precision!r}: accepted {', '.join(choices)}")
+    check_choice("select precision", cfg.select_precision, choices)
     return fast_select_dtype(device) if cfg.select_precision == "auto" else choices[cfg.select_precision]
 
 
@@ -545,14 +544,11 @@ def train_saes(cfg: SAETrainConfig, run: str | Path, subject: Subject | None = N
 
     from resa_interp.sae_metrics import evaluate_saes, write_metrics
 
-    if cfg.hook not in HOOKS:
-        raise ResaError(f"--hook {cfg.hook!r}: accepted {', '.join(HOOKS)}")
-    if cfg.mode not in MODES:
-        raise ResaError(f"--mode {cfg.mode!r}: accepted {', '.join(MODES)}")
+    check_choice("--hook", cfg.hook, HOOKS)
+    check_choice("--mode", cfg.mode, MODES)
     if cfg.mode != "scratch" and not cfg.source:
         raise ResaError(f"--mode {cfg.mode} needs --from (a SAELens folder, a sparsify folder or RELEASE:SAE_ID)")
-    if cfg.optimizer not in OPTIMIZERS:
-        raise ResaError(f"--optimizer {cfg.optimizer!r}: accepted {', '.join(OPTIMIZERS)}")
+    check_choice("--optimizer", cfg.optimizer, OPTIMIZERS)
     if cfg.tokens is not None and cfg.tokens < cfg.batch_tokens:
         raise ResaError(f"--tokens {cfg.tokens} is smaller than one batch ({cfg.batch_tokens} tokens); raise it")
     run = Path(run)

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from resa_interp.errors import ResaError
+from resa_interp.errors import ResaError, check_choice
 from resa_interp.eval_tasks import PAPER_ORDER, SYNTHETIC
 from resa_interp.evaluation import EvalConfig, EvalResult
 from resa_interp.presets import with_preset
@@ -87,8 +87,8 @@ def sweep_config(
     `device` applies to Stage I, tuning and evaluation alike."""
     from resa_interp import saes, tuning
 
-    if preset is not None and preset not in PRESETS:
-        raise ResaError(f"--preset {preset!r} is unknown; accepted: {', '.join(PRESETS)}")
+    if preset is not None:
+        check_choice("--preset", preset, PRESETS)
     return with_preset(
         SweepConfig, PRESETS, preset,
         layers=layers,

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from resa_interp.errors import ResaError
+from resa_interp.errors import ResaError, check_choice
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -31,8 +31,7 @@ THINK, END_THINK = "<think>", "</think>"
 
 def format_trigger(problem: str, answer: str, template: str = "r1") -> str:
     """One CoT-free text: the question, then only the final answer between `<think>` and `</think>`."""
-    if template not in TEMPLATES:
-        raise ResaError(f"template {template!r} is unknown; accepted: {', '.join(TEMPLATES)}")
+    check_choice("template", template, TEMPLATES)
     return TEMPLATES[template].format(problem=problem.strip(), answer=answer.strip())
 
 

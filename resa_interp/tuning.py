@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from resa_interp.errors import ResaError
+from resa_interp.errors import ResaError, check_choice
 from resa_interp.presets import with_preset
 from resa_interp.sae_recon import SAEReconstruction
 
@@ -268,11 +268,8 @@ def kl_per_token(teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> 
 
 def reduce_kl(kl: torch.Tensor, reduction: str) -> torch.Tensor:
     """'token': mean over positions (and batch); 'batchmean': sum over positions / batch size (authors' code)."""
-    if reduction == "token":
-        return kl.mean()
-    if reduction == "batchmean":
-        return kl.sum() / kl.shape[0]
-    raise ResaError(f"KL reduction {reduction!r} is unknown; accepted: {', '.join(KL_REDUCTIONS)}")
+    check_choice("KL reduction", reduction, KL_REDUCTIONS)
+    return kl.mean() if reduction == "token" else kl.sum() / kl.shape[0]
 
 
 def next_token_loss(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -326,8 +323,7 @@ class SAETuner:
         from resa_interp.models import load_subject, resolve_model_path
         from resa_interp.sae_io import check_sae_fits, load_sae
 
-        if config.kl_reduction not in KL_REDUCTIONS:
-            raise ResaError(f"KL reduction {config.kl_reduction!r} is unknown; accepted: {', '.join(KL_REDUCTIONS)}")
+        check_choice("KL reduction", config.kl_reduction, KL_REDUCTIONS)
         for name in ("grad_accum", "lora_r", "max_length"):
             if getattr(config, name) < 1:
                 raise ResaError(f"{name} {getattr(config, name)} must be at least 1")
