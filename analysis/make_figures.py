@@ -37,28 +37,27 @@ def ensure_main_run(run: Path) -> None:
     """The README's main job when `run` has no features.json: Stage I defaults at layers 1..L-2, then features."""
     if (run / "features.json").exists():
         return
-    from resa_interp.features import FeatureConfig, default_layers, run_features
-    from resa_interp.models import load_subject
-    from resa_interp.sae_io import run_sae_dirs
-    from resa_interp.saes import SAETrainConfig, train_saes
-    from resa_interp.templates import R1_SYSTEM_PROMPT
+    from resa_interp.features.extract import FeatureConfig, default_layers, run_features
+    from resa_interp.model.subject import load_subject
+    from resa_interp.sae.folders import run_sae_dirs
+    from resa_interp.sae.train import SAETrainConfig, train_saes
 
     subject = load_subject()
     layers = default_layers(subject.facts.n_layers)
     if not run_sae_dirs(run):
         print(f"{run} has no SAEs: training them (Stage I defaults, layers {layers})")
         train_saes(SAETrainConfig(layers=layers), run, subject=subject)
-    run_features(run, subject, FeatureConfig(), [R1_SYSTEM_PROMPT], layers=layers)
+    run_features(FeatureConfig(layers=layers), run, subject=subject)
 
 
 def embedded_figures(run: Path, out: Path) -> None:
     """Counts, SAE quality and the mixture fit of the counts, from the main run."""
-    from resa_interp.features import LayerFeatures, counts_figure
-    from resa_interp.layer_report import figures, markdown_summary
-    from resa_interp.layers import LayerConfig, analyze_layers, read_counts
-    from resa_interp.report import save_figure
+    from resa_interp.features.extract import LayerFeatures, counts_figure
+    from resa_interp.figures import save_figure
+    from resa_interp.layers.analysis import LayerConfig, analyze_layers, read_counts
+    from resa_interp.layers.report import figures, markdown_summary
     from resa_interp.runs import atomic_write_text
-    from resa_interp.sae_metrics import metrics_figure, read_metrics
+    from resa_interp.sae.metrics import metrics_figure, read_metrics
 
     doc = json.loads((run / "features.json").read_text())
     layers = [LayerFeatures(**row) for row in doc["layers"]]
@@ -76,8 +75,8 @@ def embedded_figures(run: Path, out: Path) -> None:
 
 def dashboard_example(run: Path, out: Path, layer: int | None, texts: int) -> None:
     """The dashboard page of one layer's reasoning features (None: the layer with the most), and a PNG of it."""
-    from resa_interp.dashboard_html import page_html
-    from resa_interp.dashboards import DashboardConfig, build_dashboards
+    from resa_interp.dashboard.build import DashboardConfig, build_dashboards
+    from resa_interp.dashboard.html import page_html
     from resa_interp.runs import atomic_write_text
 
     if layer is None:

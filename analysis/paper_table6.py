@@ -18,15 +18,21 @@ Run from the repository root: .venv/bin/python analysis/paper_table6.py    (abou
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import tempfile
 from pathlib import Path
 
 import numpy as np
 from sklearn.mixture import GaussianMixture
 
-from resa_interp.layer_report import write_outputs
-from resa_interp.layers import LayerAnalysis, LayerConfig, analyze_layers, read_counts, read_scores
+from resa_interp.layers.analysis import (
+    LayerAnalysis,
+    LayerConfig,
+    analyze_layers,
+    fit_settings,
+    read_counts,
+    read_scores,
+)
+from resa_interp.layers.report import write_outputs
 from resa_interp.runs import atomic_write_bytes, atomic_write_text
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -147,7 +153,7 @@ def comparison(results: dict[str, LayerAnalysis], single: dict[str, dict]) -> st
         ),
         row("recommended layers", "–", lambda a: ", ".join(map(str, a.recommendation.layers))),
     ]
-    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("likelihood", "min_std")}
+    settings = {k: v for k, v in fit_settings(cfg).items() if k not in ("likelihood", "min_std")}
     lines = [
         "# Table 6: the paper's mixture analysis vs resa-interp select-layers",
         "",

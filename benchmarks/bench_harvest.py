@@ -17,10 +17,10 @@ import time
 
 import torch
 
-from resa_interp.harvest import Harvester, encode_texts, make_batch, shared_prefix_length
-from resa_interp.models import load_subject
-from resa_interp.synthetic import synthetic_qa
-from resa_interp.templates import format_trigger
+from resa_interp.data.synthetic import synthetic_qa
+from resa_interp.data.templates import format_trigger
+from resa_interp.model.harvest import Harvester, encode_texts, make_batch, shared_prefix_length
+from resa_interp.model.subject import load_subject
 
 
 def timed(fn) -> float:
@@ -74,8 +74,8 @@ def main() -> None:
         full = make_batch(chunk, 0, 1)
         suffix = make_batch(chunk, 0, 1, prefix_len)
         counted += full.n_tokens
-        full_t.append(timed(lambda: harvest(full.input_ids, full.attention_mask)))
-        shared_t.append(timed(lambda: harvest(suffix.input_ids, suffix.attention_mask, prefix=prefix)))
+        full_t.append(timed(lambda b=full: harvest(b.input_ids, b.attention_mask)))
+        shared_t.append(timed(lambda b=suffix: harvest(b.input_ids, b.attention_mask, prefix=prefix)))
     print(f"\ntrigger texts ({prefix_len} shared prefix tokens of ~{counted // (args.batch * args.rounds)}):")
     print(f"  harvest, whole texts   {counted / sum(full_t):>7.0f} counted tok/s")
     print(f"  harvest, shared prefix {counted / sum(shared_t):>7.0f} counted tok/s   "

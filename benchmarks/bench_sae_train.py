@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from resa_interp.saes import LayerSAE
+from resa_interp.sae.train import LayerSAE
 
 
 def activations(n: int, d: int, seed: int = 0) -> torch.Tensor:
@@ -73,7 +73,7 @@ def main() -> None:
             "resa bf16 select": ours_step_fn(d_in, latents, k, lr, torch.bfloat16, data),
         }
         times = {name: [] for name in trainers}
-        for name, step in trainers.items():  # warm-up
+        for step in trainers.values():  # warm-up
             step(batches[0])
         for i in range(args.steps):
             for name, step in trainers.items():

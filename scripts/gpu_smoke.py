@@ -41,8 +41,8 @@ def main() -> None:
     out = Path(args.out)
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name(0) if device == 'cuda' else 'cpu'}")
 
-    from resa_interp.models import load_subject
-    from resa_interp.tiny import build_tiny_model
+    from resa_interp.model.subject import load_subject
+    from resa_interp.model.tiny import build_tiny_model
 
     model_dir = build_tiny_model(out / "tiny-qwen2", "qwen2")
 
@@ -62,7 +62,7 @@ def main() -> None:
 
     @step("Stage I")
     def stage_one():
-        from resa_interp.saes import SAETrainConfig, train_saes
+        from resa_interp.sae.train import SAETrainConfig, train_saes
 
         cfg = SAETrainConfig(model=str(model_dir), layers="1,2", expansion_factor=4, k=8, tokens=8192,
                              batch_tokens=512, buffer_tokens=2048, heldout=4, n_examples=120, lr=3e-3,
@@ -78,11 +78,11 @@ def main() -> None:
 
     @step("features clean + spliced")
     def features():
-        from resa_interp.features import FeatureConfig, run_features
+        from resa_interp.features.extract import FeatureConfig, run_features
 
         for spliced in (False, True):
-            result = run_features(out / "run", subject, FeatureConfig(spliced=spliced), [
-                "x <think> y </think> z <think> w </think> v"], layers="1,2")
+            cfg = FeatureConfig(spliced=spliced, prompts=("x <think> y </think> z <think> w </think> v",), layers="1,2")
+            result = run_features(cfg, out / "run", subject=subject)
             assert [layer.layer for layer in result.layers] == [1, 2]
         return f"counts {[layer.count for layer in result.layers]}"
 
@@ -90,7 +90,7 @@ def main() -> None:
 
     @step("Stage II tune bf16")
     def stage_two():
-        from resa_interp.tuning import TuneConfig, tune
+        from resa_interp.tuning.sae_tuning import TuneConfig, tune
 
         cfg = TuneConfig(model=str(model_dir), saes_run=str(out / "run"), layer=2, steps=6, lr=1e-3, limit=8,
                          save_every=None, device=device, dtype="bfloat16")

@@ -11,7 +11,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest
 import torch
 
-from resa_interp.tiny import build_tiny_model
+from resa_interp.model.tiny import build_tiny_model
 
 
 @pytest.fixture(scope="session")
@@ -29,7 +29,7 @@ def tiny_llama(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def embedded():
     """The embedded SmolLM2-135M-Instruct, loaded once for the whole session."""
-    from resa_interp.models import load_subject
+    from resa_interp.model.subject import load_subject
 
     torch.manual_seed(0)
     return load_subject()

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from resa_interp.adapters import adapter_shapes, attach, check_adapter_fits, write_adapter_facts
 from resa_interp.errors import ResaError
-from resa_interp.tiny import build_tiny_model
+from resa_interp.model.adapters import adapter_shapes, attach, check_adapter_fits, write_adapter_facts
+from resa_interp.model.tiny import build_tiny_model
 
 IDS = torch.tensor([[3, 14, 15, 92, 65, 35, 89]])
 

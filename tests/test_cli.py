@@ -41,3 +41,11 @@ def test_debug_shows_the_traceback(cli, tmp_path):
 def test_help_lists_commands(cli):
     code, out, _ = cli(["--help"])
     assert code == 0 and "info" in out
+
+
+def test_eval_default_tasks_are_the_papers():
+    """The CLI spells the paper's tasks as a string (its --help loads no torch); it is the library's default."""
+    from resa_interp.cli.options import PAPER_TASK_LIST
+    from resa_interp.evaluation import DEFAULT_TASKS, EvalConfig
+
+    assert tuple(PAPER_TASK_LIST.split(",")) == DEFAULT_TASKS == EvalConfig().tasks

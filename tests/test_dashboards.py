@@ -12,16 +12,16 @@ import pytest
 import torch
 from test_features import LAYER, PROMPT, _clean_acts, _planted
 
-from resa_interp.dashboard_html import page_html
-from resa_interp.dashboards import DashboardConfig, build_dashboards, logit_effects, sink_mask
-from resa_interp.features import FeatureConfig, run_features
-from resa_interp.harvest import encode_texts, shared_prefix_length
-from resa_interp.models import load_subject
-from resa_interp.sae_import import build_topk_sae
-from resa_interp.sae_io import load_sae, sae_dir
-from resa_interp.saes import SAETrainConfig, train_saes
-from resa_interp.synthetic import synthetic_qa
-from resa_interp.templates import format_trigger, marker_spans
+from resa_interp.dashboard.build import DashboardConfig, build_dashboards, logit_effects, sink_mask
+from resa_interp.dashboard.html import page_html
+from resa_interp.data.synthetic import synthetic_qa
+from resa_interp.data.templates import format_trigger, marker_spans
+from resa_interp.features.extract import FeatureConfig, run_features
+from resa_interp.model.harvest import encode_texts, shared_prefix_length
+from resa_interp.model.subject import load_subject
+from resa_interp.sae.folders import load_sae, sae_dir
+from resa_interp.sae.pretrained import build_topk_sae
+from resa_interp.sae.train import SAETrainConfig, train_saes
 
 TEXTS = 12
 
@@ -41,7 +41,7 @@ def tiny_run(tmp_path_factory, tiny_qwen2):
         setattr(planted.cfg.metadata, key, value)
     shutil.rmtree(sae_dir(run, "resid_post", LAYER))
     planted.save_model(sae_dir(run, "resid_post", LAYER))
-    run_features(run, subject, FeatureConfig(), [PROMPT], layers="1,2")
+    run_features(FeatureConfig(prompts=(PROMPT,), layers="1,2"), run, subject=subject)
     return run, subject
 
 

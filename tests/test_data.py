@@ -8,9 +8,9 @@ from fractions import Fraction
 
 import pytest
 
-from resa_interp.data import load_qa
+from resa_interp.data.qa import load_qa
+from resa_interp.data.synthetic import synthetic_qa
 from resa_interp.errors import ResaError
-from resa_interp.synthetic import synthetic_qa
 
 ROWS = [
     {"question": "What is 1+1?", "solution": "We add. \\boxed{2}", "id": 1},

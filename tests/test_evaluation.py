@@ -17,23 +17,14 @@ import torch
 from transformers import AutoTokenizer
 
 from resa_interp.errors import ResaError
-from resa_interp.eval_backends import (
+from resa_interp.evaluation.backends import (
     eos_token_ids,
     is_truncated,
     model_context,
     prompt_token_ids,
     required_length,
 )
-from resa_interp.eval_tasks import (
-    PAPER_ORDER,
-    PAPER_TASKS,
-    chat_prompt,
-    choice_query,
-    load_task,
-    load_tasks,
-    math_query,
-)
-from resa_interp.evaluation import (
+from resa_interp.evaluation.evaluator import (
     SAMPLES,
     EvalConfig,
     EvalResult,
@@ -43,8 +34,17 @@ from resa_interp.evaluation import (
     format_table,
     read_scores,
 )
-from resa_interp.grading import grade
-from resa_interp.models import resolve_model_path
+from resa_interp.evaluation.grading import grade
+from resa_interp.evaluation.tasks import (
+    PAPER_ORDER,
+    PAPER_TASKS,
+    chat_prompt,
+    choice_query,
+    load_task,
+    load_tasks,
+    math_query,
+)
+from resa_interp.model.loading import resolve_model_path
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -140,7 +140,7 @@ def test_local_tasks(tmp_path, choice_file):
 
 
 def test_synthetic_task_is_held_out_and_deterministic():
-    from resa_interp.synthetic import synthetic_qa
+    from resa_interp.data.synthetic import synthetic_qa
 
     task = load_task("synthetic", limit=50)
     assert len(task.problems) == 50 and task.problems == load_task("synthetic", limit=50).problems
@@ -161,7 +161,7 @@ def test_vllm_arguments_fit_every_prompt(tmp_path, choice_file, embedded_tokeniz
     from lighteval.tasks.prompt_manager import PromptManager
     from lighteval.tasks.registry import Registry
 
-    from resa_interp.eval_lighteval import lighteval_name, only_these_tasks, task_module, vllm_config
+    from resa_interp.evaluation.lighteval_backend import lighteval_name, only_these_tasks, task_module, vllm_config
 
     model_path = resolve_model_path(None)
     config = EvalConfig(backend="vllm", samples=4, max_new_tokens=7000, limit=3)
@@ -186,7 +186,7 @@ def test_vllm_arguments_fit_every_prompt(tmp_path, choice_file, embedded_tokeniz
     for task in tasks:
         docs = sorted(loaded[f"{lighteval_name(task)}|0"].get_docs(), key=lambda d: int(d.id))
         assert len(docs) == len(task.problems)
-        for doc, problem in zip(docs, task.problems):
+        for doc in docs:
             assert doc.num_samples == 4 and doc.generation_size == 7000 and not doc.stop_sequences
             rendered = manager.prepare_prompt(doc)
             assert rendered == prompts[flat]
@@ -210,7 +210,7 @@ def test_prompts_that_do_not_fit_are_refused(tiny_qwen2):
 
 
 def test_lighteval_output_becomes_generations():
-    from resa_interp.eval_lighteval import LightevalRun, backend_run
+    from resa_interp.evaluation.lighteval_backend import LightevalRun, backend_run
 
     tasks = [load_task("synthetic", limit=2)]
     eos = {2}
@@ -233,7 +233,7 @@ def test_lighteval_pipeline_end_to_end_on_cpu(tmp_path, tiny_qwen2):
     the grader's mean verdict over the same texts."""
     from lighteval.models.model_input import GenerationParameters
 
-    from resa_interp.eval_lighteval import backend_run, grad_mode_kept, run_lighteval
+    from resa_interp.evaluation.lighteval_backend import backend_run, grad_mode_kept, run_lighteval
 
     with grad_mode_kept():  # importing lighteval's transformers engine turns autograd off process-wide
         from lighteval.models.transformers.transformers_model import TransformersModelConfig
@@ -284,7 +284,7 @@ def test_missing_eval_extra_gives_an_install_hint(cli, tmp_path, monkeypatch):
 
 def test_neither_vllm_nor_lighteval_is_imported_with_the_package_and_autograd_survives():
     code = "\n".join([
-        "import sys, torch, resa_interp.cli, resa_interp.evaluation, resa_interp.eval_lighteval as e",
+        "import sys, torch, resa_interp.cli, resa_interp.evaluation, resa_interp.evaluation.lighteval_backend as e",
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'vllm', 'lighteval'}))",
         "try:",
         "    e.check_vllm()  # imports lighteval.pipeline, which switches autograd off on import",
@@ -367,10 +367,11 @@ def test_cpu_backend_end_to_end_on_the_embedded_model(cli, tmp_path, choice_file
 
 def test_local_backend_is_seeded(tmp_path, tiny_qwen2):
     """The same settings give the same generations and scores; another seed gives other generations."""
-    config = EvalConfig(backend="transformers", samples=3, max_new_tokens=8, limit=3, device="cpu", batch_size=4)
-    first = evaluate(tiny_qwen2, ["synthetic"], tmp_path / "a", config)
-    second = evaluate(tiny_qwen2, ["synthetic"], tmp_path / "b", config)
-    other = evaluate(tiny_qwen2, ["synthetic"], tmp_path / "c", dataclasses.replace(config, seed=1))
+    config = EvalConfig(backend="transformers", samples=3, max_new_tokens=8, limit=3, device="cpu", batch_size=4,
+                        model=tiny_qwen2, tasks=("synthetic",))
+    first = evaluate(config, tmp_path / "a")
+    second = evaluate(config, tmp_path / "b")
+    other = evaluate(dataclasses.replace(config, seed=1), tmp_path / "c")
     text = (tmp_path / "a" / SAMPLES).read_text()
     assert text == (tmp_path / "b" / SAMPLES).read_text() and first.tasks == second.tasks
     assert text != (tmp_path / "c" / SAMPLES).read_text()

@@ -9,12 +9,12 @@ import json
 import pytest
 import torch
 
+from resa_interp.data.templates import marker_spans
 from resa_interp.errors import ResaError
-from resa_interp.features import FeatureConfig, extract_features
-from resa_interp.models import load_subject
-from resa_interp.sae_import import build_topk_sae
-from resa_interp.templates import marker_spans
-from resa_interp.tiny import build_tiny_model
+from resa_interp.features.extract import FeatureConfig, extract_features
+from resa_interp.model.subject import load_subject
+from resa_interp.model.tiny import build_tiny_model
+from resa_interp.sae.pretrained import build_topk_sae
 
 PROMPT = "Solve: <think> x </think> then <think> y </think> done"
 LAYER = 2
@@ -56,8 +56,9 @@ def _planted(subject, prompt):
     w_enc = torch.linalg.lstsq(x.double(), targets.double()).solution.float()  # x @ w_enc == targets
     assert torch.allclose(x @ w_enc, targets, atol=1e-3)
     d_sae = len(designs)
-    sae = build_topk_sae(w_enc, torch.zeros(d_sae), torch.nn.functional.normalize(torch.randn(d_sae, x.shape[1]), dim=-1),
-                         torch.zeros(x.shape[1]), k=d_sae, metadata={"hook_name": f"blocks.{LAYER}.hook_resid_post"})
+    w_dec = torch.nn.functional.normalize(torch.randn(d_sae, x.shape[1]), dim=-1)
+    sae = build_topk_sae(w_enc, torch.zeros(d_sae), w_dec, torch.zeros(x.shape[1]), k=d_sae,
+                         metadata={"hook_name": f"blocks.{LAYER}.hook_resid_post"})
     sae.cfg.apply_b_dec_to_input = False
     return sae, designs, spans
 
@@ -135,7 +136,7 @@ def test_spliced_mode(tiny_qwen2):
 @pytest.fixture(scope="session")
 def embedded_run(tmp_path_factory, embedded):
     """A small Stage I run on the embedded model at three layers, shared by the integration tests."""
-    from resa_interp.saes import SAETrainConfig, train_saes
+    from resa_interp.sae.train import SAETrainConfig, train_saes
 
     run = tmp_path_factory.mktemp("embedded") / "run"
     train_saes(SAETrainConfig(layers="3,12,24", tokens=8192, heldout=8), run, subject=embedded)
@@ -178,7 +179,7 @@ def test_embedded_features_match_an_independent_recount(cli, embedded, embedded_
 
 
 def test_errors(cli, tiny_qwen2, tiny_llama, tmp_path):
-    from resa_interp.saes import SAETrainConfig, train_saes
+    from resa_interp.sae.train import SAETrainConfig, train_saes
 
     run = tmp_path / "run"
     train_saes(SAETrainConfig(model=tiny_qwen2, layers="1,2", expansion_factor=2, k=4, tokens=1024,
@@ -208,7 +209,7 @@ def test_d_in_mismatch(tmp_path, tiny_qwen2):
 
 
 def test_prompt_file_jsonl_through_the_cli(cli, tiny_qwen2, tmp_path):
-    from resa_interp.saes import SAETrainConfig, train_saes
+    from resa_interp.sae.train import SAETrainConfig, train_saes
 
     run = tmp_path / "run"
     train_saes(SAETrainConfig(model=tiny_qwen2, layers="1,2", expansion_factor=2, k=4, tokens=1024,

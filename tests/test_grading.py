@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from resa_interp.errors import ResaError
-from resa_interp.grading import extractive_match, grade, grading_doc
+from resa_interp.evaluation.grading import extractive_match, grade, grading_doc
 
 # (generation, gold, grading, options, correct, extracted)
 SHOULD_MATCH = [

@@ -12,9 +12,9 @@ import pytest
 from scipy.stats import norm
 from sklearn.mixture import GaussianMixture
 
-from resa_interp.layer_report import markdown_summary
-from resa_interp.layers import LayerConfig, analyze_layers, expand, read_counts, read_scores, transform_scores
-from resa_interp.mixture import Mixture, fit_weighted, hellinger
+from resa_interp.layers.analysis import LayerConfig, analyze_layers, expand, read_counts, read_scores, transform_scores
+from resa_interp.layers.mixture import Mixture, fit_weighted, hellinger
+from resa_interp.layers.report import markdown_summary
 
 FAST = LayerConfig(restarts=20, resample_restarts=5, bootstrap=40, permutations=0)
 LAYERS = np.arange(30)

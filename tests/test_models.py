@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from resa_interp.errors import ResaError
-from resa_interp.models import hook_name, load_subject, parse_hook_name, resolve_model_path
+from resa_interp.model.hooks import hook_name, parse_hook_name
+from resa_interp.model.loading import resolve_model_path
+from resa_interp.model.subject import load_subject
 
 TEXT = "Problem: What is 12 * 7? <think> 84 </think> <answer> Answer: 84 </answer>"
 
@@ -161,7 +163,7 @@ def test_unsupported_architecture(tmp_path, tiny_qwen2):
 def test_missing_embedded_package_names_the_install(monkeypatch):
     from importlib import metadata
 
-    from resa_interp import models
+    from resa_interp.model import loading as models
 
     def missing(name):
         raise metadata.PackageNotFoundError(name)

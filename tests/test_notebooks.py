@@ -26,14 +26,13 @@ def test_notebooks_are_committed_clean_and_call_the_library():
 @pytest.fixture(scope="module")
 def notebook_env(tmp_path_factory, embedded):
     """One small Stage I run (3 layers, 2,048 tokens per SAE) with its features, and small budgets."""
-    from resa_interp.features import FeatureConfig, run_features
-    from resa_interp.saes import SAETrainConfig, train_saes
-    from resa_interp.templates import R1_SYSTEM_PROMPT
+    from resa_interp.features.extract import FeatureConfig, run_features
+    from resa_interp.sae.train import SAETrainConfig, train_saes
 
     root = tmp_path_factory.mktemp("notebooks")
     run = root / "run"
     train_saes(SAETrainConfig(layers="4,12,20", tokens=2048, heldout=4), run, subject=embedded)
-    run_features(run, embedded, FeatureConfig(), [R1_SYSTEM_PROMPT], layers="4,12,20")
+    run_features(FeatureConfig(layers="4,12,20"), run, subject=embedded)
     return {
         "RESA_NB_RUN": str(run),
         "RESA_NB_TEXTS": "8",

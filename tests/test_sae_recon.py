@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from resa_interp.sae_recon import SAEReconstruction, sparse_topk_eligible
+from resa_interp.sae.reconstruction import SAEReconstruction, sparse_topk_eligible
 
 
 def topk_sae(d_in=24, d_sae=96, k=5, apply_b_dec=True, rescale=False, seed=0):

@@ -14,8 +14,8 @@ import torch
 from safetensors.torch import save_file
 
 from resa_interp.errors import ResaError
-from resa_interp.saes import LayerSAE, SAETrainConfig, train_saes
-from resa_interp.topk_kernel import reconstruction_loss
+from resa_interp.sae.topk_kernel import reconstruction_loss
+from resa_interp.sae.train import LayerSAE, SAETrainConfig, train_saes
 
 SMALL = dict(
     expansion_factor=4, k=8, tokens=3072, batch_tokens=256, buffer_tokens=1024, seq_batch=8, heldout=4,
@@ -106,9 +106,9 @@ def test_metrics_recomputed_independently(tiny_qwen2, tmp_path):
     """Explained variance from raw HF hidden states and a plain sae_lens forward, outside our metric code."""
     from sae_lens import SAE
 
-    from resa_interp.harvest import make_batch
-    from resa_interp.models import load_subject
-    from resa_interp.saes import trigger_data
+    from resa_interp.model.harvest import make_batch
+    from resa_interp.model.subject import load_subject
+    from resa_interp.sae.train import trigger_data
 
     cfg = small_cfg(tiny_qwen2, layers="2")
     result = train_saes(cfg, tmp_path / "run")
@@ -191,7 +191,7 @@ def _sparsify_maths(weights: dict, x: torch.Tensor, k: int):
 
 
 def test_sparsify_import_matches_sparsify_maths(tmp_path):
-    from resa_interp.sae_import import load_source_sae
+    from resa_interp.sae.pretrained import load_source_sae
 
     weights = _sparsify_folder(tmp_path / "sparsify", layer=5, d_in=32, latents=128, k=7)
     sae = load_source_sae(str(tmp_path / "sparsify"), 5, "resid_post", "blocks.5.hook_resid_post")
@@ -257,7 +257,7 @@ def test_cli_errors_are_one_line(cli, tiny_qwen2, tmp_path):
 
 def test_paper_preset_is_appendix_a():
     from resa_interp.presets import with_preset
-    from resa_interp.saes import PRESETS, R1_DISTILL
+    from resa_interp.sae.train import PRESETS, R1_DISTILL
 
     cfg = with_preset(SAETrainConfig, PRESETS, "paper", layers="10-14", k=None)
     assert (cfg.model, cfg.dataset, cfg.hook) == (R1_DISTILL, "still", "resid_post")
@@ -268,7 +268,7 @@ def test_paper_preset_is_appendix_a():
 
 
 def test_memory_plan_groups_layers_when_they_do_not_fit():
-    from resa_interp.saes import plan_memory
+    from resa_interp.sae.train import plan_memory
 
     cfg = SAETrainConfig(expansion_factor=64, optimizer="signum", buffer_tokens=131_072, batch_tokens=32_768)
     plan = plan_memory(cfg, d_in=1536, n_layers=28, device=torch.device("cpu"))

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from resa_interp.eval_tasks import PAPER_ORDER
-from resa_interp.saes import SAETrainConfig, train_saes
-from resa_interp.sweep import sweep, sweep_config
+from resa_interp.evaluation.sweep import sweep, sweep_config
+from resa_interp.evaluation.tasks import PAPER_ORDER
+from resa_interp.sae.train import SAETrainConfig, train_saes
 
 STAGE1 = dict(expansion_factor=4, k=8, tokens=2048, batch_tokens=256, buffer_tokens=512, heldout=2, n_examples=30)
 """A tiny Stage I: on tiny_qwen2 these SAEs give reasoning features at every layer for the prompt below."""

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from transformers import AutoTokenizer
 
+from resa_interp.data.templates import R1_SYSTEM_PROMPT, format_trigger, marker_spans
 from resa_interp.errors import ResaError
-from resa_interp.templates import R1_SYSTEM_PROMPT, format_trigger, marker_spans
 
 
 def test_r1_template_matches_the_authors_layout():

@@ -14,8 +14,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from resa_interp.models import hook_name, load_subject
-from resa_interp.tuning import (
+from resa_interp.model.hooks import hook_name
+from resa_interp.model.subject import load_subject
+from resa_interp.tuning.sae_tuning import (
     SAETuner,
     StepRecord,
     TuneConfig,
@@ -307,8 +308,8 @@ def test_tuning_the_embedded_model_lowers_kl(embedded, tmp_path):
     """A PCA-built TopK SAE (the 64 top principal directions of layer 12 and their negatives, k 32) spliced
     into SmolLM2: the SAE reads the HookedTransformer's activation, and 24 steps over the same 6 examples (the
     paper's short template, so that steps are quick) lower the KL."""
-    from resa_interp.data import load_qa
-    from resa_interp.templates import format_trigger
+    from resa_interp.data.qa import load_qa
+    from resa_interp.data.templates import format_trigger
 
     layer, hook = 12, hook_name("resid_post", 12)
     acts = []
@@ -351,7 +352,7 @@ def test_two_processes_under_torchrun_share_the_data(tiny_qwen2, saes, tmp_path)
 
     from transformers import AutoTokenizer
 
-    from resa_interp.tuning import Schedule, encode_examples
+    from resa_interp.tuning.sae_tuning import Schedule, encode_examples
 
     out = tmp_path / "ddp"
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533"]

@@ -1,0 +1,147 @@
+"""`eval` (Pass@1 on the paper's tasks or local ones) and `sweep` (SAE-Tuning then eval at every layer)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from resa_interp.cli.options import (
+    PAPER_TASK_LIST,
+    Backend,
+    BatchSize,
+    Dataset,
+    Device,
+    Dtype,
+    Epochs,
+    EvalLimit,
+    EvalSeed,
+    Hook,
+    Layers,
+    LoraAlpha,
+    LoraDropout,
+    LoraLr,
+    LoraR,
+    LoraTargets,
+    MaxNewTokens,
+    Model,
+    Out,
+    Preset,
+    Saes,
+    Samples,
+    SaveEvery,
+    Steps,
+    SweepEvalSeed,
+    SweepTrainLimit,
+    Tasks,
+    Temperature,
+    TuneSeed,
+)
+
+
+def evaluate(
+    out: Out,
+    model: Model = None,
+    tasks: Tasks = PAPER_TASK_LIST,
+    backend: Backend = "auto",
+    samples: Samples = 1,
+    max_new_tokens: MaxNewTokens = 32768,
+    temperature: Temperature = 0.6,
+    top_p: Annotated[float, typer.Option("--top-p", help="Nucleus sampling (paper: 0.95).")] = 0.95,
+    limit: EvalLimit = None,
+    seed: EvalSeed = 0,
+    batch_size: BatchSize = 8,
+    device: Device = "auto",
+    dtype: Dtype = None,
+    gpu_memory_utilization: Annotated[
+        float, typer.Option("--gpu-memory-utilization", help="vLLM's share of GPU memory (paper: 0.7).")
+    ] = 0.7,
+    data_parallel_size: Annotated[
+        int | None, typer.Option("--data-parallel-size", help="vLLM replicas, one per GPU (default: all GPUs).")
+    ] = None,
+) -> None:
+    """Evaluate a model: zero-shot Pass@1 on the paper's tasks (lighteval + vLLM on GPU) or locally (transformers).
+
+    Writes OUT/scores.json and OUT/samples.jsonl and prints a table in the paper's column order with Avg.
+
+    Example: resa-interp eval --tasks synthetic --backend transformers --limit 20 --max-new-tokens 256 --out runs/eval
+    """
+    from resa_interp.evaluation import EvalConfig, format_table, parse_task_list
+    from resa_interp.evaluation import evaluate as run_evaluate
+
+    config = EvalConfig(
+        model=model, tasks=tuple(parse_task_list(tasks)), backend=backend, samples=samples,
+        max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, limit=limit, seed=seed,
+        batch_size=batch_size, device=device, dtype=dtype, gpu_memory_utilization=gpu_memory_utilization,
+        data_parallel_size=data_parallel_size,
+    )
+    result = run_evaluate(config, out)
+    typer.echo(format_table(result))
+    typer.echo(f"wrote {out}/scores.json and {out}/samples.jsonl")
+
+
+def sweep(
+    out: Out,
+    layers: Layers = None,
+    model: Model = None,
+    saes: Saes = None,
+    hook: Hook = None,
+    dataset: Dataset = None,
+    train_limit: SweepTrainLimit = None,
+    epochs: Epochs = None,
+    steps: Steps = None,
+    lr: LoraLr = None,
+    lora_r: LoraR = None,
+    lora_alpha: LoraAlpha = None,
+    lora_dropout: LoraDropout = None,
+    lora_targets: LoraTargets = None,
+    save_every: SaveEvery = None,
+    seed: TuneSeed = None,
+    tasks: Tasks = None,
+    backend: Backend = None,
+    samples: Samples = None,
+    max_new_tokens: MaxNewTokens = None,
+    temperature: Temperature = None,
+    limit: EvalLimit = None,
+    eval_seed: SweepEvalSeed = None,
+    batch_size: BatchSize = None,
+    device: Device = None,
+    preset: Preset = "cpu",
+) -> None:
+    """Per-layer sweep: SAE-Tuning at every layer with its Stage I SAE, each tuned model evaluated, into OUT/scores.csv.
+
+    OUT holds layer-L/ (the tuned model and its eval/), scores.csv and manifest.json; the Stage I run too unless
+    --saes. Resumable: finished layers are kept, an interrupted tuning continues from its checkpoint. The scores
+    file (layer, one column per task in percent, avg) is what select-layers --scores reads. --preset cpu: the
+    embedded model, short tuning, 20 synthetic problems; paper: Table 6 (R1-Distill, STILL, layers 2-27, the six
+    tasks on vLLM). The device applies to Stage I, tuning and evaluation.
+
+    Example: resa-interp sweep --layers 11,12 --steps 10 --limit 5 --max-new-tokens 128 --out runs/default
+    """
+    from resa_interp.evaluation import parse_task_list, sweep_config
+    from resa_interp.evaluation import sweep as run_sweep
+    from resa_interp.model.loading import quiet_transformers
+    from resa_interp.tuning import lora_targets as parse_targets
+
+    quiet_transformers()
+    config = sweep_config(
+        preset, layers=layers, tasks=parse_task_list(tasks) if tasks is not None else None, saes_run=saes,
+        device=device,
+        tune=dict(
+            model=model, hook=hook, dataset=dataset, limit=train_limit, epochs=epochs, steps=steps, lr=lr,
+            lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+            lora_targets=parse_targets(lora_targets) if lora_targets else None, save_every=save_every, seed=seed,
+        ),
+        evaluation=dict(
+            backend=backend, samples=samples, max_new_tokens=max_new_tokens, temperature=temperature, limit=limit,
+            seed=eval_seed, batch_size=batch_size,
+        ),
+    )
+    result = run_sweep(config, out, echo=typer.echo)
+    counts = Path(out) / "counts.csv"
+    typer.echo(
+        f"{len(result.layers)} layers in {result.wall_s:.0f} s; scores: {result.scores_csv}\n"
+        f"next: resa-interp select-layers --counts {counts if counts.exists() else 'COUNTS.csv'} "
+        f"--scores {result.scores_csv} --out {Path(out) / 'layers'}"
+    )

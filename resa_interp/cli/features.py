@@ -1,0 +1,138 @@
+"""`features` (prompt-only reasoning features) and `dashboard` (what a feature does)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from resa_interp.cli.options import Dataset, Device, Dtype, Hook, Layers, Model, Out, Saes, Source, Threshold
+
+
+def features(
+    out: Out = "runs/default",
+    model: Model = None,
+    saes: Saes = None,
+    source: Source = None,
+    layers: Layers = None,
+    prompt: Annotated[
+        str | None,
+        typer.Option(help="Prompt text [default: the R1 system prompt, with <think> and </think> twice each]."),
+    ] = None,
+    prompt_file: Annotated[
+        str | None,
+        typer.Option(help="Several prompts (one per line, or JSONL with 'prompt'); a feature must qualify in every "
+                     "one."),
+    ] = None,
+    threshold: Threshold = 0.0,
+    marker_rule: Annotated[
+        str, typer.Option(help="Multi-token markers: any token of the span | last token | all tokens.")
+    ] = "any",
+    occurrences: Annotated[
+        str, typer.Option(help="all: active at every <think> and </think> | any: at least one of each.")
+    ] = "all",
+    spliced: Annotated[
+        bool,
+        typer.Option("--spliced", help="Splice every SAE's reconstruction in at once; each SAE reads that model's "
+                     "activation."),
+    ] = False,
+    exclude_first: Annotated[
+        bool,
+        typer.Option("--exclude-first", help="Exclude position 0 even when the tokenizer adds no BOS (a sink token)."),
+    ] = False,
+    hook: Hook = "resid_post",
+    allow_model_mismatch: Annotated[
+        bool, typer.Option("--allow-model-mismatch", help="Use SAEs trained on another model of the same width.")
+    ] = False,
+    device: Device = "cpu",
+    dtype: Dtype = "float32",
+) -> None:
+    """Prompt-only reasoning features: SAE latents active only at <think> and </think>, counted per layer.
+
+    A latent is a reasoning feature at layer l when its activation exceeds --threshold at every <think>
+    and every </think> of the prompt (--occurrences any: at least one of each) and at no other position.
+    A multi-token marker counts as active when any token of its span is (--marker-rule last: its last
+    token; all: every token). A BOS the tokenizer prepends is excluded. With no options this runs on the
+    embedded model and, when OUT has no SAEs, trains them first (Stage I defaults, layers 1..L-2).
+    Writes OUT/features.json, OUT/counts.csv and OUT/figures/feature_counts.html/.png.
+
+    Example: resa-interp features --out runs/default
+    """
+    from resa_interp.features import FeatureConfig, default_layers, read_prompts, run_features
+    from resa_interp.features.extract import format_table
+    from resa_interp.model import load_subject
+    from resa_interp.sae import SAETrainConfig, run_sae_dirs, train_saes
+
+    cfg = FeatureConfig(
+        threshold, marker_rule, occurrences, spliced, exclude_first, model=model,
+        prompts=tuple(read_prompts(prompt, prompt_file)), saes=saes, source=source, layers=layers, hook=hook,
+        allow_model_mismatch=allow_model_mismatch, device=device, dtype=dtype,
+    )
+    subject = load_subject(model, dtype=dtype, device=device)
+    if source is None and saes is None and not run_sae_dirs(out, hook):
+        train_layers = layers or default_layers(subject.facts.n_layers)
+        typer.echo(f"{out} has no SAEs: training them first (Stage I defaults, layers {train_layers})")
+        train_saes(SAETrainConfig(model=model, layers=train_layers, hook=hook, device=device, model_dtype=dtype),
+                   out, subject=subject)
+    result = run_features(cfg, out, subject=subject)
+    typer.echo(format_table(result.layers))
+    typer.echo(f"features: {Path(out) / 'features.json'}  counts: {result.paths['counts']}  "
+               f"figure: {result.paths['figure']}")
+
+
+def dashboard(
+    run: Annotated[str, typer.Option("--run", help="Run directory with saes/ (and features.json for 'reasoning').")],
+    out: Out,
+    layer: Annotated[int | None, typer.Option("--layer", help="Only this layer (needed for latent ids).")] = None,
+    features: Annotated[
+        str,
+        typer.Option("--features", help="'reasoning' (every reasoning feature in RUN/features.json) or latent ids "
+                     "like 3,17,200."),
+    ] = "reasoning",
+    dataset: Dataset = None,
+    texts: Annotated[int, typer.Option("--texts", help="Trigger texts to harvest.")] = 128,
+    top: Annotated[int, typer.Option("--top", help="Top-activating contexts per latent.")] = 12,
+    include_sinks: Annotated[
+        bool, typer.Option("--include-sinks", help="Keep position 0 and high-norm sink positions.")
+    ] = False,
+    sink_ratio: Annotated[
+        float,
+        typer.Option("--sink-ratio", help="A position whose activation norm exceeds this times the layer's median is "
+                     "a sink."),
+    ] = 4.0,
+    threshold: Threshold = None,
+    model: Model = None,
+    hook: Hook = None,
+    plotlyjs: Annotated[
+        str,
+        typer.Option("--plotlyjs", help="inline (the page works offline) | cdn (small page, loads plotly.js from its "
+                     "CDN)."),
+    ] = "inline",
+    device: Device = "cpu",
+) -> None:
+    """Feature dashboards: top-activating contexts, activation histogram, logit effects, prompt markers, frequency.
+
+    One self-contained page OUT/dashboard.html (index, then one section per latent) and OUT/dashboard.json.
+    By default every reasoning feature found by `features`; sink positions (position 0 and high-norm ones) are
+    left out unless --include-sinks. The model is the one the SAEs were trained on unless --model is given;
+    --dataset defaults to the SAEs' training data, --threshold to the features run's (else 0), --hook to
+    features.json's (else resid_post).
+
+    Example: resa-interp dashboard --run runs/default --layer 12 --out runs/default/dashboard
+    """
+    from resa_interp.dashboard import DashboardConfig, run_dashboard
+    from resa_interp.model.loading import quiet_transformers
+
+    quiet_transformers()
+    cfg = DashboardConfig(texts=texts, dataset=dataset, top=top, include_sinks=include_sinks, sink_ratio=sink_ratio,
+                          threshold=threshold, run=run, layer=layer, features=features, model=model, hook=hook,
+                          device=device, plotlyjs=plotlyjs)
+    result = run_dashboard(cfg, out)
+    for f in result.dashboards.features:
+        tokens = " ".join(repr(t) for t, _ in f.logits_positive[:3])
+        at_marker = sum(c.at_marker for c in f.contexts)
+        typer.echo(f"layer {f.layer:>3} latent {f.feature:>6}  fires {100 * f.frequency:7.3f}%  "
+                   f"max {f.max_activation:8.3f}  top contexts at a marker {at_marker:>2}/{len(f.contexts)}  "
+                   f"logits+ {tokens}")
+    typer.echo(f"dashboard: {result.page}")

@@ -1,0 +1,142 @@
+"""Every option that more than one command takes, declared once as a typed `Annotated` alias.
+
+A command writes `model: Model = None`; its default stays in its own signature (presets decide where it is None).
+Where one option goes by another flag in one command (sweep's `--train-limit`, `--eval-seed`), `renamed` gives
+the same declaration another flag. Options only one command takes are declared in that command.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, get_args
+
+import typer
+
+
+def renamed(alias: Any, *flags: str) -> Any:
+    """The option `alias` (an `Annotated[T, typer.Option(help=...)]`) under other flags, help and type unchanged."""
+    kind, info = get_args(alias)
+    return Annotated[kind, typer.Option(*flags, help=info.help)]
+
+
+# ------------------------------------------------------------------ models and runs
+
+Model = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        "-m",
+        help="Model spec: HF directory, .gguf file, hub id (org/name), or 'smollm2-135m' (the embedded default). "
+        "eval also takes a tune output folder (its merged/ model is evaluated).",
+    ),
+]
+Adapter = Annotated[str | None, typer.Option("--adapter", help="peft LoRA adapter folder (tune writes OUT/adapter/).")]
+Device = Annotated[
+    str | None,
+    typer.Option("--device", help="cpu, cuda, cuda:N or auto (CUDA when present; under accelerate launch each "
+                 "process's own GPU)."),
+]
+Dtype = Annotated[
+    str | None,
+    typer.Option("--dtype", help="Model dtype: float32, bfloat16 or float16 (bfloat16 wants a GPU); auto (or unset "
+                 "for eval): bfloat16 on CUDA, float32 on CPU, and for attach the checkpoint's own dtype."),
+]
+Out = Annotated[str, typer.Option("--out", "-o", help="Output folder (what is written there: see above).")]
+Saes = Annotated[
+    str | None,
+    typer.Option("--saes", help="Stage I run whose SAEs to use (RUN/saes/blocks.L.hook_<hook>/); for features and "
+                 "sweep the default is OUT, trained first when OUT has none."),
+]
+Source = Annotated[
+    str | None,
+    typer.Option("--from", help="Pretrained SAEs: SAELens folder or run, EleutherAI sparsify folder (layers.N/), or "
+                 "RELEASE:SAE_ID."),
+]
+Layers = Annotated[
+    str | None,
+    typer.Option("--layers", help="Layers (hook indices, blocks.N): all, A-B or L,L,... [default: train-saes all; "
+                 "features and sweep 1..L-2, the paper's cut]."),
+]
+Hook = Annotated[
+    str | None,
+    typer.Option("--hook", help="resid_post (output of decoder layer l, the authors' code; the default) or mlp_out "
+                 "(the paper's text)."),
+]
+Dataset = Annotated[
+    str | None,
+    typer.Option("--dataset", "-d", help="Question/answer data: synthetic (built-in), still, deepscaler, a hub id, or "
+                 "a .json/.jsonl/.csv/.parquet file."),
+]
+Template = Annotated[
+    str | None, typer.Option("--template", help="r1 (the authors' template; default) or short (the paper's text).")
+]
+Seed = Annotated[
+    int | None, typer.Option("--seed", help="Seed of the command's random choices (same seed, same result on CPU).")
+]
+Threshold = Annotated[float | None, typer.Option("--threshold", help="A latent fires when its activation > this.")]
+Resume = Annotated[
+    bool,
+    typer.Option("--resume", help="Require an interrupted run in OUT and continue it from its last checkpoint, to the "
+                 "same result as an uninterrupted run."),
+]
+Preset = Annotated[
+    str | None,
+    typer.Option("--preset", help="cpu (the embedded model, minutes) or paper (R1-Distill-Qwen-1.5B, STILL, "
+                 "Appendix A; a GPU); options given override it."),
+]
+
+# ------------------------------------------------------------------ SAE-Tuning (tune, sweep)
+
+TrainLimit = Annotated[
+    int | None, typer.Option("--limit", help="Tune on the first N question/answer pairs (cpu preset: 64; paper: all).")
+]
+Epochs = Annotated[int | None, typer.Option("--epochs", help="Passes over the data (paper: 2); ignored with --steps.")]
+Steps = Annotated[
+    int | None, typer.Option("--steps", help="Optimizer steps per tuning (cpu preset: 60); overrides --epochs.")
+]
+LoraLr = Annotated[
+    float | None,
+    typer.Option("--lr", help="Peak AdamW lr. Paper: 1e-6 (--preset paper). The cpu preset uses 1e-4: at 1e-6 the KL "
+                 "barely moves in a 60-step CPU run."),
+]
+LoraR = Annotated[int | None, typer.Option("--lora-r", help="LoRA rank (paper: 32).")]
+LoraAlpha = Annotated[int | None, typer.Option("--lora-alpha", help="LoRA alpha (paper: 128).")]
+LoraDropout = Annotated[float | None, typer.Option("--lora-dropout", help="LoRA dropout (paper: 0.05).")]
+LoraTargets = Annotated[
+    str | None,
+    typer.Option("--lora-targets", help="attn (paper: q,k,v,o), attn+mlp (authors' code) or comma-separated module "
+                 "names."),
+]
+SaveEvery = Annotated[
+    int | None, typer.Option("--save-every", help="Tuning checkpoint every N steps, for resuming (default 500; cpu "
+                             "preset 30).")
+]
+TuneSeed = Annotated[
+    int | None, typer.Option("--seed", help="Tuning seed: LoRA init, dropout, data order (default 42).")
+]
+SweepTrainLimit = renamed(TrainLimit, "--train-limit")
+
+# ------------------------------------------------------------------ evaluation (eval, sweep)
+
+PAPER_TASK_LIST = "aime24,aime25,amc23,math_500,minerva,gpqa:diamond"
+Tasks = Annotated[
+    str | None,
+    typer.Option("--tasks", help="Comma-separated: the paper's aime24, aime25, amc23, math_500, minerva, gpqa:diamond "
+                 "(from the hub), 'synthetic' (built-in held-out set), or local .jsonl files (problem, answer[, "
+                 "choices]) [sweep's cpu preset: synthetic]."),
+]
+Backend = Annotated[
+    str | None, typer.Option("--backend", help="vllm (lighteval on vLLM, GPU), transformers (local, CPU), or auto.")
+]
+Samples = Annotated[int | None, typer.Option("--samples", help="Generations per problem; Pass@1 averages them.")]
+MaxNewTokens = Annotated[
+    int | None, typer.Option("--max-new-tokens", help="Generation budget (paper: 32768; sweep's cpu preset: 256).")
+]
+Temperature = Annotated[float | None, typer.Option("--temperature", help="Sampling temperature (paper: 0.6).")]
+EvalLimit = Annotated[
+    int | None, typer.Option("--limit", help="Only the first N problems of each task (sweep's cpu preset: 20).")
+]
+EvalSeed = Annotated[int | None, typer.Option("--seed", help="Seed of sampling and of GPQA's option order.")]
+SweepEvalSeed = renamed(EvalSeed, "--eval-seed")
+BatchSize = Annotated[
+    int | None, typer.Option("--batch-size", help="Sequences per generation batch (transformers backend).")
+]

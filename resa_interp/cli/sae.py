@@ -1,0 +1,87 @@
+"""`train-saes`: Stage I."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from resa_interp.cli.options import (
+    Dataset,
+    Device,
+    Dtype,
+    Hook,
+    Layers,
+    Model,
+    Out,
+    Preset,
+    Resume,
+    Seed,
+    Source,
+    Template,
+)
+
+
+def train_saes(
+    out: Out,
+    model: Model = None,
+    dataset: Dataset = None,
+    layers: Layers = None,
+    hook: Hook = None,
+    mode: Annotated[
+        str | None,
+        typer.Option(help="scratch (default) | finetune (start from --from) | pretrained (import --from as is)."),
+    ] = None,
+    source: Source = None,
+    k: Annotated[int | None, typer.Option("--k", help="Active latents per token [default: 32].")] = None,
+    expansion_factor: Annotated[
+        int | None, typer.Option(help="Latents per model dimension [default: 8 on CPU; the paper: 64].")
+    ] = None,
+    tokens: Annotated[
+        int | None, typer.Option(help="Training tokens per SAE [default: 98304]; 0 = one epoch over the dataset.")
+    ] = None,
+    batch_tokens: Annotated[int | None, typer.Option(help="Tokens per optimizer step [default: 1024].")] = None,
+    optimizer: Annotated[str | None, typer.Option(help="adam (default) | signum (the paper).")] = None,
+    lr: Annotated[
+        float | None, typer.Option(help="Constant learning rate [default: 2e-3; paper preset 2.5e-4 with signum].")
+    ] = None,
+    group_size: Annotated[
+        int | None, typer.Option(help="Layers per shared forward pass [default: as many as fit in memory].")
+    ] = None,
+    template: Template = None,
+    problem_column: Annotated[str | None, typer.Option(help="Question column of --dataset.")] = None,
+    answer_column: Annotated[str | None, typer.Option(help="Answer column of --dataset.")] = None,
+    keep_first: Annotated[bool, typer.Option("--keep-first", help="Also train on the first (sink) position.")] = False,
+    seed: Seed = None,
+    preset: Preset = None,
+    resume: Resume = False,
+    device: Device = None,
+    dtype: Dtype = None,
+) -> None:
+    """Stage I: train TopK SAEs at every selected layer from one shared forward pass per batch.
+
+    Trigger data is CoT-free: the R1 system prompt, the question, and only the final answer between
+    <think> and </think>. Prints the memory plan, shows progress with tokens/s, checkpoints and resumes
+    (a matching interrupted run in OUT is resumed anyway), then writes held-out quality per layer
+    (explained variance, L0, dead latents, spliced-in KL) to OUT/saes/metrics.json and prints it.
+    SAEs go to OUT/saes/<hook_name>/. --preset paper: R1-Distill-Qwen-1.5B, STILL, resid_post, x64, k=32,
+    signum 2.5e-4, one epoch. Defaults: device cpu, dtype float32, seed 0.
+
+    Example: resa-interp train-saes --layers 3,12,24 --out runs/demo
+    """
+    from resa_interp.presets import with_preset
+    from resa_interp.sae import PRESETS, SAETrainConfig, train_saes
+    from resa_interp.sae.metrics import format_table
+
+    cfg = with_preset(
+        SAETrainConfig, PRESETS, preset, (),
+        model=model, dataset=dataset, layers=layers, hook=hook, mode=mode, source=source, k=k,
+        expansion_factor=expansion_factor, batch_tokens=batch_tokens, optimizer=optimizer, lr=lr,
+        group_size=group_size, template=template, problem_column=problem_column, answer_column=answer_column,
+        keep_first=keep_first or None, seed=seed, device=device, model_dtype=dtype,
+    )
+    if tokens is not None:
+        cfg.tokens = tokens or None
+    result = train_saes(cfg, out, resume=resume)
+    typer.echo(format_table(result.metrics))
+    typer.echo(f"SAEs: {out}/saes/  metrics: {out}/saes/metrics.json  figure: {out}/saes/metrics.html")

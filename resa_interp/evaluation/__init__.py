@@ -1,0 +1,30 @@
+"""Evaluation: zero-shot Pass@1 on the paper's benchmarks (lighteval on vLLM, GPU) or locally (transformers,
+CPU), graded by one grader; and the per-layer sweep (SAE-Tuning then evaluation at every layer).
+
+Takes an `EvalConfig` (which names the model and the tasks) and an output folder (a `SweepConfig` for the
+sweep); gives `scores.json` and `samples.jsonl` (the sweep: `scores.csv`, which select-layers reads) and an
+`EvalResult` (`SweepResult`).
+"""
+
+from resa_interp.evaluation.evaluator import EvalConfig, EvalResult, evaluate, format_table, read_scores
+from resa_interp.evaluation.grading import grade
+from resa_interp.evaluation.sweep import SweepConfig, SweepResult, sweep, sweep_config
+from resa_interp.evaluation.tasks import DEFAULT_TASKS, PAPER_ORDER, EvalTask, load_tasks, parse_task_list
+
+__all__ = [
+    "DEFAULT_TASKS",
+    "PAPER_ORDER",
+    "EvalConfig",
+    "EvalResult",
+    "EvalTask",
+    "SweepConfig",
+    "SweepResult",
+    "evaluate",
+    "format_table",
+    "grade",
+    "load_tasks",
+    "parse_task_list",
+    "read_scores",
+    "sweep",
+    "sweep_config",
+]

@@ -1,0 +1,174 @@
+"""What both evaluation backends share (generation records, the context-length rule, end-of-sequence tokens)
+and the local backend: batched sampling with transformers, on CPU or one GPU.
+
+The local backend gives a model exactly what the vLLM path gives it: the chat template around the task's query,
+tokenized without extra special tokens (the template carries them), then temperature/top-p sampling with no
+top-k and no repetition penalty, until an end-of-sequence token or `max_new_tokens`. A generation that reaches
+`max_new_tokens` without an end-of-sequence token is marked truncated.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from tqdm.auto import tqdm
+
+from resa_interp.errors import ResaError
+from resa_interp.evaluation.tasks import EvalTask, chat_prompt
+from resa_interp.model.loading import resolve_device, resolve_dtype
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from resa_interp.evaluation.evaluator import EvalConfig
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One sampled completion."""
+
+    text: str
+    n_tokens: int
+    """Tokens generated, the end-of-sequence token included."""
+    truncated: bool
+    """True when generation stopped at max_new_tokens without an end-of-sequence token."""
+
+
+@dataclass(frozen=True)
+class BackendRun:
+    """What a backend returns, per task and problem: the prompt text it used and `samples` generations."""
+
+    prompts: list[list[str]]
+    generations: list[list[list[Generation]]]
+    device: str
+    reference_scores: dict[str, float] = field(default_factory=dict)
+    """Per task, the pass@1 lighteval computed itself (vLLM path only), to cross-check the grader here."""
+
+
+def model_context(model_path: Path) -> int | None:
+    """The model's context length from its config.json (`max_position_embeddings`), if it states one."""
+    config = json.loads((Path(model_path) / "config.json").read_text())
+    value = config.get("text_config", config).get("max_position_embeddings")
+    return int(value) if value else None
+
+
+def required_length(prompt_tokens: list[int], max_new_tokens: int, context: int | None, model: str) -> int:
+    """Positions a sequence may need (longest prompt + max_new_tokens); a one-line error if the model lacks them.
+
+    Nothing is ever cut to fit: lighteval would otherwise cut the prompt from the left to make room.
+    """
+    longest = max(prompt_tokens)
+    needed = longest + max_new_tokens
+    if context is not None and needed > context:
+        raise ResaError(
+            f"--max-new-tokens {max_new_tokens}: the longest prompt has {longest} tokens, so a generation needs "
+            f"{needed} positions, but model {model} holds {context}; use --max-new-tokens {context - longest} or less"
+        )
+    return needed
+
+
+def prompt_token_ids(tokenizer: PreTrainedTokenizerBase, tasks: list[EvalTask]) -> tuple[list[str], list[list[int]]]:
+    """Every problem's chat prompt (tasks in order) and its token ids, as both backends send them."""
+    prompts = [chat_prompt(tokenizer, problem.query) for task in tasks for problem in task.problems]
+    return prompts, [tokenizer(prompt, add_special_tokens=False)["input_ids"] for prompt in prompts]
+
+
+def eos_token_ids(model_path: Path, tokenizer: PreTrainedTokenizerBase) -> set[int]:
+    """Every token that ends a generation: the tokenizer's EOS and the generation config's (where vLLM stops)."""
+    from transformers import AutoConfig, GenerationConfig
+
+    try:
+        ids = GenerationConfig.from_pretrained(model_path).eos_token_id
+    except OSError:  # no generation_config.json: derive it from the model config
+        ids = GenerationConfig.from_model_config(AutoConfig.from_pretrained(model_path)).eos_token_id
+    ids = set(ids if isinstance(ids, list) else [] if ids is None else [ids])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    if not ids:
+        raise ResaError(f"model {model_path} defines no end-of-sequence token, so every generation would be truncated")
+    return ids
+
+
+def is_truncated(tokens: list[int], eos: set[int], max_new_tokens: int) -> bool:
+    """A generation is truncated when it used all max_new_tokens and none of them ends the sequence."""
+    return len(tokens) >= max_new_tokens and not eos.intersection(tokens)
+
+
+def split_by_task(flat: list, tasks: list[EvalTask]) -> list[list]:
+    """Regroup a list over all problems (tasks in order) into one list per task."""
+    groups, start = [], 0
+    for task in tasks:
+        groups.append(flat[start : start + len(task.problems)])
+        start += len(task.problems)
+    return groups
+
+
+def device_description(device: torch.device) -> str:
+    """'cpu (N threads)' or 'cuda:0 (GPU name)', for scores.json."""
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({torch.get_num_threads()} thread(s))"
+
+
+@contextlib.contextmanager
+def _loading(model_path: Path) -> Iterator[None]:
+    try:
+        yield
+    except (OSError, ValueError, KeyError) as exc:
+        raise ResaError(f"model {model_path}: transformers could not load it ({exc})") from exc
+
+
+def generate_transformers(model_path: Path, tasks: list[EvalTask], config: EvalConfig) -> BackendRun:
+    """Sample `config.samples` completions per problem with transformers (left-padded batches, seeded per batch)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    device = resolve_device(config.device)
+    dtype = resolve_dtype(config.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
+    with _loading(model_path):
+        tokenizer = AutoTokenizer.from_pretrained(model_path)
+    prompts, ids = prompt_token_ids(tokenizer, tasks)
+    required_length([len(x) for x in ids], config.max_new_tokens, model_context(model_path), str(model_path))
+    with _loading(model_path):
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(device).eval()
+    eos = eos_token_ids(model_path, tokenizer)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos)
+    sampling = config.temperature > 0
+    settings = GenerationConfig(
+        max_new_tokens=config.max_new_tokens,
+        do_sample=sampling,
+        temperature=config.temperature if sampling else None,
+        top_p=config.top_p if sampling else None,
+        top_k=None,
+        pad_token_id=pad,
+        eos_token_id=sorted(eos),
+    )
+    # every (problem, sample) pair is one sequence; longest prompts first so that batches pad little
+    items = sorted(((p, s) for p in range(len(prompts)) for s in range(config.samples)), key=lambda i: -len(ids[i[0]]))
+    results: dict[tuple[int, int], Generation] = {}
+    with tqdm(total=len(items), desc="generating", unit="seq") as bar:
+        for batch_index, start in enumerate(range(0, len(items), config.batch_size)):
+            batch = items[start : start + config.batch_size]
+            width = max(len(ids[p]) for p, _ in batch)
+            input_ids = torch.tensor([[pad] * (width - len(ids[p])) + ids[p] for p, _ in batch], device=device)
+            mask = torch.tensor([[0] * (width - len(ids[p])) + [1] * len(ids[p]) for p, _ in batch], device=device)
+            torch.manual_seed(config.seed + batch_index)
+            with torch.no_grad():
+                out = model.generate(input_ids=input_ids, attention_mask=mask, generation_config=settings)
+            for item, row in zip(batch, out[:, width:].tolist()):
+                stop = next((i + 1 for i, token in enumerate(row) if token in eos), len(row))
+                tokens = row[:stop]
+                text = tokenizer.decode(tokens, skip_special_tokens=True)
+                results[item] = Generation(text, len(tokens), is_truncated(tokens, eos, config.max_new_tokens))
+            bar.update(len(batch))
+    generations = [[results[(p, s)] for s in range(config.samples)] for p in range(len(prompts))]
+    return BackendRun(
+        prompts=split_by_task(prompts, tasks),
+        generations=split_by_task(generations, tasks),
+        device=device_description(device),
+    )

@@ -1,0 +1,271 @@
+"""Evaluate a model on the paper's tasks (or local ones): zero-shot Pass@1 over sampled generations.
+
+`evaluate(config, out)` generates with one backend (`vllm`: lighteval on vLLM, the paper's setup;
+`transformers`: local batched sampling, CPU included), grades every generation with the authors' grader, and
+writes `out/scores.json` (per task pass@1, problems, samples, truncated generations, tokens; the average over
+tasks; wall time and device) and `out/samples.jsonl` (every prompt, generation, extracted answer and verdict).
+The per-layer sweep calls it once per tuned model.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+from resa_interp.errors import ResaError, check_choice
+from resa_interp.evaluation.backends import BackendRun, generate_transformers
+from resa_interp.evaluation.grading import grade, require_grader
+from resa_interp.evaluation.lighteval_backend import check_vllm, generate_vllm
+from resa_interp.evaluation.tasks import DEFAULT_TASKS, PAPER_ORDER, PAPER_TASKS, EvalTask, load_tasks
+from resa_interp.model.loading import EMBEDDED_ALIASES, resolve_dtype, resolve_model_path
+from resa_interp.runs import atomic_write_json, atomic_write_text, library_versions
+
+BACKENDS = ("auto", "vllm", "transformers")
+log = logging.getLogger(__name__)
+SCORES, SAMPLES = "scores.json", "samples.jsonl"
+
+
+@dataclass
+class EvalConfig:
+    """What and how to evaluate; the defaults are the paper's (its six tasks, temperature 0.6, top-p 0.95, up to
+    32,768 new tokens)."""
+
+    backend: str = "auto"
+    """'vllm' (lighteval + vLLM, GPU), 'transformers' (local sampling, CPU or GPU), or 'auto': vllm when a CUDA
+    GPU is visible and vLLM is installed, else transformers."""
+    samples: int = 1
+    """Generations per problem; pass@1 is the mean verdict over them."""
+    max_new_tokens: int = 32768
+    """Generation budget per sample; the model length is set so that every prompt plus this fits."""
+    temperature: float = 0.6
+    """Sampling temperature (0 = greedy, which allows only one sample)."""
+    top_p: float = 0.95
+    """Nucleus sampling threshold."""
+    limit: int | None = None
+    """Evaluate only the first N problems of each task (None: all)."""
+    seed: int = 0
+    """Seed of the sampling and of GPQA's option order."""
+    batch_size: int = 8
+    """Sequences per batch (transformers backend)."""
+    device: str = "auto"
+    """Device of the transformers backend: cpu, cuda, cuda:N or auto."""
+    dtype: str | None = None
+    """Weights dtype; None: bfloat16 on GPU (the authors' vLLM setting), float32 on CPU."""
+    gpu_memory_utilization: float = 0.7
+    """Share of GPU memory vLLM may take (the authors' setting)."""
+    data_parallel_size: int | None = None
+    """vLLM replicas, one per GPU; None: every visible GPU (the authors ran 2)."""
+    model: str | None = None
+    """Model to evaluate: a spec, an HF folder or a tuning output folder (its merged/ model); None: the embedded
+    default."""
+    tasks: tuple[str, ...] = DEFAULT_TASKS
+    """Tasks: the paper's task names, 'synthetic' or local .jsonl files (default: the paper's six)."""
+
+    def check(self) -> None:
+        """Raise a one-line error for values no backend can run."""
+        check_choice("--backend", self.backend, BACKENDS)
+        for name in ("samples", "max_new_tokens", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ResaError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be at least 1")
+        if self.temperature < 0:
+            raise ResaError(f"--temperature {self.temperature}: must be 0 (greedy) or positive")
+        if self.temperature == 0 and self.samples > 1:
+            raise ResaError(f"--samples {self.samples} with --temperature 0: greedy decoding gives one answer; "
+                            "use --samples 1 or a positive temperature")
+        if not 0 < self.top_p <= 1:
+            raise ResaError(f"--top-p {self.top_p}: must be in (0, 1]")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ResaError(f"--gpu-memory-utilization {self.gpu_memory_utilization}: must be in (0, 1]")
+        if self.data_parallel_size is not None and self.data_parallel_size < 1:
+            raise ResaError(f"--data-parallel-size {self.data_parallel_size}: must be at least 1")
+        if self.dtype is not None:
+            resolve_dtype(self.dtype)
+
+
+INPUT_FIELDS = ("model", "tasks")
+"""EvalConfig fields that name what is evaluated rather than how; scores.json records the model and the tasks on
+their own, so its "config" leaves them out."""
+
+
+def generation_settings(config: EvalConfig) -> dict:
+    """The config as scores.json records it (JSON types): every setting, without the model and the tasks."""
+    return json.loads(json.dumps({k: v for k, v in asdict(config).items() if k not in INPUT_FIELDS}))
+
+
+@dataclass(frozen=True)
+class TaskScore:
+    """One task's result."""
+
+    column: str
+    pass_at_1: float
+    """Mean verdict over all problems and samples, in [0, 1]."""
+    n_problems: int
+    samples: int
+    correct: int
+    """Correct generations (of n_problems * samples)."""
+    truncated: int
+    """Generations cut at max_new_tokens without an end-of-sequence token."""
+    tokens_generated: int
+    source: str
+    lighteval_pass_at_1: float | None = None
+    """lighteval's own pass@1 (vLLM path), which must equal pass_at_1: both use the same grader."""
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """What `evaluate` wrote to scores.json."""
+
+    model: str
+    model_path: str
+    backend: str
+    device: str
+    tasks: dict[str, TaskScore]
+    average: float
+    """Mean pass@1 over the tasks, in [0, 1]."""
+    wall_time_s: float
+    tokens_generated: int
+    config: dict = field(default_factory=dict)
+    versions: dict = field(default_factory=dict)
+
+
+def eval_model_path(spec: str | Path | None) -> Path:
+    """The HF folder to evaluate: a tuning output's `merged/` folder, else whatever the model spec resolves to."""
+    if spec is not None:
+        merged = Path(spec).expanduser() / "merged"
+        if (merged / "config.json").is_file():
+            return merged.resolve()
+        if (Path(spec).expanduser() / "adapter").is_dir() and not Path(spec, "config.json").is_file():
+            raise ResaError(f"model {str(spec)!r}: a tuning output without merged/ model; rerun tuning to merge it")
+    return resolve_model_path(None if spec is None else str(spec))
+
+
+def _backend(config: EvalConfig) -> str:
+    if config.backend != "auto":
+        return config.backend
+    return "vllm" if torch.cuda.is_available() and importlib.util.find_spec("vllm") is not None else "transformers"
+
+
+def evaluate(config: EvalConfig, out: str | Path) -> EvalResult:
+    """Evaluate `config.model` (spec, HF folder or tuning output; None: the embedded default) on `config.tasks`;
+    write `out`."""
+    config.check()
+    model, tasks = config.model, [config.tasks] if isinstance(config.tasks, str) else list(config.tasks)
+    if not tasks:
+        raise ResaError("no tasks to evaluate; give one or more task names or .jsonl files")
+    require_grader()
+    started = time.perf_counter()
+    backend = _backend(config)
+    if backend == "vllm":
+        check_vllm()  # before datasets and models are fetched
+    path = eval_model_path(model)
+    loaded = load_tasks(tasks, config.limit, config.seed)
+    out = Path(out)
+    if backend == "vllm":
+        run = generate_vllm(path, loaded, config, out / "lighteval")
+    else:
+        run = generate_transformers(path, loaded, config)
+    scores, rows = _grade(loaded, run, config)
+    result = EvalResult(
+        model=str(model) if model is not None else EMBEDDED_ALIASES[0],
+        model_path=str(path),
+        backend=backend,
+        device=run.device,
+        tasks=scores,
+        average=sum(s.pass_at_1 for s in scores.values()) / len(scores),
+        wall_time_s=round(time.perf_counter() - started, 2),
+        tokens_generated=sum(s.tokens_generated for s in scores.values()),
+        config=generation_settings(config),
+        versions=_versions(),
+    )
+    atomic_write_text(out / SAMPLES, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    atomic_write_json(out / SCORES, _to_json(result))
+    return result
+
+
+def _versions() -> dict[str, str]:
+    versions = library_versions()
+    for name in ("lighteval", "latex2sympy2_extended", "vllm"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def _grade(tasks: list[EvalTask], run: BackendRun, config: EvalConfig) -> tuple[dict[str, TaskScore], list[dict]]:
+    scores, rows = {}, []
+    for task, prompts, generations in zip(tasks, run.prompts, run.generations):
+        correct = truncated = tokens = 0
+        for index, (problem, prompt, samples) in enumerate(zip(task.problems, prompts, generations)):
+            for sample, generation in enumerate(samples):
+                verdict = grade(generation.text, problem.gold, task.grading, problem.n_choices)
+                correct += verdict.correct
+                truncated += generation.truncated
+                tokens += generation.n_tokens
+                rows.append({
+                    "task": task.name, "problem": index, "sample": sample, "prompt": prompt,
+                    "generation": generation.text, "gold": problem.gold, "extracted": verdict.extracted,
+                    "correct": verdict.correct, "n_tokens": generation.n_tokens, "truncated": generation.truncated,
+                })
+        n = len(task.problems) * config.samples
+        reference = run.reference_scores.get(task.name)
+        if reference is not None and abs(reference - correct / n) > 1e-9:
+            log.warning("task %s: lighteval's pass@1 %.4f differs from the grader's %.4f", task.name, reference,
+                        correct / n)
+        scores[task.name] = TaskScore(
+            column=task.column,
+            pass_at_1=correct / n,
+            n_problems=len(task.problems),
+            samples=config.samples,
+            correct=correct,
+            truncated=truncated,
+            tokens_generated=tokens,
+            source=task.source,
+            lighteval_pass_at_1=reference,
+        )
+    return scores, rows
+
+
+def _to_json(result: EvalResult) -> dict:
+    data = asdict(result)
+    data["tasks"] = {name: {("pass@1" if k == "pass_at_1" else k): v for k, v in score.items()}
+                     for name, score in data["tasks"].items()}
+    return data
+
+
+def read_scores(out: str | Path) -> EvalResult:
+    """The result an earlier `evaluate` wrote to `out/scores.json`."""
+    path = Path(out) / SCORES
+    if not path.is_file():
+        raise ResaError(f"{str(out)!r} holds no {SCORES}; run resa-interp eval there first")
+    data = json.loads(path.read_text())
+    data["tasks"] = {name: TaskScore(**{("pass_at_1" if k == "pass@1" else k): v for k, v in score.items()})
+                     for name, score in data["tasks"].items()}
+    return EvalResult(**data)
+
+
+def table_columns(result: EvalResult) -> list[str]:
+    """Task names in the paper's column order (AIME24, AIME25, AMC23, MATH500, GPQA, Minerva), others after."""
+    return [t for t in PAPER_ORDER if t in result.tasks] + [t for t in result.tasks if t not in PAPER_TASKS]
+
+
+def format_table(result: EvalResult, label: str | None = None) -> str:
+    """A Markdown table like the paper's: one row, Pass@1 in percent per task, then `Avg.`."""
+    names = table_columns(result)
+    header = ["Model", *(result.tasks[n].column for n in names), "Avg."]
+    cells = [label or result.model, *(f"{100 * result.tasks[n].pass_at_1:.2f}" for n in names),
+             f"{100 * result.average:.2f}"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|",
+             "| " + " | ".join(cells) + " |"]
+    truncated = sum(s.truncated for s in result.tasks.values())
+    generations = sum(s.n_problems * s.samples for s in result.tasks.values())
+    lines.append(f"\n{generations} generations, {truncated} truncated at max-new-tokens, "
+                 f"{result.tokens_generated} tokens, {result.wall_time_s:.1f} s on {result.device} ({result.backend})")
+    return "\n".join(lines)

@@ -1,0 +1,392 @@
+"""Prompt-only reasoning-feature extraction (paper section 5, Figure 3).
+
+Definition (also written into features.json): with SAEs applied after layers 1..L-2, a latent is a reasoning
+feature at layer l when its activation exceeds the threshold at every `<think>` and every `</think>`
+occurrence of the prompt (`occurrences='any'`: at least one of each) and at no other position. For a marker
+that tokenizes into several tokens, "at the occurrence" means on any token of its span (`marker_rule='any'`),
+on its last token ('last'), or on every token of it ('all'). Positions outside all marker spans are "other".
+A BOS token the tokenizer prepends is not part of the prompt and is excluded. With several prompts, a latent
+must qualify in every one. By default each SAE reads the model's own clean activation; with `spliced`, every
+SAE's reconstruction is spliced in at once (position 0, the sink the SAEs were not trained on, kept clean)
+and each SAE reads the activation of that spliced model.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from resa_interp.data.synthetic import synthetic_qa
+from resa_interp.data.templates import END_THINK, R1_SYSTEM_PROMPT, THINK, format_trigger, marker_spans
+from resa_interp.errors import ResaError, check_choice
+from resa_interp.figures import save_figure
+from resa_interp.model.harvest import Harvester, encode_texts
+from resa_interp.model.hooks import hook_name
+from resa_interp.model.splice import spliced as splice_context
+from resa_interp.model.subject import Subject, load_subject
+from resa_interp.runs import atomic_write_json, atomic_write_text, record_stage
+from resa_interp.sae.folders import load_sae, require_sae_dirs
+from resa_interp.sae.metrics import evaluate_saes, read_metrics
+from resa_interp.sae.pretrained import load_source_sae
+from resa_interp.sae.train import parse_layers
+
+if TYPE_CHECKING:
+    from sae_lens import SAE
+
+MARKER_RULES = ("any", "last", "all")
+OCCURRENCES = ("all", "any")
+DEFINITION = __doc__.split("\n\n", 1)[1].strip()
+
+
+@dataclass
+class FeatureConfig:
+    """How reasoning features are extracted."""
+
+    threshold: float = 0.0
+    """A latent is active at a position when its activation is above this."""
+    marker_rule: str = "any"
+    """Multi-token markers: 'any' token of the span, its 'last' token, or 'all' of its tokens."""
+    occurrences: str = "all"
+    """'all': active at every <think> and every </think>; 'any': at least one of each."""
+    spliced: bool = False
+    """Read activations of the model with every SAE's reconstruction spliced in at once."""
+    exclude_first: bool = False
+    """Also exclude position 0 when the tokenizer adds no BOS (there it is a high-norm sink token)."""
+    model: str | None = None
+    """Model spec, loaded with `device` and `dtype` when `run_features` gets no subject (None: the embedded
+    model); ignored when a subject is given."""
+    prompts: tuple[str, ...] = (R1_SYSTEM_PROMPT,)
+    """Prompts to run, each with both markers; a latent must qualify in every one (default: the R1 system prompt)."""
+    saes: str | None = None
+    """Stage I run whose SAEs to use (its saes/ folder); None: the output folder itself."""
+    source: str | None = None
+    """Pretrained SAEs to use instead of a Stage I run (features --from); overrides `saes`."""
+    layers: str | None = None
+    """Layers to extract at: 'A-B', 'L,L,...' or 'all'; None: 1..L-2, the paper's cut."""
+    hook: str = "resid_post"
+    """Hookpoint kind of the SAEs: 'resid_post' or 'mlp_out'."""
+    allow_model_mismatch: bool = False
+    """Use SAEs trained on another model (of the same width) instead of refusing them."""
+    device: str = "cpu"
+    """Device to load the model on (when no subject is given) and the SAEs on: cpu, cuda, cuda:N or auto."""
+    dtype: str = "float32"
+    """Weights dtype of the model loaded when no subject is given."""
+
+
+@dataclass
+class PromptInfo:
+    """One prompt as it was run."""
+
+    text: str
+    token_ids: list[int]
+    marker_spans: dict[str, list[list[int]]]
+    excluded_positions: list[int]
+
+
+@dataclass
+class LayerFeatures:
+    """The reasoning features of one layer."""
+
+    layer: int
+    hook_name: str
+    sae_path: str
+    count: int
+    features: list[int]
+    marker_activations: dict[str, list[dict[str, list[float]]]]
+    """Feature id -> per prompt, marker -> its activation at each occurrence (max/last/min of the span by rule)."""
+    sae_quality: dict = field(default_factory=dict)
+
+
+def _prompt_info(text: str, subject: Subject, cfg: FeatureConfig) -> PromptInfo:
+    spans = marker_spans(text, subject.tokenizer)
+    missing = [m for m in (THINK, END_THINK) if not spans.spans[m]]
+    if missing:
+        raise ResaError(f"prompt {text[:40]!r}...: has no {' and no '.join(missing)}; a prompt needs both markers")
+    excluded = [0] if spans.bos_prepended or cfg.exclude_first else []
+    return PromptInfo(
+        text=text,
+        token_ids=spans.token_ids,
+        marker_spans={m: [list(s) for s in found] for m, found in spans.spans.items()},
+        excluded_positions=excluded,
+    )
+
+
+def _span_activity(active: torch.Tensor, start: int, end: int, rule: str) -> torch.Tensor:
+    window = active[start:end]
+    if rule == "any":
+        return window.any(0)
+    if rule == "last":
+        return window[-1]
+    return window.all(0)
+
+
+def span_value(acts: torch.Tensor, start: int, end: int, rule: str) -> torch.Tensor:
+    window = acts[start:end]
+    if rule == "any":
+        return window.max(0).values
+    if rule == "last":
+        return window[-1]
+    return window.min(0).values
+
+
+def qualifying(latents: torch.Tensor, prompt: PromptInfo, cfg: FeatureConfig) -> torch.Tensor:
+    """Boolean [d_sae]: which latents meet the definition on one prompt, given its latents [T, d_sae]."""
+    active = latents > cfg.threshold
+    ok = torch.ones(latents.shape[1], dtype=torch.bool, device=latents.device)
+    marker_positions: set[int] = set()
+    for marker in (THINK, END_THINK):
+        per_occurrence = torch.stack(
+            [_span_activity(active, s, e, cfg.marker_rule) for s, e in prompt.marker_spans[marker]]
+        )
+        ok &= per_occurrence.all(0) if cfg.occurrences == "all" else per_occurrence.any(0)
+        marker_positions |= {p for s, e in prompt.marker_spans[marker] for p in range(s, e)}
+    other = [p for p in range(latents.shape[0]) if p not in marker_positions and p not in prompt.excluded_positions]
+    if other:
+        ok &= ~active[other].any(0)
+    return ok
+
+
+@torch.inference_mode()
+def extract_features(
+    subject: Subject,
+    saes: dict[int, SAE],
+    hook: str,
+    prompts: list[str],
+    cfg: FeatureConfig,
+    sae_paths: dict[int, str] | None = None,
+    quality: dict[int, dict] | None = None,
+) -> tuple[list[PromptInfo], list[LayerFeatures]]:
+    """Reasoning features per layer over all prompts (a latent must qualify in every prompt)."""
+    check_choice("--marker-rule", cfg.marker_rule, MARKER_RULES)
+    check_choice("--occurrences", cfg.occurrences, OCCURRENCES)
+    for layer, sae in saes.items():
+        if sae.cfg.d_in != subject.facts.d_model:
+            raise ResaError(
+                f"SAE for layer {layer} has d_in {sae.cfg.d_in}, the model has d_model {subject.facts.d_model}"
+            )
+    infos = [_prompt_info(text, subject, cfg) for text in prompts]
+    harvest = Harvester(subject.hf, hook, list(saes))
+    keep = {layer: torch.ones(sae.cfg.d_sae, dtype=torch.bool, device=subject.device) for layer, sae in saes.items()}
+    per_prompt_latents: list[dict[int, torch.Tensor]] = []
+    for info in infos:
+        ids = torch.tensor([info.token_ids])
+        if cfg.spliced:
+            # position 0 keeps its clean activation: Stage I never trains on the sink position
+            with splice_context(subject.hf, {(hook, layer): sae for layer, sae in saes.items()}, keep_first=1):
+                acts = harvest(ids)
+        else:
+            acts = harvest(ids)
+        latents = {layer: sae.encode(acts[layer][0].to(sae.dtype)) for layer, sae in saes.items()}
+        for layer in saes:
+            keep[layer] &= qualifying(latents[layer], info, cfg)
+        per_prompt_latents.append(latents)
+
+    results = []
+    for layer in sorted(saes):
+        ids = keep[layer].nonzero().flatten().tolist()
+        marker_acts = {
+            str(fid): [
+                {
+                    marker: [
+                        round(float(span_value(lat[layer], s, e, cfg.marker_rule)[fid]), 6)
+                        for s, e in info.marker_spans[marker]
+                    ]
+                    for marker in (THINK, END_THINK)
+                }
+                for info, lat in zip(infos, per_prompt_latents)
+            ]
+            for fid in ids
+        }
+        results.append(
+            LayerFeatures(
+                layer=layer,
+                hook_name=hook_name(hook, layer),
+                sae_path=(sae_paths or {}).get(layer, ""),
+                count=len(ids),
+                features=ids,
+                marker_activations=marker_acts,
+                sae_quality=(quality or {}).get(layer, {}),
+            )
+        )
+    return infos, results
+
+
+# --------------------------------------------------------------------------------------------- outputs
+
+
+QUALITY_KEYS = ("explained_variance", "explained_variance_qa", "kl_spliced", "kl_spliced_qa", "l0")
+
+
+def counts_figure(layers: list[LayerFeatures], title: str):
+    """Bar chart of reasoning-feature counts over layers (paper Figure 3) with each SAE's explained variance."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    xs = [r.layer for r in layers]
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    fig.add_trace(go.Bar(x=xs, y=[r.count for r in layers], name="reasoning features", marker_color="#4C72B0"))
+    ev = [r.sae_quality.get("explained_variance_qa") for r in layers]
+    if any(v is not None for v in ev):
+        fig.add_trace(
+            go.Scatter(x=xs, y=ev, name="SAE explained variance (q/a tokens)", mode="lines+markers",
+                       line={"color": "#DD8452"}),
+            secondary_y=True,
+        )
+    fig.update_layout(title=title, xaxis_title="layer", template="plotly_white", bargap=0.15)
+    fig.update_yaxes(title_text="features active only at <think> and </think>", secondary_y=False)
+    fig.update_yaxes(title_text="explained variance", range=[0, 1.02], secondary_y=True)
+    return fig
+
+
+def format_table(layers: list[LayerFeatures]) -> str:
+    """Per-layer count with the SAE quality beside it."""
+    lines = [f"{'layer':>5}  {'count':>5}  {'EV':>6}  {'EV q/a':>6}  {'KL q/a':>7}  features"]
+    for r in layers:
+        q = r.sae_quality
+        fmt = lambda key, spec, q=q: "-" if q.get(key) is None else format(q[key], spec)  # noqa: E731
+        shown = ", ".join(map(str, r.features[:8])) + (" ..." if r.count > 8 else "")
+        lines.append(
+            f"{r.layer:>5}  {r.count:>5}  {fmt('explained_variance', '.3f'):>6}  "
+            f"{fmt('explained_variance_qa', '.3f'):>6}  {fmt('kl_spliced_qa', '.4f'):>7}  {shown}"
+        )
+    return "\n".join(lines)
+
+
+def write_outputs(
+    out: Path,
+    subject: Subject,
+    hook: str,
+    cfg: FeatureConfig,
+    infos: list[PromptInfo],
+    layers: list[LayerFeatures],
+) -> dict[str, Path]:
+    """features.json, counts.csv and figures/feature_counts.html/.png in `out`."""
+
+    doc = {
+        "definition": DEFINITION,
+        "model": subject.spec,
+        "model_path": str(subject.path),
+        "n_layers": subject.facts.n_layers,
+        "hook": hook,
+        "threshold": cfg.threshold,
+        "marker_rule": cfg.marker_rule,
+        "occurrences": cfg.occurrences,
+        "spliced": cfg.spliced,
+        "exclude_first": cfg.exclude_first,
+        "prompts": [asdict(info) for info in infos],
+        "layers": [asdict(layer) for layer in layers],
+    }
+    paths = {"features": atomic_write_json(out / "features.json", doc)}
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["layer", "count"])
+    writer.writerows([r.layer, r.count] for r in layers)
+    paths["counts"] = atomic_write_text(out / "counts.csv", buffer.getvalue())
+    title = f"Reasoning features per layer — {subject.spec} ({'spliced' if cfg.spliced else 'clean'} activations)"
+    written = save_figure(counts_figure(layers, title), out / "figures" / "feature_counts")
+    paths["figure"] = written[0]
+    return paths
+
+
+def read_prompts(prompt: str | None, prompt_file: str | None) -> list[str]:
+    """--prompt TEXT, --prompt-file (one prompt per line, or JSONL with a 'prompt'/'text' field), or the R1 prompt."""
+    if prompt is not None and prompt_file is not None:
+        raise ResaError("--prompt and --prompt-file: give one of them, not both")
+    if prompt is not None:
+        return [prompt]
+    if prompt_file is None:
+        return [R1_SYSTEM_PROMPT]
+    path = Path(prompt_file)
+    if not path.is_file():
+        raise ResaError(f"--prompt-file {prompt_file!r}: no such file")
+    prompts = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        if path.suffix == ".jsonl":
+            try:
+                row = json.loads(line)
+                prompts.append(row.get("prompt") or row["text"])
+            except (json.JSONDecodeError, KeyError, AttributeError):
+                raise ResaError(
+                    f"--prompt-file {prompt_file!r}: line {number} is not JSON with 'prompt' or 'text'"
+                ) from None
+        else:
+            prompts.append(line)
+    if not prompts:
+        raise ResaError(f"--prompt-file {prompt_file!r}: holds no prompts")
+    return prompts
+
+
+def heldout_quality(subject: Subject, saes: dict[int, SAE], hook: str, n_texts: int = 16) -> dict[int, dict]:
+    """Quality of SAEs that come without Stage I metrics, measured on held-out synthetic trigger texts."""
+
+    texts = [format_trigger(e.problem, e.answer) for e in synthetic_qa(n_texts, seed=10_007)]
+    rows = evaluate_saes(subject, saes, hook, encode_texts(subject.tokenizer, texts))
+    return {row["layer"]: {k: row[k] for k in QUALITY_KEYS} for row in rows}
+
+
+@dataclass
+class FeaturesRun:
+    """What `run_features` produced."""
+
+    layers: list[LayerFeatures]
+    prompts: list[PromptInfo]
+    paths: dict[str, Path]
+
+
+def default_layers(n_layers: int) -> str:
+    """The paper's cut: layers 1..L-2 (the first and last layer excluded)."""
+    return f"1-{n_layers - 2}"
+
+
+def run_features(config: FeatureConfig, out: str | Path, subject: Subject | None = None) -> FeaturesRun:
+    """Load the SAEs (a Stage I run, or `config.source`), extract, write the outputs into `out` and record the
+    stage; `subject` is the model to run (None: `config.model` is loaded with `config.device` and `config.dtype`)."""
+
+    out = Path(out)
+    prompts = [config.prompts] if isinstance(config.prompts, str) else list(config.prompts)
+    if not prompts:
+        raise ResaError("no prompts to run; give one with --prompt or a --prompt-file")
+    if subject is None:
+        subject = load_subject(config.model, dtype=config.dtype, device=config.device)
+    hook, source = config.hook, config.source
+    wanted = parse_layers(config.layers or default_layers(subject.facts.n_layers), subject.facts.n_layers)
+    quality: dict[int, dict] = {}
+    if source is not None:
+
+        saes = {layer: load_source_sae(source, layer, hook, hook_name(hook, layer)).to(subject.device)
+                for layer in wanted}
+        paths = {layer: source for layer in wanted}
+        quality = heldout_quality(subject, saes, hook)
+    else:
+        run = Path(config.saes if config.saes is not None else out)
+        found = require_sae_dirs(run, hook, wanted)
+        saes = {layer: load_sae(found[layer], device=str(subject.device)) for layer in wanted}
+        paths = {layer: str(found[layer]) for layer in wanted}
+        metrics = read_metrics(run)
+        quality = {layer: {k: metrics[layer][k] for k in QUALITY_KEYS if k in metrics[layer]}
+                   for layer in wanted if layer in metrics}
+    if not config.allow_model_mismatch:
+        for layer, sae in saes.items():
+            trained_on = sae.cfg.metadata.get("model_path")
+            if trained_on and Path(trained_on).resolve() != Path(subject.path).resolve():
+                raise ResaError(
+                    f"the layer-{layer} SAE was trained on {sae.cfg.metadata.get('model_name')} ({trained_on}), "
+                    f"not on {subject.spec}; pass that --model, or --allow-model-mismatch to transfer on purpose"
+                )
+    infos, results = extract_features(subject, saes, hook, prompts, config, paths, quality)
+    written = write_outputs(out, subject, hook, config, infos, results)
+    record_stage(
+        out,
+        "features",
+        {"config": asdict(config), "model": subject.spec, "hook": hook, "layers": wanted,
+         "saes": str(config.saes or source or out), "counts": {r.layer: r.count for r in results}},
+    )
+    return FeaturesRun(results, infos, written)

@@ -1,0 +1,42 @@
+"""Model: any model spec (HF folder, .gguf, hub id, the embedded default) loaded as a `Subject` (HF model,
+tokenizer, facts, a HookedTransformer view on demand), its hookpoints, and reading or replacing activations there.
+
+Takes a model spec (and optionally a peft adapter); gives a `Subject`, hook names and modules, activations
+harvested at many layers in one forward pass (`Harvester`), SAEs spliced into the forward pass (`spliced`),
+and adapters saved, merged or attached to another model of the family (`attach`).
+"""
+
+from resa_interp.model.adapters import attach, merge_adapter, save_adapter
+from resa_interp.model.harvest import EncodedText, Harvester, encode_texts, iter_batches, make_batch
+from resa_interp.model.hooks import HOOKS, decoder_layers, hook_module, hook_name, parse_hook_name
+from resa_interp.model.loading import EMBEDDED_ALIASES, cache_dir, resolve_device, resolve_dtype, resolve_model_path
+from resa_interp.model.splice import spliced
+from resa_interp.model.subject import ModelFacts, Subject, build_hooked, load_subject
+from resa_interp.model.tiny import build_tiny_model
+
+__all__ = [
+    "EMBEDDED_ALIASES",
+    "HOOKS",
+    "EncodedText",
+    "Harvester",
+    "ModelFacts",
+    "Subject",
+    "attach",
+    "build_hooked",
+    "build_tiny_model",
+    "cache_dir",
+    "decoder_layers",
+    "encode_texts",
+    "hook_module",
+    "hook_name",
+    "iter_batches",
+    "load_subject",
+    "make_batch",
+    "merge_adapter",
+    "parse_hook_name",
+    "resolve_device",
+    "resolve_dtype",
+    "resolve_model_path",
+    "save_adapter",
+    "spliced",
+]

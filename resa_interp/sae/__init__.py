@@ -1,0 +1,32 @@
+"""Stage I, SAE training: TopK SAEs at every selected layer of a source model from CoT-free trigger text, trained
+from scratch, fine-tuned from a pretrained SAE, or imported as they are; their folders, quality and imports.
+
+Takes a `SAETrainConfig` and a run folder; gives SAELens SAE folders `RUN/saes/<hook_name>/`, held-out quality
+(`RUN/saes/metrics.json`) and a `StageIResult`. The training step is the fused kernel in `topk_kernel.py`.
+"""
+
+from resa_interp.sae.folders import SAES_DIR, check_sae_fits, load_sae, require_sae_dirs, run_sae_dirs, sae_dir
+from resa_interp.sae.metrics import evaluate_saes, read_metrics
+from resa_interp.sae.pretrained import build_topk_sae, load_source_sae, load_sparsify_sae
+from resa_interp.sae.reconstruction import SAEReconstruction
+from resa_interp.sae.train import PRESETS, SAETrainConfig, StageIResult, parse_layers, train_saes
+
+__all__ = [
+    "PRESETS",
+    "SAES_DIR",
+    "SAEReconstruction",
+    "SAETrainConfig",
+    "StageIResult",
+    "build_topk_sae",
+    "check_sae_fits",
+    "evaluate_saes",
+    "load_sae",
+    "load_source_sae",
+    "load_sparsify_sae",
+    "parse_layers",
+    "read_metrics",
+    "require_sae_dirs",
+    "run_sae_dirs",
+    "sae_dir",
+    "train_saes",
+]

@@ -1,0 +1,201 @@
+"""Held-out quality of SAEs: explained variance, MSE, L0, dead latents, and what splicing them in costs the
+model (KL to the clean next-token distribution, change in next-token loss) — on all counted positions and
+on the question/answer tokens alone (the repeated system prompt makes the whole-text figures easy).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+
+from resa_interp.figures import save_figure
+from resa_interp.model.harvest import EncodedText, Harvester, Prefix, make_batch, shared_prefix_length
+from resa_interp.model.splice import spliced
+from resa_interp.runs import atomic_write_json
+from resa_interp.sae.folders import SAES_DIR
+
+if TYPE_CHECKING:
+    from sae_lens import SAE
+
+    from resa_interp.model.subject import Subject
+
+METRICS_FILE = "metrics.json"
+COLUMNS = (
+    ("layer", "layer", "{}"),
+    ("explained_variance", "EV", "{:.3f}"),
+    ("explained_variance_qa", "EV q/a", "{:.3f}"),
+    ("l0", "L0", "{:.1f}"),
+    ("dead_fraction_training", "dead", "{:.3f}"),
+    ("kl_spliced", "KL", "{:.4f}"),
+    ("kl_spliced_qa", "KL q/a", "{:.4f}"),
+    ("ce_increase", "dCE", "{:.4f}"),
+)
+
+
+class _Sums:
+    """Running sums for explained variance over a set of positions."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.sse = 0.0
+        self.sum = None
+        self.sumsq = 0.0
+
+    def add(self, x: torch.Tensor, recon: torch.Tensor) -> None:
+        x, recon = x.double(), recon.double()
+        self.n += x.shape[0]
+        self.sse += (x - recon).pow(2).sum().item()
+        self.sumsq += x.pow(2).sum().item()
+        self.sum = x.sum(0) if self.sum is None else self.sum + x.sum(0)
+
+    def explained_variance(self) -> float:
+        total = self.sumsq - self.sum.pow(2).sum().item() / self.n
+        return 1.0 - self.sse / total
+
+
+class _Reference:
+    """Clean next-token log-probabilities of a batch, computed once and compared with every spliced run."""
+
+    def __init__(self, clean_logits: torch.Tensor, ids: torch.Tensor):
+        self.log_p = F.log_softmax(clean_logits.float(), -1)
+        self.p = self.log_p.exp()
+        self.target = ids[:, 1:]
+        self.ce = self._ce(self.log_p)
+
+    def _ce(self, log_probs: torch.Tensor) -> torch.Tensor:
+        return -log_probs[:, :-1].gather(-1, self.target[..., None])[..., 0]
+
+    def compare(self, spliced_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-position KL(clean || spliced) [b, t] and the spliced next-token loss [b, t-1]."""
+        log_q = F.log_softmax(spliced_logits.float(), -1)
+        kl = (self.p * (self.log_p - log_q)).sum(-1)
+        return kl, self._ce(log_q)
+
+
+@torch.inference_mode()
+def evaluate_saes(
+    subject: Subject,
+    saes: dict[int, SAE],
+    hook: str,
+    heldout: Sequence[EncodedText],
+    keep_first: bool = False,
+    batch_size: int = 8,
+) -> list[dict]:
+    """One row of quality metrics per layer, measured on held-out trigger texts."""
+    device = subject.device
+    exclude = 0 if keep_first else 1
+    pad = subject.tokenizer.pad_token_id if subject.tokenizer.pad_token_id is not None else 0
+    harvest = Harvester(subject.hf, hook, list(saes), stop_early=False)
+    n_prefix = shared_prefix_length(heldout)
+    prefix_ids = heldout[0].ids[:n_prefix]
+    clean_prefix = harvest.run_prefix(prefix_ids, keep_logits=True) if n_prefix else None
+    spliced_prefix: dict[int, Prefix] = {}
+    stats = {
+        layer: {"all": _Sums(), "qa": _Sums(), "l0": 0.0, "fired": torch.zeros(sae.cfg.d_sae, dtype=torch.bool,
+                device=device), "kl": [], "kl_qa": [], "ce_clean": [], "ce_spliced": []}
+        for layer, sae in saes.items()
+    }
+    for start in range(0, len(heldout), batch_size):
+        texts = heldout[start : start + batch_size]
+        batch = make_batch(texts, pad, exclude)
+        suffixes = make_batch(texts, pad, exclude, prefix_len=n_prefix)
+        ids, attn = batch.input_ids.to(device), batch.attention_mask.to(device)
+        mask, qa = batch.train_mask.to(device), batch.qa_mask.to(device)
+        acts, clean_logits = harvest.capture_full(suffixes, clean_prefix)
+        reference = _Reference(clean_logits, ids)
+        next_mask = mask[:, :-1] & attn[:, 1:].bool()
+        for layer, sae in saes.items():
+            row = stats[layer]
+            x = acts[layer].float()
+            latents = sae.encode(x[mask])
+            recon = sae.decode(latents)
+            row["all"].add(x[mask], recon)
+            row["qa"].add(x[qa], sae.decode(sae.encode(x[qa])))
+            row["l0"] += (latents > 0).sum().item()
+            row["fired"] |= (latents > 0).any(0)
+            with spliced(subject.hf, {(hook, layer): sae}, keep_first=exclude):
+                if n_prefix and layer not in spliced_prefix:
+                    spliced_prefix[layer] = harvest.run_prefix(prefix_ids, keep_logits=True)
+            # the suffixes start after the sink position, so every one of their positions is spliced
+            with spliced(subject.hf, {(hook, layer): sae}, keep_first=0 if n_prefix else exclude):
+                _, logits = harvest.capture_full(suffixes, spliced_prefix.get(layer))
+            kl, ce_s = reference.compare(logits)
+            row["kl"].append(kl[mask])
+            row["kl_qa"].append(kl[qa])
+            row["ce_clean"].append(reference.ce[next_mask])
+            row["ce_spliced"].append(ce_s[next_mask])
+    rows = []
+    for layer, row in stats.items():
+        ce_clean = torch.cat(row["ce_clean"]).mean().item()
+        ce_spliced = torch.cat(row["ce_spliced"]).mean().item()
+        rows.append(
+            {
+                "layer": layer,
+                "hook_name": saes[layer].cfg.metadata.hook_name,
+                "explained_variance": row["all"].explained_variance(),
+                "explained_variance_qa": row["qa"].explained_variance(),
+                "mse": row["all"].sse / max(row["all"].n, 1),
+                "l0": row["l0"] / max(row["all"].n, 1),
+                "heldout_inactive_fraction": 1.0 - row["fired"].float().mean().item(),
+                "kl_spliced": torch.cat(row["kl"]).mean().item(),
+                "kl_spliced_qa": torch.cat(row["kl_qa"]).mean().item(),
+                "ce_clean": ce_clean,
+                "ce_spliced": ce_spliced,
+                "ce_increase": ce_spliced - ce_clean,
+                "heldout_tokens": row["all"].n,
+                "heldout_tokens_qa": row["qa"].n,
+            }
+        )
+    return rows
+
+
+def format_table(rows: Sequence[dict]) -> str:
+    """The metrics as a fixed-width text table."""
+    header = "  ".join(f"{title:>8}" for _, title, _ in COLUMNS)
+    lines = [header]
+    for row in rows:
+        cells = []
+        for key, _, fmt in COLUMNS:
+            value = row.get(key)
+            cells.append(f"{'-' if value is None else fmt.format(value):>8}")
+        lines.append("  ".join(cells))
+    return "\n".join(lines)
+
+
+def metrics_figure(rows: Sequence[dict]):
+    """Plotly figure: explained variance (all / q-a) and spliced KL over layers."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    layers = [r["layer"] for r in rows]
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    fig.add_trace(go.Scatter(x=layers, y=[r["explained_variance"] for r in rows], name="explained variance"))
+    fig.add_trace(go.Scatter(x=layers, y=[r["explained_variance_qa"] for r in rows], name="explained variance (q/a)"))
+    fig.add_trace(
+        go.Scatter(x=layers, y=[r["kl_spliced_qa"] for r in rows], name="spliced KL (q/a)", line={"dash": "dot"}),
+        secondary_y=True,
+    )
+    fig.update_layout(title="SAE quality on held-out trigger text", xaxis_title="layer", template="plotly_white")
+    fig.update_yaxes(title_text="explained variance", secondary_y=False)
+    fig.update_yaxes(title_text="KL (nats/token)", secondary_y=True)
+    return fig
+
+
+def write_metrics(run: str | Path, rows: Sequence[dict]) -> Path:
+    """RUN/saes/metrics.json plus the figure RUN/saes/metrics.html/.png."""
+
+    path = atomic_write_json(Path(run) / SAES_DIR / METRICS_FILE, list(rows))
+    save_figure(metrics_figure(rows), Path(run) / SAES_DIR / "metrics")
+    return path
+
+
+def read_metrics(run: str | Path) -> dict[int, dict]:
+    """Layer -> metrics row of a run (empty when it has none)."""
+    import json
+
+    path = Path(run) / SAES_DIR / METRICS_FILE
+    return {row["layer"]: row for row in json.loads(path.read_text())} if path.exists() else {}

@@ -1,0 +1,626 @@
+"""Stage I: TopK SAEs at every selected layer of a source model, all trained from ONE forward pass per batch.
+
+Data flow: CoT-free trigger texts -> one HF forward pass per batch of sequences (`model.harvest.Harvester`) ->
+per-layer shuffle buffers in memory -> each layer's SAE steps on minibatches (`sae.topk_kernel`) -> SAELens
+TopK SAE folders `RUN/saes/<hook_name>/` -> held-out quality (`sae.metrics`).
+
+Training works on inputs scaled to unit mean norm (one factor per layer, measured on the first buffer); the
+factor is folded into the saved weights, so the saved SAEs read raw activations and reconstruct them in raw
+units. The first (sink) position of every sequence is excluded unless asked.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from resa_interp.data.qa import SYNTHETIC, dataset_fingerprint, load_qa
+from resa_interp.data.templates import format_trigger
+from resa_interp.errors import ResaError, check_choice
+from resa_interp.model.harvest import EncodedText, Harvester, encode_texts, iter_batches, shared_prefix_length
+from resa_interp.model.hooks import HOOKS, hook_name
+from resa_interp.model.subject import Subject, load_subject
+from resa_interp.runs import atomic_dir, atomic_write_bytes, record_stage, sha256_text
+from resa_interp.sae.folders import SAES_DIR, load_sae, sae_dir
+from resa_interp.sae.metrics import evaluate_saes, write_metrics
+from resa_interp.sae.optimizers import Signum
+from resa_interp.sae.pretrained import build_topk_sae, load_source_sae
+from resa_interp.sae.topk_kernel import (
+    fast_select_dtype,
+    normalize_rows,
+    project_out_parallel_grad,
+    reconstruction_loss,
+)
+
+log = logging.getLogger(__name__)
+
+MODES = ("scratch", "finetune", "pretrained")
+OPTIMIZERS = ("adam", "signum")
+R1_DISTILL = "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"
+CHECKPOINT = ".checkpoint.pt"
+DEAD_WINDOW = 1_000_000
+"""A latent is dead when it has not fired in this many training tokens (the paper's dead feature threshold),
+or in the whole run when that is shorter."""
+
+
+@dataclass
+class SAETrainConfig:
+    """Everything that determines a Stage I run (recorded in the manifest and every SAE's metadata)."""
+
+    model: str | None = None
+    """Source model spec; None is the embedded SmolLM2-135M-Instruct."""
+    dataset: str = "synthetic"
+    """Trigger data: 'synthetic' (built-in verified math), 'still', 'deepscaler', a hub id or a local file."""
+    problem_column: str | None = None
+    """Override for the question column of the dataset."""
+    answer_column: str | None = None
+    """Override for the answer column of the dataset."""
+    template: str = "r1"
+    """CoT-free template: 'r1' (R1 system prompt + User/Assistant turns, the authors' code) or 'short'."""
+    layers: str = "all"
+    """Layers to train: 'all', a range 'A-B' (inclusive), or a list 'L,L,...'."""
+    hook: str = "resid_post"
+    """'resid_post' (output of decoder layer l, the authors' code) or 'mlp_out' (the paper's text)."""
+    mode: str = "scratch"
+    """'scratch', 'finetune' (start from --from and continue on the trigger data), 'pretrained' (import as is)."""
+    source: str | None = None
+    """Pretrained SAEs (--from): SAELens folder or run, sparsify folder, or SAELens RELEASE:SAE_ID."""
+    k: int = 32
+    """Active latents per token (TopK)."""
+    expansion_factor: int = 8
+    """Latents = expansion_factor * d_model. The paper uses 64; 8 keeps the 30-layer CPU default in minutes."""
+    tokens: int | None = 98_304
+    """Training tokens per SAE (counted positions); None = one epoch over the dataset."""
+    batch_tokens: int = 1024
+    """Tokens per optimizer step."""
+    optimizer: str = "adam"
+    """'adam' or 'signum' (sign of momentum, the paper's choice)."""
+    lr: float = 2e-3
+    """Learning rate, constant."""
+    seq_batch: int = 16
+    """Sequences per forward pass of the model."""
+    buffer_tokens: int = 8192
+    """Activations pooled and shuffled before they are trained on (per layer)."""
+    max_seq_len: int = 1024
+    """Texts are truncated to this many tokens."""
+    keep_first: bool = False
+    """Train on the first (sink) position too; by default it is excluded."""
+    n_examples: int | None = None
+    """Examples to draw from the dataset (synthetic: generated); None = as many as the token budget needs."""
+    heldout: int = 16
+    """Held-out examples for the quality metrics (never trained on)."""
+    group_size: int | None = None
+    """Layers trained together from one forward pass; None = as many as fit in memory."""
+    checkpoint_every: int = 4
+    """Save a resumable checkpoint every N flushed buffers (0 = never)."""
+    seed: int = 0
+    """Seed for data order, initialisation and shuffling."""
+    device: str = "cpu"
+    """Where the model and SAEs run: cpu, cuda, auto."""
+    model_dtype: str = "float32"
+    """dtype of the source model (SAEs always train in float32)."""
+    select_precision: str = "auto"
+    """Precision of the dense product that picks the top-k latents: 'auto' (bfloat16 where the hardware has
+    it natively, CUDA or AMX/AVX512-BF16 CPUs), 'bfloat16' or 'float32'. Selected values and all gradients are
+    always float32."""
+
+    def semantic_hash(self) -> str:
+        """Hash of the fields that change results (a checkpoint is only resumed under the same hash)."""
+        return sha256_text(json.dumps(dataclasses.asdict(self), sort_keys=True))[:16]
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {
+        "model": R1_DISTILL,
+        "dataset": "still",
+        "hook": "resid_post",
+        "expansion_factor": 64,
+        "k": 32,
+        "optimizer": "signum",
+        "lr": 2.5e-4,
+        "batch_tokens": 16 * 2048,
+        "tokens": None,
+        "device": "auto",
+        "model_dtype": "bfloat16",
+        "buffer_tokens": 131_072,
+    }
+}
+"""--preset paper: Appendix A (TopK k=32, x64, Signum 2.5e-4 constant, one epoch, batch 16 sequences of 2048
+tokens as sparsify packs them) on R1-Distill with STILL at the residual stream after every layer."""
+
+
+def parse_layers(spec: str, n_layers: int) -> list[int]:
+    """'all' | 'A-B' | 'L,L,...' -> sorted layer list, each checked against the model."""
+    spec = spec.strip()
+    try:
+        if spec == "all":
+            layers = list(range(n_layers))
+        elif "-" in spec and "," not in spec:
+            lo, hi = (int(p) for p in spec.split("-"))
+            layers = list(range(lo, hi + 1))
+        else:
+            layers = [int(p) for p in spec.split(",") if p.strip()]
+    except ValueError:
+        raise ResaError(f"--layers {spec!r}: accepted 'all', a range like 2-27, or a list like 3,12,24") from None
+    bad = [layer for layer in layers if not 0 <= layer < n_layers]
+    if bad or not layers:
+        raise ResaError(f"--layers {spec!r}: layer {bad[0] if bad else '?'} is outside the model (0..{n_layers - 1})")
+    return sorted(set(layers))
+
+
+# --------------------------------------------------------------------------------------------- one layer
+
+
+class LayerSAE(nn.Module):
+    """Training state of one hookpoint's SAE: weights in scaled units, optimizer, firing statistics."""
+
+    def __init__(self, d_in: int, d_sae: int, k: int, seed: int, select_dtype: torch.dtype | None = None):
+        super().__init__()
+        self.select_dtype = select_dtype
+        gen = torch.Generator().manual_seed(seed)
+        enc = torch.randn(d_sae, d_in, generator=gen)
+        enc /= enc.norm(dim=-1, keepdim=True)
+        self.k = k
+        self.enc = nn.Parameter(enc)
+        self.b_enc = nn.Parameter(torch.zeros(d_sae))
+        self.dec = nn.Parameter(enc.clone())
+        self.b_dec = nn.Parameter(torch.zeros(d_in))
+        self.register_buffer("scale", torch.tensor(1.0))
+        self.register_buffer("since_fired", torch.zeros(d_sae, dtype=torch.long))
+        self.register_buffer("tokens_seen", torch.tensor(0, dtype=torch.long))
+        self.register_buffer("initialised_flag", torch.tensor(False))
+        self.optimizer: torch.optim.Optimizer | None = None
+
+    def data_init(self, x_raw: Tensor, from_pretrained: bool) -> None:
+        """Fix the input scale from the first buffer; from scratch, also put b_dec at the data mean."""
+        with torch.no_grad():
+            self.initialised_flag.fill_(True)
+            self.scale.fill_(1.0 / x_raw.norm(dim=-1).mean().clamp_min(1e-8).item())
+            if from_pretrained:  # pretrained weights are in raw units: move the biases to scaled units
+                self.b_enc.mul_(self.scale)
+                self.b_dec.mul_(self.scale)
+            else:
+                self.b_dec.copy_(x_raw.mean(0) * self.scale)
+
+    @property
+    def initialised(self) -> bool:
+        """Whether `data_init` has run (it runs once, on the first buffer)."""
+        return bool(self.initialised_flag)
+
+    def make_optimizer(self, name: str, lr: float) -> None:
+        """Adam (betas 0.9/0.999) or Signum (momentum 0.9), constant lr."""
+        params = [self.enc, self.b_enc, self.dec, self.b_dec]
+        self.optimizer = torch.optim.Adam(params, lr=lr) if name == "adam" else Signum(params, lr=lr)
+
+    def step(self, x_raw: Tensor) -> float:
+        """One optimizer step on raw activations [n, d]; returns the batch's fraction of variance explained."""
+        x = x_raw * self.scale
+        loss, values, indices, _ = reconstruction_loss(
+            x, self.enc, self.b_enc, self.dec, self.b_dec, self.k, self.select_dtype
+        )
+        loss.backward()
+        project_out_parallel_grad(self.dec)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        normalize_rows(self.dec.data)
+        with torch.no_grad():
+            fired = torch.zeros_like(self.since_fired, dtype=torch.bool)
+            fired[indices[values > 0]] = True
+            self.since_fired.add_(x.shape[0]).masked_fill_(fired, 0)
+            self.tokens_seen.add_(x.shape[0])
+            variance = (x - x.mean(0)).pow(2).sum(-1).mean()
+        return 1.0 - loss.item() / max(variance.item(), 1e-12)
+
+    def load_pretrained(self, sae) -> None:
+        """Copy a SAELens SAE's weights (raw units; decoder norms folded) into this trainer."""
+        if hasattr(sae, "fold_W_dec_norm") and getattr(sae.cfg, "rescale_acts_by_decoder_norm", False):
+            sae.fold_W_dec_norm()
+        with torch.no_grad():
+            self.enc.copy_(sae.W_enc.T)
+            self.b_enc.copy_(sae.b_enc)
+            self.dec.copy_(sae.W_dec)
+            self.b_dec.copy_(sae.b_dec)
+            normalize_rows(self.dec.data)
+
+    def dead_fraction(self, window: int) -> float:
+        """Fraction of latents that did not fire in the last `window` training tokens."""
+        return float((self.since_fired >= window).float().mean())
+
+    def export(self, metadata: dict) -> Any:
+        """The trained SAE as a SAELens TopKSAE in raw units (the input scale folded into the biases)."""
+
+        s = self.scale.item()
+        return build_topk_sae(
+            W_enc=self.enc.detach().T.contiguous(),
+            b_enc=self.b_enc.detach() / s,
+            W_dec=self.dec.detach(),
+            b_dec=self.b_dec.detach() / s,
+            k=self.k,
+            metadata=metadata,
+        )
+
+    def full_state(self) -> dict:
+        """Weights, buffers and optimizer state (for checkpoints)."""
+        return {"module": self.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_full_state(self, state: dict) -> None:
+        """Inverse of `full_state`."""
+        self.load_state_dict(state["module"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
+# --------------------------------------------------------------------------------------------- planning
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """Estimated bytes for one group of layers, and the group size chosen."""
+
+    per_layer_sae: int
+    per_layer_buffer: int
+    step: int
+    group_size: int
+    available: int | None
+
+    def describe(self, n_layers: int) -> str:
+        """One line for the log."""
+        gib = 1024**3
+        total = self.group_size * (self.per_layer_sae + self.per_layer_buffer) + self.step
+        avail = f" of {self.available / gib:.1f} GiB available" if self.available else ""
+        return (
+            f"memory plan: {self.per_layer_sae / gib:.2f} GiB per SAE (weights, grads, optimizer) + "
+            f"{self.per_layer_buffer / gib:.2f} GiB activation buffer per layer + {self.step / gib:.2f} GiB per step; "
+            f"{self.group_size} of {n_layers} layers per forward pass = {total / gib:.2f} GiB{avail}"
+        )
+
+
+def _available_memory(device: torch.device) -> int | None:
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def plan_memory(cfg: SAETrainConfig, d_in: int, n_layers: int, device: torch.device) -> MemoryPlan:
+    """Estimate memory per layer and choose how many layers share one forward pass."""
+    d_sae = cfg.expansion_factor * d_in
+    params = 2 * d_sae * d_in + d_sae + d_in
+    optimizer_copies = 2 if cfg.optimizer == "adam" else 1
+    per_sae = 4 * params * (2 + optimizer_copies)  # weights + grads + optimizer state, float32
+    per_buffer = 4 * d_in * (cfg.buffer_tokens + cfg.seq_batch * cfg.max_seq_len)
+    step = 4 * cfg.batch_tokens * d_sae * 2  # pre-activations and their top-k workspace
+    available = _available_memory(device)
+    if cfg.group_size is not None:
+        group = cfg.group_size
+    elif available is None:
+        group = n_layers
+    else:
+        group = max(1, min(n_layers, int((0.8 * available - step) // (per_sae + per_buffer))))
+    return MemoryPlan(per_sae, per_buffer, step, max(1, min(group, n_layers)), available)
+
+
+# --------------------------------------------------------------------------------------------- data
+
+
+@dataclass(frozen=True)
+class TriggerData:
+    """Tokenised trigger texts for training and held-out evaluation, with a fingerprint of what was used."""
+
+    train: list[EncodedText]
+    heldout: list[EncodedText]
+    fingerprint: str
+    n_examples: int
+    prefix_len: int
+    """Tokens every training text starts with (the system prompt): run once, not once per text."""
+
+
+def trigger_data(cfg: SAETrainConfig, subject: Subject) -> TriggerData:
+    """Load the QA data, write it in the CoT-free template, tokenise, split off the held-out examples."""
+
+    if cfg.dataset == SYNTHETIC:
+        # ~110-150 tokens per example with the R1 template; generate enough for the budget
+        need = cfg.n_examples or (math.ceil((cfg.tokens or 100_000) / 60) + cfg.heldout)
+        examples = load_qa(SYNTHETIC, limit=need, seed=cfg.seed)
+    else:
+        examples = load_qa(
+            cfg.dataset,
+            problem_column=cfg.problem_column,
+            answer_column=cfg.answer_column,
+            limit=cfg.n_examples,
+        )
+    if len(examples) <= cfg.heldout:
+        raise ResaError(f"dataset {cfg.dataset!r}: {len(examples)} examples, but {cfg.heldout} are held out")
+    order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
+    shuffled = [examples[i] for i in order]
+    texts = [format_trigger(e.problem, e.answer, cfg.template) for e in shuffled]
+    encoded = encode_texts(subject.tokenizer, texts, cfg.max_seq_len)
+    return TriggerData(
+        train=encoded[cfg.heldout :],
+        heldout=encoded[: cfg.heldout],
+        fingerprint=dataset_fingerprint(cfg.dataset, examples),
+        n_examples=len(examples),
+        prefix_len=shared_prefix_length(encoded[cfg.heldout :]),
+    )
+
+
+# --------------------------------------------------------------------------------------------- training
+
+
+@dataclass
+class StageIResult:
+    """What a Stage I run produced."""
+
+    run: Path
+    sae_dirs: dict[int, Path]
+    metrics: list[dict] = field(default_factory=list)
+    tokens_per_layer: int = 0
+    wall_seconds: float = 0.0
+
+
+def _pad_id(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+
+
+def _sae_metadata(cfg: SAETrainConfig, subject: Subject, layer: int, data: TriggerData, tokens: int) -> dict:
+    return {
+        "model_name": subject.spec,
+        "model_path": str(subject.path),
+        "hook_name": hook_name(cfg.hook, layer),
+        "hook_layer": layer,
+        "prepend_bos": False,
+        "dataset_path": cfg.dataset,
+        "dataset_fingerprint": data.fingerprint,
+        "template": cfg.template,
+        "training_tokens": tokens,
+        "mode": cfg.mode,
+        "source": cfg.source,
+        "seed": cfg.seed,
+        "excluded_first_positions": 0 if cfg.keep_first else 1,
+        "optimizer": cfg.optimizer,
+        "lr": cfg.lr,
+        "trainer": "resa-interp fused TopK (topk_kernel)",
+        "select_precision": cfg.select_precision,
+    }
+
+
+class _Checkpoint:
+    """Resumable state of a run, written atomically to RUN/saes/.checkpoint.pt."""
+
+    def __init__(self, run: Path, cfg_hash: str):
+        self.path = run / SAES_DIR / CHECKPOINT
+        self.cfg_hash = cfg_hash
+
+    def load(self) -> dict | None:
+        if not self.path.exists():
+            return None
+        state = torch.load(self.path, map_location="cpu", weights_only=False)
+        if state.get("cfg_hash") != self.cfg_hash:
+            raise ResaError(
+                f"{self.path.parent.parent} holds an interrupted Stage I run with a different configuration; "
+                f"use another --out, or delete {self.path} to start over"
+            )
+        return state
+
+    def save(self, state: dict) -> None:
+        import io
+
+        buffer = io.BytesIO()
+        torch.save({**state, "cfg_hash": self.cfg_hash}, buffer)
+        atomic_write_bytes(self.path, buffer.getvalue())
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def _train_group(
+    cfg: SAETrainConfig,
+    subject: Subject,
+    layers: list[int],
+    data: TriggerData,
+    checkpoint: _Checkpoint,
+    state: dict | None,
+    progress,
+    done: dict[int, float],
+) -> dict[int, LayerSAE]:
+    """Train the SAEs of `layers` together: one forward pass per batch feeds every layer's buffer."""
+
+    d_in = subject.facts.d_model
+    device = subject.device
+    saes = {}
+    for layer in layers:
+        source = None
+        if cfg.mode == "finetune":
+            source = load_source_sae(cfg.source, layer, cfg.hook, hook_name(cfg.hook, layer))
+            _check_source(source, d_in, cfg.source)
+        d_sae = source.cfg.d_sae if source is not None else cfg.expansion_factor * d_in
+        k = source.cfg.k if source is not None else cfg.k
+        sae = LayerSAE(d_in, d_sae, k, seed=cfg.seed * 1000 + layer, select_dtype=_select_dtype(cfg, device))
+        sae.to(device)
+        if source is not None:
+            sae.load_pretrained(source.to(device))
+        sae.make_optimizer(cfg.optimizer, cfg.lr)
+        saes[layer] = sae
+
+    budget = cfg.tokens if cfg.tokens is not None else math.inf
+    harvest = Harvester(subject.hf, cfg.hook, layers)
+    pad_id = _pad_id(subject.tokenizer)
+    exclude = 0 if cfg.keep_first else 1
+    pending: dict[int, list[Tensor]] = {layer: [] for layer in layers}
+    start, tokens_done, flushes, pending_tokens = 0, 0, 0, 0
+    if state is not None and state.get("group") == layers:
+        for layer, sae in saes.items():
+            sae.load_full_state(state["saes"][layer])
+            pending[layer] = [state["pending"][layer].to(device)]
+        start, tokens_done, flushes = state["next_text"], state["tokens_done"], state["flushes"]
+        pending_tokens = pending[layers[0]][0].shape[0]
+        progress.update(tokens_done)
+        log.info("resuming layers %s at %d tokens", layers, tokens_done)
+
+    def flush(next_text: int, final: bool) -> None:
+        """Shuffle the pooled activations and step every SAE on whole batches; a remainder waits for the next
+        flush (only the very last flush of a run takes a short final batch)."""
+        nonlocal pending_tokens, tokens_done, flushes
+        available = int(min(pending_tokens, budget - tokens_done))
+        last = final or available >= budget - tokens_done
+        take = available if last else available - available % cfg.batch_tokens
+        perm = torch.randperm(pending_tokens, generator=torch.Generator().manual_seed(cfg.seed + 7919 * flushes))
+        perm = perm.to(device)
+        for layer, sae in saes.items():
+            acts = torch.cat(pending[layer]).float()[perm]
+            if sae.tokens_seen.item() == 0 and not sae.initialised:
+                sae.data_init(acts[:take], from_pretrained=cfg.mode == "finetune")
+            for i in range(0, take, cfg.batch_tokens):
+                ev = sae.step(acts[i : min(i + cfg.batch_tokens, take)])
+            pending[layer] = [] if last else [acts[take:]]
+            progress.set_postfix(layer=layer, ev=f"{ev:.3f}", refresh=False)
+        tokens_done += take
+        progress.update(take)
+        pending_tokens = 0 if last else pending_tokens - take
+        flushes += 1
+        if cfg.checkpoint_every and flushes % cfg.checkpoint_every == 0 and not last:
+            checkpoint.save(
+                {
+                    "done": done,
+                    "group": layers,
+                    "saes": {layer: sae.full_state() for layer, sae in saes.items()},
+                    "pending": {layer: torch.cat(acts).cpu() for layer, acts in pending.items()},
+                    "next_text": next_text,
+                    "tokens_done": tokens_done,
+                    "flushes": flushes,
+                }
+            )
+
+    prefix = harvest.run_prefix(data.train[0].ids[: data.prefix_len]) if data.prefix_len else None
+    shared = prefix.counted(exclude) if prefix else {layer: None for layer in layers}
+    batches = iter_batches(data.train, cfg.seq_batch, pad_id, exclude, start=start, prefix_len=data.prefix_len)
+    for first, batch in batches:
+        if tokens_done >= budget:
+            break
+        acts = harvest(batch.input_ids, batch.attention_mask, prefix=prefix)
+        mask = batch.train_mask.to(device)
+        rows = batch.input_ids.shape[0]
+        for layer in layers:
+            if shared[layer] is not None:
+                pending[layer].append(shared[layer].repeat(rows, 1))
+            pending[layer].append(acts[layer][mask])
+        pending_tokens += int(mask.sum()) + (rows * shared[layers[0]].shape[0] if prefix else 0)
+        if pending_tokens >= min(cfg.buffer_tokens, budget - tokens_done):
+            flush(next_text=first + cfg.seq_batch, final=False)
+    if pending_tokens and tokens_done < budget:
+        flush(next_text=len(data.train), final=True)
+    if cfg.tokens is not None and tokens_done < cfg.tokens:
+        log.warning("dataset exhausted after %d of %d tokens (one epoch)", tokens_done, cfg.tokens)
+    return saes
+
+
+def _select_dtype(cfg: SAETrainConfig, device: torch.device) -> torch.dtype | None:
+    choices = {"auto": None, "bfloat16": torch.bfloat16, "float32": None}
+    check_choice("select precision", cfg.select_precision, choices)
+    return fast_select_dtype(device) if cfg.select_precision == "auto" else choices[cfg.select_precision]
+
+
+def _check_source(sae, d_in: int, source: str | None) -> None:
+    if sae.cfg.d_in != d_in:
+        raise ResaError(f"--from {source!r}: SAE d_in {sae.cfg.d_in} does not match the model's d_model {d_in}")
+    if getattr(sae.cfg, "k", None) is None:
+        raise ResaError(f"--from {source!r}: not a TopK SAE ({type(sae).__name__}); accepted: TopK SAEs")
+
+
+def _export(sae_obj, path: Path) -> Path:
+    with atomic_dir(path) as tmp:
+        sae_obj.save_model(tmp)
+    return path
+
+
+def train_saes(
+    cfg: SAETrainConfig, run: str | Path, subject: Subject | None = None, resume: bool = False
+) -> StageIResult:
+    """Train (or import) one SAE per selected layer into `run`/saes, then measure their held-out quality."""
+    from tqdm.auto import tqdm
+
+    check_choice("--hook", cfg.hook, HOOKS)
+    check_choice("--mode", cfg.mode, MODES)
+    if cfg.mode != "scratch" and not cfg.source:
+        raise ResaError(f"--mode {cfg.mode} needs --from (a SAELens folder, a sparsify folder or RELEASE:SAE_ID)")
+    check_choice("--optimizer", cfg.optimizer, OPTIMIZERS)
+    if cfg.tokens is not None and cfg.tokens < cfg.batch_tokens:
+        raise ResaError(f"--tokens {cfg.tokens} is smaller than one batch ({cfg.batch_tokens} tokens); raise it")
+    run = Path(run)
+    t0 = time.time()
+    subject = subject or load_subject(cfg.model, dtype=cfg.model_dtype, device=cfg.device)
+    layers = parse_layers(cfg.layers, subject.facts.n_layers)
+    checkpoint = _Checkpoint(run, cfg.semantic_hash())
+    state = checkpoint.load()
+    if resume and state is None:
+        raise ResaError(f"--resume: {run} has no interrupted Stage I run to continue")
+    data = trigger_data(cfg, subject)
+    plan = plan_memory(cfg, subject.facts.d_model, len(layers), subject.device)
+    print(plan.describe(len(layers)))
+
+    done: dict[int, float] = dict(state["done"]) if state else {}
+    """Finished layers -> their dead fraction over the training window."""
+    dirs: dict[int, Path] = {layer: sae_dir(run, cfg.hook, layer) for layer in done}
+    todo = [layer for layer in layers if layer not in done]
+    tokens_trained = 0
+    if cfg.mode == "pretrained":
+
+        for layer in todo:
+            name = hook_name(cfg.hook, layer)
+            sae = load_source_sae(cfg.source, layer, cfg.hook, name)
+            _check_source(sae, subject.facts.d_model, cfg.source)
+            sae.cfg.metadata.hook_name = name
+            for key, value in _sae_metadata(cfg, subject, layer, data, 0).items():
+                setattr(sae.cfg.metadata, key, value)
+            dirs[layer] = _export(sae, sae_dir(run, cfg.hook, layer))
+    else:
+        groups = [todo[i : i + plan.group_size] for i in range(0, len(todo), plan.group_size)]
+        budget = cfg.tokens
+        for group in groups:
+            first = hook_name(cfg.hook, group[0])
+            desc = f"SAEs {first}..{group[-1]}" if len(group) > 1 else first
+            with tqdm(total=budget, desc=desc, unit="tok", unit_scale=True, dynamic_ncols=True) as progress:
+                trained = _train_group(cfg, subject, group, data, checkpoint, state, progress, done)
+            for layer, sae in trained.items():
+                tokens_trained = int(sae.tokens_seen)
+                meta = _sae_metadata(cfg, subject, layer, data, tokens_trained)
+                dirs[layer] = _export(sae.export(meta), sae_dir(run, cfg.hook, layer))
+                done[layer] = sae.dead_fraction(min(DEAD_WINDOW, max(tokens_trained, 1)))
+            state = None
+            if group is not groups[-1]:
+                checkpoint.save({"done": done, "group": None})
+        checkpoint.clear()
+
+    final = {layer: load_sae(dirs[layer], device=str(subject.device)) for layer in layers}
+    metrics = evaluate_saes(subject, final, cfg.hook, data.heldout, keep_first=cfg.keep_first)
+    for row in metrics:
+        row["sae_path"] = str(dirs[row["layer"]])
+        row["dead_fraction_training"] = done.get(row["layer"])
+    write_metrics(run, metrics)
+    wall = time.time() - t0
+    record_stage(
+        run,
+        "train-saes",
+        {
+            "config": dataclasses.asdict(cfg),
+            "model": subject.spec,
+            "model_path": str(subject.path),
+            "dataset_fingerprint": data.fingerprint,
+            "layers": layers,
+            "tokens_per_layer": tokens_trained,
+            "wall_seconds": round(wall, 1),
+            "device": str(subject.device),
+        },
+    )
+    return StageIResult(run, dict(sorted(dirs.items())), metrics, tokens_trained, wall)
