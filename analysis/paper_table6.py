@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.mixture import GaussianMixture
 
+from resa_interp.layers import write_outputs
 from resa_interp.layers.analysis import (
     LayerAnalysis,
     LayerConfig,
@@ -32,7 +33,6 @@ from resa_interp.layers.analysis import (
     read_counts,
     read_scores,
 )
-from resa_interp.layers.report import write_outputs
 from resa_interp.runs import atomic_write_bytes, atomic_write_text
 
 ROOT = Path(__file__).resolve().parent.parent

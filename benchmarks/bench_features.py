@@ -13,10 +13,10 @@ import time
 
 import torch
 
-from resa_interp.data.templates import R1_SYSTEM_PROMPT
-from resa_interp.features.extract import FeatureConfig, extract_features
-from resa_interp.model.subject import load_subject
-from resa_interp.sae.folders import load_sae, run_sae_dirs
+from resa_interp.data import R1_SYSTEM_PROMPT
+from resa_interp.features import FeatureConfig, extract_features
+from resa_interp.model import load_subject
+from resa_interp.sae import load_sae, run_sae_dirs
 
 
 def main() -> None:

@@ -17,10 +17,9 @@ import time
 
 import torch
 
-from resa_interp.data.synthetic import synthetic_qa
-from resa_interp.data.templates import format_trigger
+from resa_interp.data import format_trigger, synthetic_qa
+from resa_interp.model import load_subject
 from resa_interp.model.harvest import Harvester, encode_texts, make_batch, shared_prefix_length
-from resa_interp.model.subject import load_subject
 
 
 def timed(fn) -> float:
