@@ -134,7 +134,7 @@ def test_deterministic(tiny_qwen2, tmp_path):
     assert all(torch.equal(wa[key], wb[key]) for key in wa)
 
 
-_RUNNER = "import json, sys; from resa_interp.saes import SAETrainConfig, train_saes; " \
+_RUNNER = "import json, sys; from resa_interp.sae import SAETrainConfig, train_saes; " \
     "train_saes(SAETrainConfig(**json.loads(sys.argv[1])), sys.argv[2], resume=sys.argv[3] == 'resume')"
 
 

@@ -1,7 +1,7 @@
 """The paper's evaluation path: lighteval's pipeline on vLLM (GPU).
 
 Each task becomes a lighteval custom task (the authors' way of running their six benchmarks): its problems, as
-loaded and prompted by `resa_interp.eval_tasks`, are written to a JSONL folder that lighteval reads as a dataset,
+loaded and prompted by `resa_interp.evaluation.tasks`, are written to a JSONL folder that lighteval reads as a dataset,
 and its metric is pass@1 over `samples` generations with the authors' extractive-match grader. lighteval applies
 the chat template and asks vLLM for the generations; the model length given to vLLM is the longest prompt plus
 max_new_tokens, so lighteval never cuts a prompt to make room (open-r1 issue 310: with

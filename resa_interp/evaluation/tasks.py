@@ -56,7 +56,7 @@ class PaperTask:
     problem_field: str
     gold_field: str
     grading: str
-    """'expr', 'latex' or 'choice' (see `resa_interp.grading`)."""
+    """'expr', 'latex' or 'choice' (see `resa_interp.evaluation.grading`)."""
 
 
 PAPER_TASKS = {
