@@ -173,7 +173,6 @@ class DashboardSet:
     features: list[FeatureDashboard] = field(default_factory=list)
 
     def _repr_html_(self) -> str:
-
         return fragment_html(self, plotlyjs="cdn")
 
     def to_dict(self) -> dict:
@@ -209,7 +208,6 @@ def select_features(
     run: str | Path, layer: int | None, features: str = REASONING, hook: str | None = None
 ) -> Selection:
     """Resolve --layer/--features against the run: its SAEs, and its features.json for 'reasoning'."""
-
     run = Path(run)
     doc_path = run / "features.json"
     doc = json.loads(doc_path.read_text()) if doc_path.is_file() else None
@@ -457,7 +455,6 @@ def _prompt(doc: dict | None, tokenizer) -> tuple[list[int], dict[str, list[list
 
 
 def _trigger_corpus(subject: Subject, sae: SAE, cfg: DashboardConfig) -> tuple[Corpus, str, str]:
-
     meta = sae.cfg.metadata
     dataset = cfg.dataset or getattr(meta, "dataset_path", None) or "synthetic"
     template = cfg.template or getattr(meta, "template", None) or "r1"
@@ -578,7 +575,6 @@ class DashboardRun:
 def run_dashboard(config: DashboardConfig, out: str | Path) -> DashboardRun:
     """Build the dashboards of `config.run` and write OUT/dashboard.html (self-contained), OUT/dashboard.json and
     a manifest."""
-
     if config.run is None:
         raise ResaError("no run to build dashboards from; give --run (a folder with saes/)")
     check_plotlyjs(config.plotlyjs)

@@ -152,7 +152,6 @@ logit effects: {html.escape(dset.logit_rule)}</p>"""
 
 def check_plotlyjs(plotlyjs: str) -> None:
     """One-line error unless `plotlyjs` is 'inline' or 'cdn'."""
-
     check_choice("--plotlyjs", plotlyjs, PLOTLYJS)
 
 

@@ -100,7 +100,6 @@ def sweep_config(
 ) -> SweepConfig:
     """A config from a preset ('cpu', 'paper'; None: each stage's defaults), then every non-None value given;
     `device` applies to Stage I, tuning and evaluation alike."""
-
     if preset is not None:
         check_choice("--preset", preset, PRESETS)
     return with_preset(
@@ -153,7 +152,6 @@ def sweep(config: SweepConfig, out: str | Path, echo: Callable[[str], None] = pr
     """Tune and evaluate at every layer of `config.layers` into `out`, resuming what an earlier run of the same
     sweep finished; write `out`/scores.csv and the 'sweep' record of `out`/manifest.json. `echo` gets one line per
     layer (and a note when Stage I runs first)."""
-
     started = time.perf_counter()
     out = Path(out)
     config.evaluation.check()
@@ -191,7 +189,6 @@ def model_layers(model: str | None) -> int:
 
 def _sae_run(config: SweepConfig, out: Path, layers: list[int], echo: Callable[[str], None]) -> Path:
     """The Stage I run to take SAEs from, with one for every layer (trained first in `out` when it holds none)."""
-
     hook = config.tune.hook
     run = Path(config.saes_run) if config.saes_run is not None else out
     if config.saes_run is None and not run_sae_dirs(run, hook):
@@ -212,7 +209,6 @@ def _span(layers: list[int]) -> str:
 
 def _sweep_layer(config: SweepConfig, run: Path, layer: int, out: Path, task_names: list[str]) -> LayerResult:
     """Tune (or resume, or keep) and evaluate (or keep) one layer."""
-
     folder = out / f"layer-{layer}"
     tune_config = replace(config.tune, sae=None, saes_run=str(run), layer=layer, resume=True)
     tuned_before = TUNE_STAGE in read_manifest(folder)["stages"]
@@ -250,7 +246,6 @@ def _sweep_layer(config: SweepConfig, run: Path, layer: int, out: Path, task_nam
 
 def _finished_evaluation(folder: Path, config: EvalConfig, task_names: list[str]) -> EvalResult | None:
     """The evaluation in `folder` if it finished with these tasks and settings, else None."""
-
     if not (folder / SCORES).is_file():
         return None
     result = read_scores(folder)
@@ -259,7 +254,6 @@ def _finished_evaluation(folder: Path, config: EvalConfig, task_names: list[str]
 
 
 def _record_evaluation(folder: Path, result: EvalResult) -> None:
-
     record_stage(folder, "eval", {
         "out": str(folder / EVAL_DIR),
         "backend": result.backend,
@@ -285,13 +279,11 @@ def score_column(task: str) -> str:
 
 def layer_scores(result: EvalResult) -> dict[str, float]:
     """scores.csv column -> Pass@1 in percent, in the paper's column order."""
-
     return {score_column(name): 100 * result.tasks[name].pass_at_1 for name in table_columns(result)}
 
 
 def write_scores_csv(path: Path, rows: list[LayerResult]) -> Path:
     """`layer`, one column per task, `avg` (Pass@1 in percent), one row per layer in layer order; atomic."""
-
     columns = list(rows[0].scores)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -319,7 +311,6 @@ def format_layer(row: LayerResult) -> str:
 def _record(
     out: Path, config: SweepConfig, run: Path, layers: list[int], rows: list[LayerResult], path: Path, wall: float
 ) -> None:
-
     record_stage(out, STAGE, {
         "config": asdict(config),
         "model": config.tune.model,

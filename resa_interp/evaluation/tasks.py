@@ -202,7 +202,6 @@ def _local_task(path: Path, limit: int | None) -> EvalTask:
 
 
 def _synthetic_task(limit: int | None) -> EvalTask:
-
     n = limit or SYNTHETIC_EVAL_SIZE
     seen = {example.problem for example in synthetic_qa(SYNTHETIC_SIZE, seed=0)}
     pool = [example for example in synthetic_qa(3 * n, seed=SYNTHETIC_EVAL_SEED) if example.problem not in seen]

@@ -267,7 +267,6 @@ def write_outputs(
     layers: list[LayerFeatures],
 ) -> dict[str, Path]:
     """features.json, counts.csv and figures/feature_counts.html/.png in `out`."""
-
     doc = {
         "definition": DEFINITION,
         "model": subject.spec,
@@ -326,7 +325,6 @@ def read_prompts(prompt: str | None, prompt_file: str | None) -> list[str]:
 
 def heldout_quality(subject: Subject, saes: dict[int, SAE], hook: str, n_texts: int = 16) -> dict[int, dict]:
     """Quality of SAEs that come without Stage I metrics, measured on held-out synthetic trigger texts."""
-
     texts = [format_trigger(e.problem, e.answer) for e in synthetic_qa(n_texts, seed=10_007)]
     rows = evaluate_saes(subject, saes, hook, encode_texts(subject.tokenizer, texts))
     return {row["layer"]: {k: row[k] for k in QUALITY_KEYS} for row in rows}
@@ -349,7 +347,6 @@ def default_layers(n_layers: int) -> str:
 def run_features(config: FeatureConfig, out: str | Path, subject: Subject | None = None) -> FeaturesRun:
     """Load the SAEs (a Stage I run, or `config.source`), extract, write the outputs into `out` and record the
     stage; `subject` is the model to run (None: `config.model` is loaded with `config.device` and `config.dtype`)."""
-
     out = Path(out)
     prompts = [config.prompts] if isinstance(config.prompts, str) else list(config.prompts)
     if not prompts:

@@ -44,13 +44,11 @@ def model_facts(model: PreTrainedModel) -> dict:
 
 def write_adapter_facts(adapter: str | Path, model: PreTrainedModel, base_model: str) -> None:
     """Record beside a saved adapter which model (spec and architecture) it was trained on."""
-
     atomic_write_json(Path(adapter) / ADAPTER_FACTS, {"base_model": base_model, **model_facts(model)})
 
 
 def save_adapter(peft_model, out: str | Path, base_model: str) -> Path:
     """Save a peft model's adapter (plus which model it was trained on) into `out`, atomically."""
-
     with atomic_dir(out) as tmp:
         peft_model.save_pretrained(tmp)
         write_adapter_facts(tmp, peft_model.get_base_model(), base_model)

@@ -187,7 +187,6 @@ def metrics_figure(rows: Sequence[dict]):
 
 def write_metrics(run: str | Path, rows: Sequence[dict]) -> Path:
     """RUN/saes/metrics.json plus the figure RUN/saes/metrics.html/.png."""
-
     path = atomic_write_json(Path(run) / SAES_DIR / METRICS_FILE, list(rows))
     save_figure(metrics_figure(rows), Path(run) / SAES_DIR / "metrics")
     return path

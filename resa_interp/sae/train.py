@@ -238,7 +238,6 @@ class LayerSAE(nn.Module):
 
     def export(self, metadata: dict) -> Any:
         """The trained SAE as a SAELens TopKSAE in raw units (the input scale folded into the biases)."""
-
         s = self.scale.item()
         return build_topk_sae(
             W_enc=self.enc.detach().T.contiguous(),
@@ -328,7 +327,6 @@ class TriggerData:
 
 def trigger_data(cfg: SAETrainConfig, subject: Subject) -> TriggerData:
     """Load the QA data, write it in the CoT-free template, tokenise, split off the held-out examples."""
-
     if cfg.dataset == SYNTHETIC:
         # ~110-150 tokens per example with the R1 template; generate enough for the budget
         need = cfg.n_examples or (math.ceil((cfg.tokens or 100_000) / 60) + cfg.heldout)
@@ -435,7 +433,6 @@ def _train_group(
     done: dict[int, float],
 ) -> dict[int, LayerSAE]:
     """Train the SAEs of `layers` together: one forward pass per batch feeds every layer's buffer."""
-
     d_in = subject.facts.d_model
     device = subject.device
     saes = {}

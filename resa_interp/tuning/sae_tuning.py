@@ -189,7 +189,6 @@ class SAEChoice:
 
 def resolve_sae(config: TuneConfig) -> SAEChoice:
     """Find the SAE folder from `sae` or `saes_run` + `layer`, and its hookpoint (checked against metadata)."""
-
     if config.sae is not None and config.saes_run is not None:
         raise ResaError("give either an SAE folder (--sae) or a Stage I run (--saes with --layer), not both")
     if config.sae is not None:
@@ -217,7 +216,6 @@ def resolve_sae(config: TuneConfig) -> SAEChoice:
 
 def encode_examples(config: TuneConfig, tokenizer) -> tuple[list[torch.Tensor], str]:
     """Token ids of every elicitation text (truncated to `max_length`) and the dataset's fingerprint."""
-
     examples = load_qa(
         config.dataset,
         problem_column=config.problem_column,
@@ -402,7 +400,6 @@ class SAETuner:
 
     @contextlib.contextmanager
     def _student(self) -> Iterator[None]:
-
         if self.recon is None:
             yield
             return
@@ -502,7 +499,6 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 def _save_checkpoint(tuner: SAETuner, out: Path, step: int, elapsed_s: float) -> None:
-
     accelerator = tuner.accelerator
     target = out / CHECKPOINTS / f"step-{step:06d}"
     rank_file = target.parent / f".rng-step-{step:06d}-rank{accelerator.process_index}.pt"
