@@ -80,6 +80,7 @@ def test_features_sweep_select_layers(cli, tiny_qwen2, stage1, tmp_path):
     assert record["complete"] and record["layers"] == [1, 2, 3] and record["tasks"] == ["synthetic"]
     assert [r["layer"] for r in record["per_layer"]] == [1, 2, 3]
     assert record["config"]["tune"]["steps"] == 3 and record["config"]["evaluation"]["limit"] == 2
+    assert "model" not in record["config"]["evaluation"] and "tasks" not in record["config"]["evaluation"]
 
     # a second run of the same sweep tunes and evaluates nothing: no file of any layer is rewritten
     before = {layer: _mtimes(out, layer) for layer in (1, 2, 3)}

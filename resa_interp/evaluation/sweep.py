@@ -312,7 +312,8 @@ def _record(
     out: Path, config: SweepConfig, run: Path, layers: list[int], rows: list[LayerResult], path: Path, wall: float
 ) -> None:
     record_stage(out, STAGE, {
-        "config": asdict(config),
+        # evaluation's model and tasks are set per layer (recorded below and per layer), not the config's defaults
+        "config": {**asdict(config), "evaluation": generation_settings(config.evaluation)},
         "model": config.tune.model,
         "hook": config.tune.hook,
         "saes_run": str(run),
