@@ -86,6 +86,41 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "fma")
+"""CPU features that decide which matmul kernels MKL and oneDNN pick (and so the last bits of a result)."""
+NUMERIC_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA",
+               "CUBLAS_WORKSPACE_CONFIG")
+
+
+def numerics() -> dict[str, Any]:
+    """What besides the inputs and the versions decides a run's numbers: threads, the CPU and its vector
+    extensions, the BLAS/oneDNN settings, the GPU and its matmul precision."""
+    import torch
+
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        cpuinfo = ""
+    flags = set(next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")),
+                     []))
+    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),
+                 platform.processor())
+    record: dict[str, Any] = {
+        "torch_threads": torch.get_num_threads(),
+        "cpu": model,
+        "cpu_count": os.cpu_count(),
+        "cpu_flags": [flag for flag in CPU_FLAGS if flag in flags],
+        "mkl": torch.backends.mkl.is_available(),
+        "mkldnn": torch.backends.mkldnn.is_available(),
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
+        "env": {name: os.environ[name] for name in NUMERIC_ENV if name in os.environ},
+    }
+    if torch.cuda.is_available():
+        record["cuda_device"] = torch.cuda.get_device_name()
+        record["cuda"] = torch.version.cuda
+    return record
+
+
 def sha256_text(*parts: str) -> str:
     """SHA-256 over text parts (separated, so ('ab','c') != ('a','bc'))."""
     digest = hashlib.sha256()
@@ -93,6 +128,14 @@ def sha256_text(*parts: str) -> str:
         digest.update(part.encode("utf-8"))
         digest.update(b"\x00")
     return digest.hexdigest()
+
+
+def run_relative(path: str | Path, run: str | Path) -> str:
+    """`path` as a run records it: relative to the run folder, so that a moved or copied run still points at what
+    it holds (and at a sibling run, when both move together). Names that are not local paths (a hub SAE id) stay."""
+    if not Path(path).exists():
+        return str(path)
+    return os.path.relpath(Path(path).resolve(), Path(run).resolve())
 
 
 def read_manifest(run: str | Path) -> dict[str, Any]:
@@ -104,12 +147,13 @@ def read_manifest(run: str | Path) -> dict[str, Any]:
 
 
 def record_stage(run: str | Path, stage: str, record: dict[str, Any]) -> dict[str, Any]:
-    """Add or replace one stage's record in the run's manifest (with time and library versions)."""
+    """Add or replace one stage's record in the run's manifest (with time, library versions and `numerics()`)."""
     manifest = read_manifest(run)
     manifest.setdefault("stages", {})[stage] = {
         **record,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "versions": library_versions(),
+        "numerics": numerics(),
     }
     atomic_write_json(Path(run) / MANIFEST, manifest)
     return manifest

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import shutil
 
 import pytest
 import torch
@@ -31,10 +32,12 @@ def _clean_acts(subject, ids, layer):
         return subject.hf(torch.tensor([ids]), output_hidden_states=True).hidden_states[layer + 1][0]
 
 
-def _planted(subject, prompt):
+def _planted(subject, prompt, second=None):
     """An SAE whose latents fire exactly on designed position sets (solved from the real activations).
 
-    Returns the SAE and, per latent, the set of positions where it is active."""
+    Returns the SAE and, per latent, the set of positions where it is active. With a `second` prompt, every latent
+    is also made active exactly at that prompt's marker tokens, except latent 0, which also fires at its last
+    token (so it qualifies in `prompt` but not in `second`)."""
     spans = marker_spans(prompt, subject.tokenizer)
     think, end = spans.spans["<think>"], spans.spans["</think>"]
     n = len(spans.token_ids)
@@ -51,8 +54,16 @@ def _planted(subject, prompt):
         {n - 1, 0},                                                          # 6: never at a marker
     ]
     x = _clean_acts(subject, spans.token_ids, LAYER)
-    assert n < x.shape[1], "the prompt must be shorter than d_model for exact planting"
     targets = torch.tensor([[1.0 if p in d else -1.0 for d in designs] for p in range(n)])
+    if second is not None:
+        other = marker_spans(second, subject.tokenizer)
+        markers2 = {p for found in other.spans.values() for s, e in found for p in range(s, e)}
+        last2 = len(other.token_ids) - 1
+        x = torch.cat([x, _clean_acts(subject, other.token_ids, LAYER)])
+        rows = [[1.0 if p in markers2 or (fid == 0 and p == last2) else -1.0 for fid in range(len(designs))]
+                for p in range(len(other.token_ids))]
+        targets = torch.cat([targets, torch.tensor(rows)])
+    assert x.shape[0] < x.shape[1], "the prompts must be shorter than d_model for exact planting"
     w_enc = torch.linalg.lstsq(x.double(), targets.double()).solution.float()  # x @ w_enc == targets
     assert torch.allclose(x @ w_enc, targets, atol=1e-3)
     d_sae = len(designs)
@@ -103,14 +114,18 @@ def test_planted_features_are_recovered_under_every_rule(which, tiny_qwen2, tiny
 
 def test_marker_activations_and_several_prompts(tiny_qwen2):
     subject = load_subject(tiny_qwen2)
-    sae, designs, spans = _planted(subject, PROMPT)
+    second = "x <think> a </think> b"
+    sae, designs, spans = _planted(subject, PROMPT, second)
     cfg = FeatureConfig()
     _, layers = extract_features(subject, {LAYER: sae}, "resid_post", [PROMPT], cfg)
+    assert layers[0].features == _expected(designs, spans, "any", "all", len(spans.token_ids))
     acts = layers[0].marker_activations[str(0)][0]
     assert len(acts["<think>"]) == 2 and all(v == pytest.approx(1.0, abs=1e-3) for v in acts["<think>"])
-    # a second prompt in which nothing was planted: a feature must qualify in every prompt
-    _, both = extract_features(subject, {LAYER: sae}, "resid_post", [PROMPT, "x <think> a </think> b"], cfg)
-    assert set(both[0].features) <= set(layers[0].features)
+    # in the second prompt every latent fires only at the markers except latent 0 (also at the last token): a
+    # feature must qualify in every prompt, so latent 0 drops out and the rest of the first prompt's stay
+    _, both = extract_features(subject, {LAYER: sae}, "resid_post", [PROMPT, second], cfg)
+    assert 0 in layers[0].features and len(layers[0].features) >= 2
+    assert both[0].features == [f for f in layers[0].features if f != 0]
 
 
 def test_spliced_mode(tiny_qwen2):
@@ -226,3 +241,23 @@ def test_prompt_file_jsonl_through_the_cli(cli, tiny_qwen2, tmp_path):
     code, _, err = cli(["features", "--model", tiny_qwen2, "--saes", str(run), "--prompt-file", str(bad),
                         "--out", str(tmp_path / "g")])
     assert code == 2 and "line 1 is not JSON with 'prompt' or 'text'" in err
+
+
+def test_a_moved_run_still_points_at_its_saes(cli, tiny_qwen2, tmp_path):
+    from resa_interp.sae.folders import load_sae
+    from resa_interp.sae.train import SAETrainConfig, train_saes
+
+    run = tmp_path / "run"
+    train_saes(SAETrainConfig(model=tiny_qwen2, layers="1,2", expansion_factor=2, k=4, tokens=1024,
+                              batch_tokens=256, buffer_tokens=512, heldout=2, n_examples=30), run)
+    code, _, err = cli(["features", "--model", tiny_qwen2, "--layers", "1,2", "--out", str(run)])
+    assert code == 0, err
+    moved = tmp_path / "elsewhere" / "moved"
+    shutil.move(run, moved)  # nothing is left at the old place
+    doc = json.loads((moved / "features.json").read_text())
+    metrics = json.loads((moved / "saes" / "metrics.json").read_text())
+    assert [row["sae_path"] for row in doc["layers"]] == [f"saes/blocks.{n}.hook_resid_post" for n in (1, 2)]
+    assert [row["sae_path"] for row in metrics] == [row["sae_path"] for row in doc["layers"]]
+    for row in doc["layers"]:
+        assert load_sae(moved / row["sae_path"]).cfg.metadata.hook_name == row["hook_name"]
+    assert json.loads((moved / "manifest.json").read_text())["stages"]["features"]["saes"] == "."

@@ -74,7 +74,8 @@ def test_features_sweep_select_layers(cli, tiny_qwen2, stage1, tmp_path):
         assert float(row["avg"]) == pytest.approx(100 * evaluation["average"])
         tuned = json.loads((out / f"layer-{row['layer']}" / "manifest.json").read_text())["stages"]
         assert tuned["tune"]["sae"]["layer"] == int(row["layer"]) and tuned["tune"]["steps"] == 3
-        assert tuned["tune"]["sae"]["path"] == str((out / "saes" / f"blocks.{row['layer']}.hook_resid_post").resolve())
+        # recorded relative to the layer's folder, so that a moved sweep still points at its SAEs
+        assert tuned["tune"]["sae"]["path"] == f"../saes/blocks.{row['layer']}.hook_resid_post"
         assert tuned["eval"]["average"] == evaluation["average"]
     record = json.loads((out / "manifest.json").read_text())["stages"]["sweep"]
     assert record["complete"] and record["layers"] == [1, 2, 3] and record["tasks"] == ["synthetic"]

@@ -13,6 +13,7 @@ from resa_interp.cli.options import (
     BatchSize,
     Dataset,
     Device,
+    DryRun,
     Dtype,
     Epochs,
     EvalLimit,
@@ -60,15 +61,19 @@ def evaluate(
     data_parallel_size: Annotated[
         int | None, typer.Option("--data-parallel-size", help="vLLM replicas, one per GPU (default: all GPUs).")
     ] = None,
+    dry_run: DryRun = False,
 ) -> None:
     """Evaluate a model: zero-shot Pass@1 on the paper's tasks (lighteval + vLLM on GPU) or locally (transformers).
 
     Writes OUT/scores.json and OUT/samples.jsonl and prints a table in the paper's column order with Avg.
+    The resolved settings are printed first, each one that differs from the paper's marked; --dry-run stops
+    after them and the plan.
 
     Example: resa-interp eval --tasks synthetic --backend transformers --limit 20 --max-new-tokens 256 --out runs/eval
     """
     from resa_interp.evaluation import EvalConfig, format_table, parse_task_list
     from resa_interp.evaluation import evaluate as run_evaluate
+    from resa_interp.evaluation.plan import eval_settings, plan_evaluation
 
     config = EvalConfig(
         model=model, tasks=tuple(parse_task_list(tasks)), backend=backend, samples=samples,
@@ -76,6 +81,10 @@ def evaluate(
         batch_size=batch_size, device=device, dtype=dtype, gpu_memory_utilization=gpu_memory_utilization,
         data_parallel_size=data_parallel_size,
     )
+    typer.echo(eval_settings(config).format())
+    typer.echo(plan_evaluation(config, out))
+    if dry_run:
+        return
     result = run_evaluate(config, out)
     typer.echo(format_table(result))
     typer.echo(f"wrote {out}/scores.json and {out}/samples.jsonl")
@@ -108,6 +117,7 @@ def sweep(
     batch_size: BatchSize = None,
     device: Device = None,
     preset: Preset = "cpu",
+    dry_run: DryRun = False,
 ) -> None:
     """Per-layer sweep: SAE-Tuning at every layer with its Stage I SAE, each tuned model evaluated, into OUT/scores.csv.
 
@@ -115,12 +125,14 @@ def sweep(
     --saes. Resumable: finished layers are kept, an interrupted tuning continues from its checkpoint. The scores
     file (layer, one column per task in percent, avg) is what select-layers --scores reads. --preset cpu: the
     embedded model, short tuning, 20 synthetic problems; paper: Table 6 (R1-Distill, STILL, layers 2-27, the six
-    tasks on vLLM). The device applies to Stage I, tuning and evaluation.
+    tasks on vLLM). The device applies to Stage I, tuning and evaluation. The resolved settings are printed
+    first, each one that differs from the paper's marked; --dry-run stops after them and the plan.
 
     Example: resa-interp sweep --layers 11,12 --steps 10 --limit 5 --max-new-tokens 128 --out runs/default
     """
     from resa_interp.evaluation import parse_task_list, sweep_config
     from resa_interp.evaluation import sweep as run_sweep
+    from resa_interp.evaluation.plan import plan_sweep, sweep_settings
     from resa_interp.model.loading import quiet_transformers
     from resa_interp.tuning import lora_targets as parse_targets
 
@@ -138,6 +150,10 @@ def sweep(
             seed=eval_seed, batch_size=batch_size,
         ),
     )
+    typer.echo(sweep_settings(config, preset).format())
+    typer.echo(plan_sweep(config, out))
+    if dry_run:
+        return
     result = run_sweep(config, out, echo=typer.echo)
     counts = Path(out) / "counts.csv"
     typer.echo(

@@ -69,6 +69,7 @@ def features(
         prompts=tuple(read_prompts(prompt, prompt_file)), saes=saes, source=source, layers=layers, hook=hook,
         allow_model_mismatch=allow_model_mismatch, device=device, dtype=dtype,
     )
+    cfg.check()  # prompts and options first: nothing below is cheap
     subject = load_subject(model, dtype=dtype, device=device)
     if source is None and saes is None and not run_sae_dirs(out, hook):
         train_layers = layers or default_layers(subject.facts.n_layers)

@@ -78,6 +78,11 @@ Resume = Annotated[
     typer.Option("--resume", help="Require an interrupted run in OUT and continue it from its last checkpoint, to the "
                  "same result as an uninterrupted run."),
 ]
+DryRun = Annotated[
+    bool,
+    typer.Option("--dry-run", help="Print the resolved settings (every difference from the paper's Appendix A marked) "
+                 "and the plan, then exit: no weights are loaded, nothing is written."),
+]
 Preset = Annotated[
     str | None,
     typer.Option("--preset", help="cpu (the embedded model, minutes) or paper (R1-Distill-Qwen-1.5B, STILL, "

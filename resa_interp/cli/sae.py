@@ -9,6 +9,7 @@ import typer
 from resa_interp.cli.options import (
     Dataset,
     Device,
+    DryRun,
     Dtype,
     Hook,
     Layers,
@@ -57,6 +58,7 @@ def train_saes(
     resume: Resume = False,
     device: Device = None,
     dtype: Dtype = None,
+    dry_run: DryRun = False,
 ) -> None:
     """Stage I: train TopK SAEs at every selected layer from one shared forward pass per batch.
 
@@ -65,12 +67,13 @@ def train_saes(
     (a matching interrupted run in OUT is resumed anyway), then writes held-out quality per layer
     (explained variance, L0, dead latents, spliced-in KL) to OUT/saes/metrics.json and prints it.
     SAEs go to OUT/saes/<hook_name>/. --preset paper: R1-Distill-Qwen-1.5B, STILL, resid_post, x64, k=32,
-    signum 2.5e-4, one epoch. Defaults: device cpu, dtype float32, seed 0.
+    signum 2.5e-4, one epoch. Defaults: device cpu, dtype float32, seed 0. The resolved settings are printed
+    first, each one that differs from the paper's marked; --dry-run stops after them and the plan.
 
     Example: resa-interp train-saes --layers 3,12,24 --out runs/demo
     """
     from resa_interp.presets import with_preset
-    from resa_interp.sae import PRESETS, SAETrainConfig, train_saes
+    from resa_interp.sae import PRESETS, SAETrainConfig, plan_stage1, stage1_settings, train_saes
     from resa_interp.sae.metrics import format_table
 
     cfg = with_preset(
@@ -82,6 +85,11 @@ def train_saes(
     )
     if tokens is not None:
         cfg.tokens = tokens or None
+    typer.echo(stage1_settings(cfg, preset).format())
+    plan = plan_stage1(cfg, out)
+    typer.echo(plan.format())
+    if dry_run:
+        return
     result = train_saes(cfg, out, resume=resume)
     typer.echo(format_table(result.metrics))
     typer.echo(f"SAEs: {out}/saes/  metrics: {out}/saes/metrics.json  figure: {out}/saes/metrics.html")

@@ -10,6 +10,7 @@ import typer
 from resa_interp.cli.options import (
     Dataset,
     Device,
+    DryRun,
     Dtype,
     Epochs,
     Hook,
@@ -88,17 +89,20 @@ def tune(
     seed: TuneSeed = None,
     device: Device = "auto",
     dtype: Dtype = "auto",
+    dry_run: DryRun = False,
 ) -> None:
     """Stage II, SAE-Tuning: splice a frozen SAE into the target, train LoRA on KL(teacher || student), merge.
 
     Writes OUT/adapter/ (peft), OUT/merged/ (HF model), OUT/train_log.jsonl, OUT/checkpoints/ and
-    OUT/manifest.json. --preset paper: R1-Distill-Qwen-1.5B, STILL, layer 12, Appendix A.
+    OUT/manifest.json. --preset paper: R1-Distill-Qwen-1.5B, STILL, layer 12 (the paper's 13th), Appendix A;
+    --preset cpu (the default) is the embedded model for minutes. The resolved settings are printed first, each
+    one that differs from the paper's marked; --dry-run stops after them and the plan.
 
     Example: resa-interp tune --saes runs/smollm2 --layer 12 --out runs/smollm2/tuned-l12
     """
     from resa_interp.model.loading import quiet_transformers
     from resa_interp.tuning import lora_targets as parse_targets
-    from resa_interp.tuning import preset_config
+    from resa_interp.tuning import plan_tuning, preset_config, tuning_settings
     from resa_interp.tuning import tune as run_tune
 
     quiet_transformers()
@@ -111,6 +115,11 @@ def tune(
         max_grad_norm=max_grad_norm, kl_reduction=kl_reduction, detach_sae=detach_sae, no_sae=no_sae,
         save_every=save_every, resume=resume, seed=seed, device=device, dtype=dtype,
     )
+    if int(os.environ.get("RANK", "0")) == 0:
+        typer.echo(tuning_settings(config, preset).format())
+        typer.echo(plan_tuning(config, out).format())
+    if dry_run:
+        return
     result = run_tune(config, out)
     if result.records and int(os.environ.get("RANK", "0")) == 0:
         name = "ce" if config.no_sae else "kl"

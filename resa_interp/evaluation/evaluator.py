@@ -146,7 +146,8 @@ def eval_model_path(spec: str | Path | None) -> Path:
     return resolve_model_path(None if spec is None else str(spec))
 
 
-def _backend(config: EvalConfig) -> str:
+def resolve_backend(config: EvalConfig) -> str:
+    """The backend `auto` stands for here: vllm when a CUDA GPU is visible and vLLM is installed, else transformers."""
     if config.backend != "auto":
         return config.backend
     return "vllm" if torch.cuda.is_available() and importlib.util.find_spec("vllm") is not None else "transformers"
@@ -161,7 +162,7 @@ def evaluate(config: EvalConfig, out: str | Path) -> EvalResult:
         raise ResaError("no tasks to evaluate; give one or more task names or .jsonl files")
     require_grader()
     started = time.perf_counter()
-    backend = _backend(config)
+    backend = resolve_backend(config)
     if backend == "vllm":
         check_vllm()  # before datasets and models are fetched
     path = eval_model_path(model)

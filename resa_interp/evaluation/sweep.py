@@ -35,9 +35,9 @@ from resa_interp.evaluation.evaluator import (
 from resa_interp.evaluation.tasks import PAPER_ORDER, SYNTHETIC, load_tasks
 from resa_interp.features.extract import default_layers
 from resa_interp.model.hooks import HOOKS
-from resa_interp.model.loading import resolve_model_path
+from resa_interp.model.loading import model_shape
 from resa_interp.presets import with_preset
-from resa_interp.runs import atomic_write_text, read_manifest, record_stage
+from resa_interp.runs import atomic_write_text, read_manifest, record_stage, run_relative
 from resa_interp.sae.folders import require_sae_dirs, run_sae_dirs
 from resa_interp.sae.train import PRESETS as SAE_PRESETS
 from resa_interp.sae.train import SAETrainConfig, parse_layers, train_saes
@@ -157,7 +157,7 @@ def sweep(config: SweepConfig, out: str | Path, echo: Callable[[str], None] = pr
     config.evaluation.check()
     if config.tune.hook not in HOOKS:
         raise ResaError(f"--hook {config.tune.hook!r}: accepted {', '.join(HOOKS)}")
-    n_layers = model_layers(config.tune.model)
+    n_layers = model_shape(config.tune.model).n_layers
     layers = parse_layers(config.layers or default_layers(n_layers), n_layers)
     if not config.tasks:
         raise ResaError("no tasks to evaluate; give one or more task names or .jsonl files with --tasks")
@@ -178,13 +178,6 @@ def sweep(config: SweepConfig, out: str | Path, echo: Callable[[str], None] = pr
         path = write_scores_csv(out / SCORES_CSV, rows)
         _record(out, config, run, layers, rows, path, time.perf_counter() - started)
     return SweepResult(out, rows, path, time.perf_counter() - started)
-
-
-def model_layers(model: str | None) -> int:
-    """Number of decoder layers of a model spec, from its config alone (no weights are loaded)."""
-    from transformers import AutoConfig
-
-    return int(AutoConfig.from_pretrained(resolve_model_path(model)).get_text_config().num_hidden_layers)
 
 
 def _sae_run(config: SweepConfig, out: Path, layers: list[int], echo: Callable[[str], None]) -> Path:
@@ -316,11 +309,11 @@ def _record(
         "config": {**asdict(config), "evaluation": generation_settings(config.evaluation)},
         "model": config.tune.model,
         "hook": config.tune.hook,
-        "saes_run": str(run),
+        "saes_run": run_relative(run, out),
         "layers": layers,
         "tasks": list(config.tasks),
         "complete": len(rows) == len(layers),
-        "scores_csv": str(path),
+        "scores_csv": run_relative(path, out),
         "wall_s_this_run": round(wall, 2),
-        "per_layer": [asdict(row) for row in rows],
+        "per_layer": [{**asdict(row), "out": run_relative(row.out, out)} for row in rows],
     })

@@ -27,10 +27,10 @@ from resa_interp.data.templates import END_THINK, R1_SYSTEM_PROMPT, THINK, forma
 from resa_interp.errors import ResaError, check_choice
 from resa_interp.figures import save_figure
 from resa_interp.model.harvest import Harvester, encode_texts
-from resa_interp.model.hooks import hook_name
+from resa_interp.model.hooks import HOOKS, hook_name
 from resa_interp.model.splice import spliced as splice_context
 from resa_interp.model.subject import Subject, load_subject
-from resa_interp.runs import atomic_write_json, atomic_write_text, record_stage
+from resa_interp.runs import atomic_write_json, atomic_write_text, record_stage, run_relative
 from resa_interp.sae.folders import load_sae, require_sae_dirs
 from resa_interp.sae.metrics import evaluate_saes, read_metrics
 from resa_interp.sae.pretrained import load_source_sae
@@ -78,6 +78,17 @@ class FeatureConfig:
     dtype: str = "float32"
     """Weights dtype of the model loaded when no subject is given."""
 
+    def check(self) -> None:
+        """One-line errors for settings and prompts no extraction can use, before any model or SAE is loaded."""
+        check_choice("--marker-rule", self.marker_rule, MARKER_RULES)
+        check_choice("--occurrences", self.occurrences, OCCURRENCES)
+        check_choice("--hook", self.hook, HOOKS)
+        prompts = [self.prompts] if isinstance(self.prompts, str) else list(self.prompts)
+        if not prompts:
+            raise ResaError("no prompts to run; give one with --prompt or a --prompt-file")
+        for text in prompts:
+            require_markers(text)
+
 
 @dataclass
 class PromptInfo:
@@ -103,11 +114,16 @@ class LayerFeatures:
     sae_quality: dict = field(default_factory=dict)
 
 
-def _prompt_info(text: str, subject: Subject, cfg: FeatureConfig) -> PromptInfo:
-    spans = marker_spans(text, subject.tokenizer)
-    missing = [m for m in (THINK, END_THINK) if not spans.spans[m]]
+def require_markers(text: str) -> None:
+    """A one-line error for a prompt without `<think>` or without `</think>` (a prompt needs both)."""
+    missing = [m for m in (THINK, END_THINK) if m not in text]
     if missing:
         raise ResaError(f"prompt {text[:40]!r}...: has no {' and no '.join(missing)}; a prompt needs both markers")
+
+
+def _prompt_info(text: str, subject: Subject, cfg: FeatureConfig) -> PromptInfo:
+    require_markers(text)
+    spans = marker_spans(text, subject.tokenizer)
     excluded = [0] if spans.bos_prepended or cfg.exclude_first else []
     return PromptInfo(
         text=text,
@@ -348,9 +364,8 @@ def run_features(config: FeatureConfig, out: str | Path, subject: Subject | None
     """Load the SAEs (a Stage I run, or `config.source`), extract, write the outputs into `out` and record the
     stage; `subject` is the model to run (None: `config.model` is loaded with `config.device` and `config.dtype`)."""
     out = Path(out)
+    config.check()
     prompts = [config.prompts] if isinstance(config.prompts, str) else list(config.prompts)
-    if not prompts:
-        raise ResaError("no prompts to run; give one with --prompt or a --prompt-file")
     if subject is None:
         subject = load_subject(config.model, dtype=config.dtype, device=config.device)
     hook, source = config.hook, config.source
@@ -360,13 +375,13 @@ def run_features(config: FeatureConfig, out: str | Path, subject: Subject | None
 
         saes = {layer: load_source_sae(source, layer, hook, hook_name(hook, layer)).to(subject.device)
                 for layer in wanted}
-        paths = {layer: source for layer in wanted}
+        paths = {layer: run_relative(source, out) for layer in wanted}
         quality = heldout_quality(subject, saes, hook)
     else:
         run = Path(config.saes if config.saes is not None else out)
         found = require_sae_dirs(run, hook, wanted)
         saes = {layer: load_sae(found[layer], device=str(subject.device)) for layer in wanted}
-        paths = {layer: str(found[layer]) for layer in wanted}
+        paths = {layer: run_relative(found[layer], out) for layer in wanted}
         metrics = read_metrics(run)
         quality = {layer: {k: metrics[layer][k] for k in QUALITY_KEYS if k in metrics[layer]}
                    for layer in wanted if layer in metrics}
@@ -384,6 +399,6 @@ def run_features(config: FeatureConfig, out: str | Path, subject: Subject | None
         out,
         "features",
         {"config": asdict(config), "model": subject.spec, "hook": hook, "layers": wanted,
-         "saes": str(config.saes or source or out), "counts": {r.layer: r.count for r in results}},
+         "saes": run_relative(config.saes or source or out, out), "counts": {r.layer: r.count for r in results}},
     )
     return FeaturesRun(results, infos, written)

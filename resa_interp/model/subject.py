@@ -123,8 +123,9 @@ def load_subject(
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
         tokenizer = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError, KeyError) as exc:
-        raise ResaError(f"model {spec!r}: transformers could not load {path} ({exc})") from exc
+    except Exception as exc:  # corrupt or foreign files raise many types (OSError, SafetensorError, ValueError, ...)
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ResaError(f"model {spec!r}: transformers could not load {path} ({reason})") from exc
     if adapter is not None:
         model = merge_adapter(model, adapter)
     model.to(target).eval()

@@ -7,6 +7,7 @@ Takes a `SAETrainConfig` and a run folder; gives SAELens SAE folders `RUN/saes/<
 
 from resa_interp.sae.folders import SAES_DIR, check_sae_fits, load_sae, require_sae_dirs, run_sae_dirs, sae_dir
 from resa_interp.sae.metrics import evaluate_saes, read_metrics
+from resa_interp.sae.plan import Stage1Plan, plan_stage1, stage1_settings
 from resa_interp.sae.pretrained import build_topk_sae, load_source_sae, load_sparsify_sae
 from resa_interp.sae.reconstruction import SAEReconstruction
 from resa_interp.sae.train import PRESETS, SAETrainConfig, StageIResult, parse_layers, train_saes
@@ -16,6 +17,7 @@ __all__ = [
     "SAES_DIR",
     "SAEReconstruction",
     "SAETrainConfig",
+    "Stage1Plan",
     "StageIResult",
     "build_topk_sae",
     "check_sae_fits",
@@ -24,9 +26,11 @@ __all__ = [
     "load_source_sae",
     "load_sparsify_sae",
     "parse_layers",
+    "plan_stage1",
     "read_metrics",
     "require_sae_dirs",
     "run_sae_dirs",
     "sae_dir",
+    "stage1_settings",
     "train_saes",
 ]

@@ -25,12 +25,12 @@ import torch
 from torch import Tensor, nn
 
 from resa_interp.data.qa import SYNTHETIC, dataset_fingerprint, load_qa
-from resa_interp.data.templates import format_trigger
+from resa_interp.data.templates import TEMPLATES, format_trigger
 from resa_interp.errors import ResaError, check_choice
 from resa_interp.model.harvest import EncodedText, Harvester, encode_texts, iter_batches, shared_prefix_length
 from resa_interp.model.hooks import HOOKS, hook_name
 from resa_interp.model.subject import Subject, load_subject
-from resa_interp.runs import atomic_dir, atomic_write_bytes, record_stage, sha256_text
+from resa_interp.runs import atomic_dir, atomic_write_bytes, record_stage, run_relative, sha256_text
 from resa_interp.sae.folders import SAES_DIR, load_sae, sae_dir
 from resa_interp.sae.metrics import evaluate_saes, write_metrics
 from resa_interp.sae.optimizers import Signum
@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 MODES = ("scratch", "finetune", "pretrained")
 OPTIMIZERS = ("adam", "signum")
+SELECT_PRECISIONS = {"auto": None, "bfloat16": torch.bfloat16, "float32": None}
 R1_DISTILL = "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"
 CHECKPOINT = ".checkpoint.pt"
 DEAD_WINDOW = 1_000_000
@@ -114,6 +115,22 @@ class SAETrainConfig:
     it natively, CUDA or AMX/AVX512-BF16 CPUs), 'bfloat16' or 'float32'. Selected values and all gradients are
     always float32."""
 
+    def d_sae(self, d_in: int) -> int:
+        """Latents of a from-scratch SAE on inputs of width `d_in`."""
+        return self.expansion_factor * d_in
+
+    def check(self) -> None:
+        """One-line errors for settings no run can use (before any model or data is loaded)."""
+        check_choice("--hook", self.hook, HOOKS)
+        check_choice("--mode", self.mode, MODES)
+        if self.mode != "scratch" and not self.source:
+            raise ResaError(f"--mode {self.mode} needs --from (a SAELens folder, a sparsify folder or RELEASE:SAE_ID)")
+        check_choice("--optimizer", self.optimizer, OPTIMIZERS)
+        check_choice("--template", self.template, TEMPLATES)
+        check_choice("select precision", self.select_precision, SELECT_PRECISIONS)
+        if self.tokens is not None and self.tokens < self.batch_tokens:
+            raise ResaError(f"--tokens {self.tokens} is smaller than one batch ({self.batch_tokens} tokens); raise it")
+
     def semantic_hash(self) -> str:
         """Hash of the fields that change results (a checkpoint is only resumed under the same hash)."""
         return sha256_text(json.dumps(dataclasses.asdict(self), sort_keys=True))[:16]
@@ -123,6 +140,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper": {
         "model": R1_DISTILL,
         "dataset": "still",
+        "layers": "1-26",
         "hook": "resid_post",
         "expansion_factor": 64,
         "k": 32,
@@ -294,7 +312,7 @@ def _available_memory(device: torch.device) -> int | None:
 
 def plan_memory(cfg: SAETrainConfig, d_in: int, n_layers: int, device: torch.device) -> MemoryPlan:
     """Estimate memory per layer and choose how many layers share one forward pass."""
-    d_sae = cfg.expansion_factor * d_in
+    d_sae = cfg.d_sae(d_in)
     params = 2 * d_sae * d_in + d_sae + d_in
     optimizer_copies = 2 if cfg.optimizer == "adam" else 1
     per_sae = 4 * params * (2 + optimizer_copies)  # weights + grads + optimizer state, float32
@@ -441,7 +459,7 @@ def _train_group(
         if cfg.mode == "finetune":
             source = load_source_sae(cfg.source, layer, cfg.hook, hook_name(cfg.hook, layer))
             _check_source(source, d_in, cfg.source)
-        d_sae = source.cfg.d_sae if source is not None else cfg.expansion_factor * d_in
+        d_sae = source.cfg.d_sae if source is not None else cfg.d_sae(d_in)
         k = source.cfg.k if source is not None else cfg.k
         sae = LayerSAE(d_in, d_sae, k, seed=cfg.seed * 1000 + layer, select_dtype=_select_dtype(cfg, device))
         sae.to(device)
@@ -523,9 +541,7 @@ def _train_group(
 
 
 def _select_dtype(cfg: SAETrainConfig, device: torch.device) -> torch.dtype | None:
-    choices = {"auto": None, "bfloat16": torch.bfloat16, "float32": None}
-    check_choice("select precision", cfg.select_precision, choices)
-    return fast_select_dtype(device) if cfg.select_precision == "auto" else choices[cfg.select_precision]
+    return fast_select_dtype(device) if cfg.select_precision == "auto" else SELECT_PRECISIONS[cfg.select_precision]
 
 
 def _check_source(sae, d_in: int, source: str | None) -> None:
@@ -547,13 +563,7 @@ def train_saes(
     """Train (or import) one SAE per selected layer into `run`/saes, then measure their held-out quality."""
     from tqdm.auto import tqdm
 
-    check_choice("--hook", cfg.hook, HOOKS)
-    check_choice("--mode", cfg.mode, MODES)
-    if cfg.mode != "scratch" and not cfg.source:
-        raise ResaError(f"--mode {cfg.mode} needs --from (a SAELens folder, a sparsify folder or RELEASE:SAE_ID)")
-    check_choice("--optimizer", cfg.optimizer, OPTIMIZERS)
-    if cfg.tokens is not None and cfg.tokens < cfg.batch_tokens:
-        raise ResaError(f"--tokens {cfg.tokens} is smaller than one batch ({cfg.batch_tokens} tokens); raise it")
+    cfg.check()
     run = Path(run)
     t0 = time.time()
     subject = subject or load_subject(cfg.model, dtype=cfg.model_dtype, device=cfg.device)
@@ -602,7 +612,7 @@ def train_saes(
     final = {layer: load_sae(dirs[layer], device=str(subject.device)) for layer in layers}
     metrics = evaluate_saes(subject, final, cfg.hook, data.heldout, keep_first=cfg.keep_first)
     for row in metrics:
-        row["sae_path"] = str(dirs[row["layer"]])
+        row["sae_path"] = run_relative(dirs[row["layer"]], run)
         row["dead_fraction_training"] = done.get(row["layer"])
     write_metrics(run, metrics)
     wall = time.time() - t0
@@ -618,6 +628,7 @@ def train_saes(
             "tokens_per_layer": tokens_trained,
             "wall_seconds": round(wall, 1),
             "device": str(subject.device),
+            "select_precision": str(_select_dtype(cfg, subject.device) or torch.float32).removeprefix("torch."),
         },
     )
     return StageIResult(run, dict(sorted(dirs.items())), metrics, tokens_trained, wall)

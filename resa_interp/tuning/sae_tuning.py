@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from resa_interp.data.qa import dataset_fingerprint, load_qa
-from resa_interp.data.templates import format_trigger
+from resa_interp.data.templates import TEMPLATES, format_trigger
 from resa_interp.errors import ResaError, check_choice
 from resa_interp.model.adapters import attach, save_adapter
 from resa_interp.model.hooks import hook_module, parse_hook_name
@@ -38,7 +38,7 @@ from resa_interp.model.loading import resolve_model_path
 from resa_interp.model.splice import spliced
 from resa_interp.model.subject import load_subject
 from resa_interp.presets import with_preset
-from resa_interp.runs import atomic_dir, atomic_write_json, atomic_write_text, record_stage
+from resa_interp.runs import atomic_dir, atomic_write_json, atomic_write_text, record_stage, run_relative
 from resa_interp.sae.folders import check_sae_fits, load_sae, sae_dir
 from resa_interp.sae.reconstruction import SAEReconstruction
 
@@ -140,6 +140,18 @@ class TuneConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict form for JSON."""
         return asdict(self)
+
+    def check(self) -> None:
+        """One-line errors for settings no run can use (before any model or data is loaded)."""
+        check_choice("KL reduction", self.kl_reduction, KL_REDUCTIONS)
+        check_choice("--template", self.template, TEMPLATES)
+        for name in ("grad_accum", "lora_r", "max_length"):
+            if getattr(self, name) < 1:
+                raise ResaError(f"{name} {getattr(self, name)} must be at least 1")
+        if self.steps is None and self.epochs < 1 or self.steps is not None and self.steps < 1:
+            raise ResaError("the run needs at least one step: --steps N >= 1 or --epochs E >= 1")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ResaError(f"device {self.device!r}: accepted auto, cpu, cuda (one GPU per process)")
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -322,14 +334,7 @@ class SAETuner:
         from accelerate.utils import set_seed
         from transformers import AutoTokenizer
 
-        check_choice("KL reduction", config.kl_reduction, KL_REDUCTIONS)
-        for name in ("grad_accum", "lora_r", "max_length"):
-            if getattr(config, name) < 1:
-                raise ResaError(f"{name} {getattr(config, name)} must be at least 1")
-        if config.steps is None and config.epochs < 1 or config.steps is not None and config.steps < 1:
-            raise ResaError("the run needs at least one step: --steps N >= 1 or --epochs E >= 1")
-        if config.device not in ("auto", "cpu", "cuda"):
-            raise ResaError(f"device {config.device!r}: accepted auto, cpu, cuda (one GPU per process)")
+        config.check()
         self.config = config
         self.choice = None if config.no_sae else resolve_sae(config)
         # the data first: a dataset without answers is refused before a large model is loaded
@@ -569,7 +574,7 @@ def changed_settings(config: TuneConfig, out: str | Path) -> list[str]:
     return sorted(k for k in now if before.get(k) != now[k])
 
 
-def _prepare_out(config: TuneConfig, out: Path) -> Path | None:
+def prepare_out(config: TuneConfig, out: Path) -> Path | None:
     """Check the output directory against `resume`; return the checkpoint to resume from, if any."""
     if not config.resume:
         if (out / _CONFIG_FILE).exists() or (out / TRAIN_LOG).exists():
@@ -599,7 +604,7 @@ def tune(
     from tqdm.auto import tqdm
 
     out = Path(out)
-    checkpoint = _prepare_out(config, out)
+    checkpoint = prepare_out(config, out)
     tuner = SAETuner(config, accelerator)
     accelerator = tuner.accelerator
     main = accelerator.is_main_process
@@ -638,13 +643,13 @@ def tune(
     if main:
         save_adapter(tuner.model, adapter, tuner.subject.spec)
         attach(adapter, config.model, merged)
-        record_stage(out, STAGE, _manifest(tuner, records, wall, tokens))
+        record_stage(out, STAGE, _manifest(tuner, out, records, wall, tokens))
     accelerator.wait_for_everyone()
     first, last = records[0].loss_value, records[-1].loss_value
     return TuneResult(out, adapter, merged, total, first, last, tokens, wall, records)
 
 
-def _manifest(tuner: SAETuner, records: list[StepRecord], wall: float, tokens: int) -> dict[str, Any]:
+def _manifest(tuner: SAETuner, out: Path, records: list[StepRecord], wall: float, tokens: int) -> dict[str, Any]:
     config, accelerator, subject = tuner.config, tuner.accelerator, tuner.subject
     device = str(accelerator.device)
     if accelerator.device.type == "cuda":
@@ -652,7 +657,7 @@ def _manifest(tuner: SAETuner, records: list[StepRecord], wall: float, tokens: i
     sae = None
     if tuner.choice is not None:
         sae = {
-            "path": str(tuner.choice.path.resolve()),
+            "path": run_relative(tuner.choice.path, out),
             "hook_name": tuner.sae.cfg.metadata.hook_name,
             "layer": tuner.choice.layer,
             "d_in": tuner.sae.cfg.d_in,

@@ -1,0 +1,102 @@
+"""What a Stage I run will do, known before it starts: its settings next to the paper's, and a plan (layers with
+hook names and the paper's labels, dictionary size, tokens and steps, memory, outputs) built from the model's
+config alone, so that `train-saes --dry-run` answers in seconds and reads no weights.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from resa_interp.model.hooks import hook_name, paper_layer_label
+from resa_interp.model.loading import EMBEDDED_ALIASES, model_shape, resolve_device
+from resa_interp.presets import SettingsReport, settings_report, with_preset
+from resa_interp.sae.folders import SAES_DIR
+from resa_interp.sae.metrics import METRICS_FILE
+from resa_interp.sae.train import CHECKPOINT, PRESETS, MemoryPlan, SAETrainConfig, parse_layers, plan_memory
+
+OPERATIONAL = ("group_size", "checkpoint_every")
+"""Settings that change how a run is scheduled, not its result."""
+
+
+def describe_layers(layers: list[int]) -> str:
+    """Hook indices with the paper's 1-based labels: 'blocks.1-26 (paper: 2nd-27th layer)' or a list."""
+    consecutive = len(layers) > 2 and layers == list(range(layers[0], layers[-1] + 1))
+    if consecutive:
+        first, last = layers[0], layers[-1]
+        return f"blocks.{first}-{last} (paper: {paper_layer_label(first)}-{paper_layer_label(last)} layer)"
+    names = ", ".join(f"blocks.{layer}" for layer in layers)
+    return f"{names} (paper: {', '.join(paper_layer_label(layer) for layer in layers)} layer)"
+
+
+def stage1_settings(cfg: SAETrainConfig, preset: str | None) -> SettingsReport:
+    """`cfg` next to `--preset paper` (Appendix A), every difference marked."""
+    return settings_report("train-saes", cfg, with_preset(SAETrainConfig, PRESETS, "paper"), preset, OPERATIONAL)
+
+
+@dataclass(frozen=True)
+class Stage1Plan:
+    """A Stage I run as it will go, from the config and the model's config."""
+
+    model: str
+    architecture: str
+    n_layers: int
+    d_model: int
+    device: str
+    layers: list[int]
+    hook_names: list[str]
+    d_sae: int | None
+    """Latents per SAE; None when they come from --from (known once the source is read)."""
+    k: int | None
+    tokens: int | None
+    """Training tokens per SAE; None: one epoch over the dataset (counted when it is loaded)."""
+    steps: int | None
+    memory: MemoryPlan
+    outputs: list[str]
+
+    def format(self) -> str:
+        """The plan, one fact per line."""
+        width = "from --from" if self.d_sae is None else f"{self.d_sae:,} latents, k {self.k}"
+        tokens = "one epoch over the dataset" if self.tokens is None else f"{self.tokens:,} tokens per SAE"
+        steps = "" if self.steps is None else f", {self.steps:,} optimizer steps each"
+        lines = [
+            f"plan: {self.model} ({self.architecture}, {self.n_layers} decoder layers, d_model {self.d_model}) "
+            f"on {self.device}",
+            f"  {len(self.layers)} SAE(s), {width}; {tokens}{steps}",
+            f"  layers: {describe_layers(self.layers)}",
+            f"  hooks: {self.hook_names[0]}" + (f" .. {self.hook_names[-1]}" if len(self.hook_names) > 1 else ""),
+            f"  {self.memory.describe(len(self.layers))}",
+            "  outputs: " + ", ".join(self.outputs),
+        ]
+        return "\n".join(lines)
+
+
+def plan_stage1(cfg: SAETrainConfig, run: str | Path) -> Stage1Plan:
+    """The plan of `train_saes(cfg, run)`; raises the same one-line errors for bad layers or settings first."""
+    cfg.check()
+    shape = model_shape(cfg.model)
+    n_layers, d_model = shape.n_layers, shape.d_model
+    layers = parse_layers(cfg.layers, n_layers)
+    device = resolve_device(cfg.device)
+    d_sae = None if cfg.mode != "scratch" else cfg.d_sae(d_model)
+    steps = None if cfg.tokens is None or cfg.mode == "pretrained" else math.ceil(cfg.tokens / cfg.batch_tokens)
+    run = Path(run)
+    return Stage1Plan(
+        model=cfg.model or EMBEDDED_ALIASES[0],
+        architecture=shape.architecture,
+        n_layers=n_layers,
+        d_model=d_model,
+        device=str(device),
+        layers=layers,
+        hook_names=[hook_name(cfg.hook, layer) for layer in layers],
+        d_sae=d_sae,
+        k=None if d_sae is None else cfg.k,
+        tokens=cfg.tokens,
+        steps=steps,
+        memory=plan_memory(cfg, d_model, len(layers), torch.device(device)),
+        outputs=[f"{run / SAES_DIR}/<hook name>/ (SAELens folders)", str(run / SAES_DIR / METRICS_FILE),
+                 str(run / "manifest.json"), f"{run / SAES_DIR / CHECKPOINT} while it runs"],
+    )
