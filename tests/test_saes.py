@@ -166,7 +166,9 @@ def test_resume_after_a_real_interruption_equals_an_uninterrupted_run(tiny_qwen2
     assert not checkpoint.exists()
 
 
-def _sparsify_folder(root: Path, layer: int, d_in: int, latents: int, k: int, seed: int = 0) -> dict:
+def _sparsify_folder(root: Path, layer: int, d_in: int, latents: int, k: int, seed: int = 0,
+                     mlp: bool = False) -> dict:
+    """A sparsify hookpoint folder `layers.N/` (decoder layer output) or `layers.N.mlp/` (its MLP's output)."""
     torch.manual_seed(seed)
     weights = {
         "encoder.weight": torch.randn(latents, d_in) / d_in**0.5,
@@ -174,7 +176,7 @@ def _sparsify_folder(root: Path, layer: int, d_in: int, latents: int, k: int, se
         "W_dec": torch.nn.functional.normalize(torch.randn(latents, d_in), dim=-1),
         "b_dec": torch.randn(d_in) * 0.3,
     }
-    folder = root / f"layers.{layer}"
+    folder = root / (f"layers.{layer}.mlp" if mlp else f"layers.{layer}")
     folder.mkdir(parents=True)
     save_file(weights, str(folder / "sae.safetensors"))
     (folder / "cfg.json").write_text(json.dumps({"k": k, "num_latents": latents, "d_in": d_in, "multi_topk": False}))
@@ -194,7 +196,7 @@ def test_sparsify_import_matches_sparsify_maths(tmp_path):
     from resa_interp.sae.pretrained import load_source_sae
 
     weights = _sparsify_folder(tmp_path / "sparsify", layer=5, d_in=32, latents=128, k=7)
-    sae = load_source_sae(str(tmp_path / "sparsify"), 5, "resid_post", "blocks.5.hook_resid_post")
+    sae = load_source_sae(str(tmp_path / "sparsify"), 5, "resid_post")
     x = torch.randn(50, 32) * 2
     latents_ref, recon_ref = _sparsify_maths(weights, x, 7)
     latents = sae.encode(x)
@@ -230,6 +232,10 @@ def test_pretrained_and_finetune_modes(tiny_qwen2, tmp_path):
         ({"hook": "attn_out"}, "--hook 'attn_out'"),
         ({"tokens": 100}, "smaller than one batch"),
         ({"mode": "finetune"}, "needs --from"),
+        ({"source_hook": "mlp_out"}, "--from-hook mlp_out: only meaningful with --mode finetune or pretrained"),
+        ({"source_hook": "attn_out", "mode": "finetune", "source": "x"}, "--from-hook 'attn_out'"),
+        ({"latents": 4}, "--latents 4: needs a positive number of latents, at least --k 8"),
+        ({"latents": 0, "k": 0}, "--latents 0: needs a positive number"),
     ],
 )
 def test_bad_configs(tiny_qwen2, tmp_path, overrides, message):
@@ -257,11 +263,15 @@ def test_cli_errors_are_one_line(cli, tiny_qwen2, tmp_path):
 
 def test_paper_preset_is_appendix_a():
     from resa_interp.presets import with_preset
-    from resa_interp.sae.train import PRESETS, R1_DISTILL
+    from resa_interp.sae.train import PRESETS, R1_DISTILL, plan_memory
 
     cfg = with_preset(SAETrainConfig, PRESETS, "paper", layers="10-14", k=None)
     assert (cfg.model, cfg.dataset, cfg.hook) == (R1_DISTILL, "still", "resid_post")
-    assert (cfg.expansion_factor, cfg.k, cfg.optimizer, cfg.lr, cfg.tokens) == (64, 32, "signum", 2.5e-4, None)
+    assert (cfg.k, cfg.optimizer, cfg.lr, cfg.tokens) == (32, "signum", 2.5e-4, None)
+    # Appendix A: "Number of features 65536" at R1-Distill-Qwen-1.5B's d_model 1536 (not 64 x 1536 = 98,304)
+    assert cfg.latents_for(1536) == 65_536
+    plan = plan_memory(cfg, d_in=1536, n_layers=26, device=torch.device("cpu"))
+    assert plan.per_layer_sae == 4 * (2 * 65_536 * 1536 + 65_536 + 1536) * 3  # weights, grads, Signum momentum
     assert cfg.layers == "10-14"  # what the user gave wins over the preset
     with pytest.raises(ResaError, match="--preset 'fast' is unknown"):
         with_preset(SAETrainConfig, PRESETS, "fast")
@@ -290,3 +300,157 @@ def test_layer_groups_train_the_same_saes(tiny_qwen2, tmp_path):
         a = load_file(together[layer] / "sae_weights.safetensors")
         b = load_file(apart[layer] / "sae_weights.safetensors")
         assert all(torch.equal(a[key], b[key]) for key in a)
+
+
+def test_latents_override_the_expansion_factor():
+    from resa_interp.sae.train import plan_memory
+
+    by_factor, by_number = small_cfg("m"), small_cfg("m", latents=100)
+    assert (by_factor.latents_for(64), by_number.latents_for(64), by_number.latents_for(4096)) == (256, 100, 100)
+    plans = [plan_memory(c, d_in=64, n_layers=2, device=torch.device("cpu")) for c in (by_factor, by_number)]
+    assert [p.per_layer_sae for p in plans] == [4 * (2 * n * 64 + n + 64) * 4 for n in (256, 100)]  # Adam: 2 copies
+    assert [p.step for p in plans] == [4 * 256 * n * 2 for n in (256, 100)]
+    with pytest.raises(ResaError, match="--expansion-factor 1: 4 latents for d_model 4, fewer than --k 8"):
+        small_cfg("m", expansion_factor=1).latents_for(4)
+
+
+def test_cli_latents_and_expansion_factor(cli, tiny_qwen2, tmp_path):
+    small = ["--model", tiny_qwen2, "--layers", "1", "--k", "8", "--tokens", "512", "--batch-tokens", "256"]
+    code, out, err = cli(["train-saes", *small, "--latents", "96", "--out", str(tmp_path / "n")])
+    assert code == 0, err
+    assert json.loads((tmp_path / "n" / "saes" / "blocks.1.hook_resid_post" / "cfg.json").read_text())["d_sae"] == 96
+    # under --preset paper (65,536 latents) an --expansion-factor given alone is what counts: 2 x d_model 64
+    paper = ["--preset", "paper", "--dataset", "synthetic", "--device", "cpu", "--dtype", "float32"]
+    code, out, err = cli(["train-saes", *small, *paper, "--expansion-factor", "2", "--out", str(tmp_path / "x")])
+    assert code == 0, err
+    assert json.loads((tmp_path / "x" / "saes" / "blocks.1.hook_resid_post" / "cfg.json").read_text())["d_sae"] == 128
+    code, _, err = cli(["train-saes", *small, "--latents", "4", "--out", str(tmp_path / "bad")])
+    assert code == 2 and err.strip() == "error: --latents 4: needs a positive number of latents, at least --k 8"
+
+
+def test_from_hook_starts_from_the_mlp_sae_and_says_so(tiny_qwen2, tmp_path, capsys):
+    """The EleutherAI R1-Distill release holds only layers.N.mlp/: the authors fine-tune those at the residual
+    stream (scripts/train/finetune.py rename_layer). Without --from-hook that is refused, naming what is there."""
+    from sae_lens import SAE
+
+    source = tmp_path / "eleuther"
+    weights = {layer: _sparsify_folder(source, layer, d_in=64, latents=192, k=8, seed=layer, mlp=True)
+               for layer in (1, 2)}
+    with pytest.raises(ResaError, match=r"no resid_post SAE for layer 2 there; it holds mlp_out SAEs for layers 1,2; "
+                                        r"to start from its mlp_out SAE pass --from-hook mlp_out"):
+        train_saes(small_cfg(tiny_qwen2, layers="2", mode="finetune", source=str(source)), tmp_path / "refused")
+    assert not (tmp_path / "refused" / "saes").exists()
+
+    capsys.readouterr()
+    cfg = small_cfg(tiny_qwen2, layers="2", mode="finetune", source=str(source), source_hook="mlp_out")
+    tuned = train_saes(cfg, tmp_path / "ft")
+    assert "the mlp_out SAEs (--from-hook), fine-tuned at resid_post" in capsys.readouterr().out
+    sae = SAE.load_from_disk(str(tuned.sae_dirs[2]))
+    meta = sae.cfg.metadata
+    assert (meta.hook_name, meta.source_hook, meta.mode) == ("blocks.2.hook_resid_post", "mlp_out", "finetune")
+    assert tuned.sae_dirs[2].name == "blocks.2.hook_resid_post"
+    # it started from layer 2's MLP SAE (seed 2), not layer 1's: the decoder stays closest to that one
+    cos = {layer: torch.nn.functional.cosine_similarity(sae.W_dec, w["W_dec"], dim=-1).mean().item()
+           for layer, w in weights.items()}
+    assert cos[2] > 0.5 > cos[1]
+
+    imported = train_saes(small_cfg(tiny_qwen2, layers="1", mode="pretrained", source=str(source),
+                                    source_hook="mlp_out"), tmp_path / "pre")
+    meta = SAE.load_from_disk(str(imported.sae_dirs[1])).cfg.metadata
+    assert (meta.hook_name, meta.source_hook, meta.source_format) == ("blocks.1.hook_resid_post", "mlp_out", "sparsify")
+    assert meta.source_path == str(source / "layers.1.mlp")
+
+
+def _saelens_source(folder: Path, *, rescale: bool, apply_b_dec: bool, norms: torch.Tensor, normalize: str = "none",
+                    d_in: int = 16, d_sae: int = 64, k: int = 5) -> None:
+    """A SAELens TopK SAE folder trained at blocks.1.hook_resid_post with the given maths options."""
+    from sae_lens import TopKSAE, TopKSAEConfig
+    from sae_lens.saes.sae import SAEMetadata
+
+    g = torch.Generator().manual_seed(7)
+    sae = TopKSAE(TopKSAEConfig(d_in=d_in, d_sae=d_sae, k=k, apply_b_dec_to_input=apply_b_dec,
+                                normalize_activations=normalize, rescale_acts_by_decoder_norm=rescale,
+                                metadata=SAEMetadata(hook_name="blocks.1.hook_resid_post")))
+    with torch.no_grad():
+        sae.W_dec.copy_(torch.nn.functional.normalize(torch.randn(d_sae, d_in, generator=g), dim=-1) * norms[:, None])
+        sae.W_enc.copy_(torch.randn(d_in, d_sae, generator=g) / d_in**0.5)
+        sae.b_enc.copy_(torch.randn(d_sae, generator=g) * 0.3)
+        sae.b_dec.copy_(torch.randn(d_in, generator=g))
+    sae.save_model(folder)
+
+
+NON_UNIT = torch.linspace(0.3, 3.0, 64)
+
+
+@pytest.mark.parametrize(
+    ("options", "scaler"),
+    [
+        ({"rescale": True, "apply_b_dec": True, "norms": NON_UNIT}, None),
+        ({"rescale": False, "apply_b_dec": False, "norms": torch.full((64,), 2.5)}, None),
+        ({"rescale": True, "apply_b_dec": False, "norms": NON_UNIT, "normalize": "expected_average_only_in"},
+         {"scaling_factor": 0.3}),
+        ({"rescale": False, "apply_b_dec": True, "norms": torch.ones(64), "normalize": "covariance_whitening"},
+         {"whitening": "rotation"}),
+    ],
+    ids=["rescaled-nonunit-norms", "no-b_dec-on-input", "expected-average", "whitening"],
+)
+def test_finetune_at_step_zero_is_the_source_sae(tmp_path, options, scaler):
+    """Loading for fine-tuning, the input-scale step and the export keep SAELens' own encode/decode of the source
+    (with its activation scaler, as SAELens' trainer applies it) — 0 training steps reproduce the source."""
+    from sae_lens import SAE
+    from sae_lens.training.activation_scaler import ActivationScaler, ActivationWhitening
+
+    from resa_interp.sae.pretrained import load_source_sae
+
+    folder = tmp_path / "src" / "blocks.1.hook_resid_post"
+    _saelens_source(folder, **options)
+    if scaler is not None:
+        if "whitening" in scaler:
+            q = torch.linalg.qr(torch.randn(16, 16, generator=torch.Generator().manual_seed(3)))[0]
+            scaler = {"whitening": ActivationWhitening(mean=torch.randn(16) * 4, matrix=q, inverse_matrix=q.T)}
+        ActivationScaler(**scaler).save(str(folder / "activation_scaler.json"))
+    reference = SAE.load_from_disk(str(folder))
+    scale = ActivationScaler()
+    if scaler is not None:
+        scale.load(folder / "activation_scaler.json")
+
+    source = load_source_sae(str(tmp_path / "src"), 1, "resid_post")
+    trainer = LayerSAE.from_source(source, "src", seed=0)
+    x = torch.randn(400, 16) * 9.0 + 3.0  # raw units far from unit norm: data_init's scale is not 1
+    trainer.data_init(x, from_pretrained=True)
+    assert abs(trainer.scale.item() - 1.0) > 0.5
+    exported = trainer.export({"hook_name": "blocks.1.hook_resid_post"})
+
+    with torch.no_grad():
+        ref_latents = reference.encode(scale.scale(x))
+        ref_recon = scale.unscale(reference.decode(ref_latents))
+        latents = exported.encode(x)
+        recon = exported.decode(latents)
+        # what one unit of each source latent adds to the raw reconstruction, by SAELens' own decode
+        unit = scale.unscale(reference.decode(torch.eye(64)))
+        directions = unit - scale.unscale(reference.decode(torch.zeros(1, 64)))
+    assert torch.equal(latents != 0, ref_latents != 0)  # the same latents fire
+    # with unit-norm decoder rows in raw units, each latent is the source's times its raw direction's length
+    torch.testing.assert_close(latents, ref_latents * directions.norm(dim=-1), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(recon, ref_recon, rtol=1e-4, atol=1e-4)
+    assert torch.allclose(exported.W_dec.norm(dim=-1), torch.ones(64), atol=1e-5)
+    assert ref_recon.sub(x).norm() > 0.1 * x.norm()  # a random SAE: reconstruction differs from x, so this can fail
+
+
+def test_finetune_refuses_what_cannot_be_folded_and_notes_what_changes(tmp_path):
+    from resa_interp.sae.pretrained import load_source_sae
+
+    for normalize in ("constant_norm_rescale", "expected_average_only_in"):
+        _saelens_source(tmp_path / normalize / "blocks.1.hook_resid_post", rescale=False, apply_b_dec=True,
+                        norms=torch.ones(64), normalize=normalize)
+        source = load_source_sae(str(tmp_path / normalize), 1, "resid_post")
+        message = "rescales every token" if normalize == "constant_norm_rescale" else "statistics are not recorded"
+        with pytest.raises(ResaError, match=f"normalize_activations='{normalize}'.*{message}"):
+            LayerSAE.from_source(source, normalize, seed=0)
+    _saelens_source(tmp_path / "spread" / "blocks.1.hook_resid_post", rescale=False, apply_b_dec=True, norms=NON_UNIT)
+    trainer = LayerSAE.from_source(load_source_sae(str(tmp_path / "spread"), 1, "resid_post"), "spread", seed=0)
+    assert trainer.source_notes == [
+        "decoder row norms 0.3..3 folded into the encoder (reconstruction from the same latents unchanged, but the "
+        "source ranked latents before scaling by these norms, so top-k can pick differently where pre-activations "
+        "are within that spread)"
+    ]

@@ -34,9 +34,22 @@ def train_saes(
         typer.Option(help="scratch (default) | finetune (start from --from) | pretrained (import --from as is)."),
     ] = None,
     source: Source = None,
+    from_hook: Annotated[
+        str | None,
+        typer.Option(help="Hookpoint the --from SAEs were trained at, when it differs from --hook. The EleutherAI "
+                     "R1-Distill release has only MLP-output SAEs (layers.N.mlp/); the authors fine-tuned those on "
+                     "the residual stream: --mode finetune --from-hook mlp_out --hook resid_post "
+                     "[default: the same as --hook]."),
+    ] = None,
     k: Annotated[int | None, typer.Option("--k", help="Active latents per token [default: 32].")] = None,
     expansion_factor: Annotated[
-        int | None, typer.Option(help="Latents per model dimension [default: 8 on CPU; the paper: 64].")
+        int | None, typer.Option(help="Latents per model dimension, unless --latents is given [default: 8].")
+    ] = None,
+    latents: Annotated[
+        int | None,
+        typer.Option(help="Dictionary size as a number, e.g. 65536 (the paper, Appendix A); overrides "
+                     "--expansion-factor, as sparsify's num_latents does. At least --k. Fine-tuning keeps the "
+                     "source's size [default: expansion factor x d_model]."),
     ] = None,
     tokens: Annotated[
         int | None, typer.Option(help="Training tokens per SAE [default: 98304]; 0 = one epoch over the dataset.")
@@ -66,9 +79,10 @@ def train_saes(
     <think> and </think>. Prints the memory plan, shows progress with tokens/s, checkpoints and resumes
     (a matching interrupted run in OUT is resumed anyway), then writes held-out quality per layer
     (explained variance, L0, dead latents, spliced-in KL) to OUT/saes/metrics.json and prints it.
-    SAEs go to OUT/saes/<hook_name>/. --preset paper: R1-Distill-Qwen-1.5B, STILL, resid_post, x64, k=32,
-    signum 2.5e-4, one epoch. Defaults: device cpu, dtype float32, seed 0. The resolved settings are printed
-    first, each one that differs from the paper's marked; --dry-run stops after them and the plan.
+    SAEs go to OUT/saes/<hook_name>/. --preset paper: R1-Distill-Qwen-1.5B, STILL, layers 1-26 (the paper's
+    2nd-27th), resid_post, 65,536 latents, k=32, signum 2.5e-4, one epoch. Defaults: device cpu, dtype float32,
+    seed 0. The resolved settings are printed first, each one that differs from the paper's marked; --dry-run
+    stops after them and the plan.
 
     Example: resa-interp train-saes --layers 3,12,24 --out runs/demo
     """
@@ -76,10 +90,13 @@ def train_saes(
     from resa_interp.sae import PRESETS, SAETrainConfig, plan_stage1, stage1_settings, train_saes
     from resa_interp.sae.metrics import format_table
 
+    # an --expansion-factor given alone replaces the preset's --latents (which would otherwise override it)
+    drop = ("latents",) if expansion_factor is not None and latents is None else ()
     cfg = with_preset(
-        SAETrainConfig, PRESETS, preset, (),
-        model=model, dataset=dataset, layers=layers, hook=hook, mode=mode, source=source, k=k,
-        expansion_factor=expansion_factor, batch_tokens=batch_tokens, optimizer=optimizer, lr=lr,
+        SAETrainConfig, PRESETS, preset, drop,
+        model=model, dataset=dataset, layers=layers, hook=hook, mode=mode, source=source, source_hook=from_hook,
+        k=k, expansion_factor=expansion_factor, latents=latents, batch_tokens=batch_tokens, optimizer=optimizer,
+        lr=lr,
         group_size=group_size, template=template, problem_column=problem_column, answer_column=answer_column,
         keep_first=keep_first or None, seed=seed, device=device, model_dtype=dtype,
     )

@@ -373,7 +373,7 @@ def run_features(config: FeatureConfig, out: str | Path, subject: Subject | None
     quality: dict[int, dict] = {}
     if source is not None:
 
-        saes = {layer: load_source_sae(source, layer, hook, hook_name(hook, layer)).to(subject.device)
+        saes = {layer: load_source_sae(source, layer, hook).to(subject.device)
                 for layer in wanted}
         paths = {layer: run_relative(source, out) for layer in wanted}
         quality = heldout_quality(subject, saes, hook)

@@ -81,7 +81,7 @@ def plan_stage1(cfg: SAETrainConfig, run: str | Path) -> Stage1Plan:
     n_layers, d_model = shape.n_layers, shape.d_model
     layers = parse_layers(cfg.layers, n_layers)
     device = resolve_device(cfg.device)
-    d_sae = None if cfg.mode != "scratch" else cfg.d_sae(d_model)
+    d_sae = None if cfg.mode != "scratch" else cfg.latents_for(d_model)
     steps = None if cfg.tokens is None or cfg.mode == "pretrained" else math.ceil(cfg.tokens / cfg.batch_tokens)
     run = Path(run)
     return Stage1Plan(

@@ -34,7 +34,7 @@ from resa_interp.runs import atomic_dir, atomic_write_bytes, record_stage, run_r
 from resa_interp.sae.folders import SAES_DIR, load_sae, sae_dir
 from resa_interp.sae.metrics import evaluate_saes, write_metrics
 from resa_interp.sae.optimizers import Signum
-from resa_interp.sae.pretrained import build_topk_sae, load_source_sae
+from resa_interp.sae.pretrained import build_topk_sae, load_source_sae, to_training_form
 from resa_interp.sae.topk_kernel import (
     fast_select_dtype,
     normalize_rows,
@@ -72,6 +72,10 @@ class SAETrainConfig:
     """Layers to train: 'all', a range 'A-B' (inclusive), or a list 'L,L,...'."""
     hook: str = "resid_post"
     """'resid_post' (output of decoder layer l, the authors' code) or 'mlp_out' (the paper's text)."""
+    source_hook: str | None = None
+    """Hookpoint of the --from SAEs (--from-hook); None = the same as `hook`. The authors start from EleutherAI's
+    MLP-output SAEs (`layers.N.mlp`, the only ones that release has) and train them on the residual stream:
+    source_hook 'mlp_out' with hook 'resid_post'."""
     mode: str = "scratch"
     """'scratch', 'finetune' (start from --from and continue on the trigger data), 'pretrained' (import as is)."""
     source: str | None = None
@@ -79,7 +83,11 @@ class SAETrainConfig:
     k: int = 32
     """Active latents per token (TopK)."""
     expansion_factor: int = 8
-    """Latents = expansion_factor * d_model. The paper uses 64; 8 keeps the 30-layer CPU default in minutes."""
+    """Latents = expansion_factor * d_model unless `latents` is given. 8 keeps the 30-layer CPU default in
+    minutes."""
+    latents: int | None = None
+    """Dictionary size as a number (--latents); overrides `expansion_factor`, as sparsify's num_latents does.
+    The paper (Appendix A): 65,536. Fine-tuning keeps the source's size."""
     tokens: int | None = 98_304
     """Training tokens per SAE (counted positions); None = one epoch over the dataset."""
     batch_tokens: int = 1024
@@ -115,9 +123,21 @@ class SAETrainConfig:
     it natively, CUDA or AMX/AVX512-BF16 CPUs), 'bfloat16' or 'float32'. Selected values and all gradients are
     always float32."""
 
-    def d_sae(self, d_in: int) -> int:
-        """Latents of a from-scratch SAE on inputs of width `d_in`."""
-        return self.expansion_factor * d_in
+    def latents_for(self, d_in: int) -> int:
+        """The dictionary size for inputs of width `d_in`: `latents`, else `expansion_factor` * d_in (the one place
+        it is resolved; checked to be at least k)."""
+        if self.latents is not None:
+            check_latents(self.latents, self.k)
+            return self.latents
+        n = self.expansion_factor * d_in
+        if n < max(self.k, 1):
+            raise ResaError(f"--expansion-factor {self.expansion_factor}: {n} latents for d_model {d_in}, fewer than "
+                            f"--k {self.k}; raise it or give --latents")
+        return n
+
+    def resolved_source_hook(self) -> str:
+        """The hookpoint the --from SAEs were trained at (`source_hook`, else `hook`)."""
+        return self.source_hook or self.hook
 
     def check(self) -> None:
         """One-line errors for settings no run can use (before any model or data is loaded)."""
@@ -125,6 +145,12 @@ class SAETrainConfig:
         check_choice("--mode", self.mode, MODES)
         if self.mode != "scratch" and not self.source:
             raise ResaError(f"--mode {self.mode} needs --from (a SAELens folder, a sparsify folder or RELEASE:SAE_ID)")
+        if self.source_hook is not None:
+            check_choice("--from-hook", self.source_hook, HOOKS)
+            if self.mode == "scratch":
+                raise ResaError(f"--from-hook {self.source_hook}: only meaningful with --mode finetune or pretrained")
+        if self.latents is not None:
+            check_latents(self.latents, self.k)
         check_choice("--optimizer", self.optimizer, OPTIMIZERS)
         check_choice("--template", self.template, TEMPLATES)
         check_choice("select precision", self.select_precision, SELECT_PRECISIONS)
@@ -143,6 +169,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "layers": "1-26",
         "hook": "resid_post",
         "expansion_factor": 64,
+        "latents": 65_536,
         "k": 32,
         "optimizer": "signum",
         "lr": 2.5e-4,
@@ -153,8 +180,16 @@ PRESETS: dict[str, dict[str, Any]] = {
         "buffer_tokens": 131_072,
     }
 }
-"""--preset paper: Appendix A (TopK k=32, x64, Signum 2.5e-4 constant, one epoch, batch 16 sequences of 2048
-tokens as sparsify packs them) on R1-Distill with STILL at the residual stream after every layer."""
+"""--preset paper: Appendix A (TopK k=32, 65,536 latents, Signum 2.5e-4 constant, one epoch, batch 16 sequences
+of 2048 tokens as sparsify packs them) on R1-Distill with STILL at the residual stream after every layer. The
+authors' recipe gives both sae_expansion_factor 64 and sae_num_latents 65536, and sparsify's num_latents wins
+(recipes/DeepSeek-R1-Distill-Qwen-1.5B/grpo/train_sae.yaml:8-9); so do ours."""
+
+
+def check_latents(latents: int, k: int) -> None:
+    """Refuse a dictionary size that is not a positive number of latents at least k, in one line."""
+    if latents <= 0 or latents < k:
+        raise ResaError(f"--latents {latents}: needs a positive number of latents, at least --k {k}")
 
 
 def parse_layers(spec: str, n_layers: int) -> list[int]:
@@ -198,6 +233,8 @@ class LayerSAE(nn.Module):
         self.register_buffer("tokens_seen", torch.tensor(0, dtype=torch.long))
         self.register_buffer("initialised_flag", torch.tensor(False))
         self.optimizer: torch.optim.Optimizer | None = None
+        self.source_notes: list[str] = []
+        """What `from_source` folded to start from a pretrained SAE (recorded in the exported metadata)."""
 
     def data_init(self, x_raw: Tensor, from_pretrained: bool) -> None:
         """Fix the input scale from the first buffer; from scratch, also put b_dec at the data mean."""
@@ -239,16 +276,21 @@ class LayerSAE(nn.Module):
             variance = (x - x.mean(0)).pow(2).sum(-1).mean()
         return 1.0 - loss.item() / max(variance.item(), 1e-12)
 
-    def load_pretrained(self, sae) -> None:
-        """Copy a SAELens SAE's weights (raw units; decoder norms folded) into this trainer."""
-        if hasattr(sae, "fold_W_dec_norm") and getattr(sae.cfg, "rescale_acts_by_decoder_norm", False):
-            sae.fold_W_dec_norm()
+    @classmethod
+    def from_source(cls, sae, source: str, seed: int, select_dtype: torch.dtype | None = None) -> LayerSAE:
+        """A trainer that starts from a loaded TopK SAE (SAELens, raw units) and computes what it computes
+        (`to_training_form`); `source_notes` lists what was folded. `data_init` then moves it to scaled units,
+        which also keeps the function."""
+        notes = to_training_form(sae, source)
+        layer_sae = cls(sae.cfg.d_in, sae.cfg.d_sae, sae.cfg.k, seed, select_dtype).to(sae.W_enc.device)
         with torch.no_grad():
-            self.enc.copy_(sae.W_enc.T)
-            self.b_enc.copy_(sae.b_enc)
-            self.dec.copy_(sae.W_dec)
-            self.b_dec.copy_(sae.b_dec)
-            normalize_rows(self.dec.data)
+            layer_sae.enc.copy_(sae.W_enc.T)
+            layer_sae.b_enc.copy_(sae.b_enc)
+            layer_sae.dec.copy_(sae.W_dec)
+            layer_sae.b_dec.copy_(sae.b_dec)
+            normalize_rows(layer_sae.dec.data)
+        layer_sae.source_notes = notes
+        return layer_sae
 
     def dead_fraction(self, window: int) -> float:
         """Fraction of latents that did not fire in the last `window` training tokens."""
@@ -312,7 +354,7 @@ def _available_memory(device: torch.device) -> int | None:
 
 def plan_memory(cfg: SAETrainConfig, d_in: int, n_layers: int, device: torch.device) -> MemoryPlan:
     """Estimate memory per layer and choose how many layers share one forward pass."""
-    d_sae = cfg.d_sae(d_in)
+    d_sae = cfg.latents_for(d_in)
     params = 2 * d_sae * d_in + d_sae + d_in
     optimizer_copies = 2 if cfg.optimizer == "adam" else 1
     per_sae = 4 * params * (2 + optimizer_copies)  # weights + grads + optimizer state, float32
@@ -402,6 +444,7 @@ def _sae_metadata(cfg: SAETrainConfig, subject: Subject, layer: int, data: Trigg
         "training_tokens": tokens,
         "mode": cfg.mode,
         "source": cfg.source,
+        "source_hook": cfg.resolved_source_hook() if cfg.source else None,
         "seed": cfg.seed,
         "excluded_first_positions": 0 if cfg.keep_first else 1,
         "optimizer": cfg.optimizer,
@@ -455,16 +498,15 @@ def _train_group(
     device = subject.device
     saes = {}
     for layer in layers:
-        source = None
+        seed, select_dtype = cfg.seed * 1000 + layer, _select_dtype(cfg, device)
         if cfg.mode == "finetune":
-            source = load_source_sae(cfg.source, layer, cfg.hook, hook_name(cfg.hook, layer))
+            source = load_source_sae(cfg.source, layer, cfg.resolved_source_hook())
             _check_source(source, d_in, cfg.source)
-        d_sae = source.cfg.d_sae if source is not None else cfg.d_sae(d_in)
-        k = source.cfg.k if source is not None else cfg.k
-        sae = LayerSAE(d_in, d_sae, k, seed=cfg.seed * 1000 + layer, select_dtype=_select_dtype(cfg, device))
-        sae.to(device)
-        if source is not None:
-            sae.load_pretrained(source.to(device))
+            sae = LayerSAE.from_source(source.to(device), cfg.source, seed, select_dtype)
+            log.info("layer %d: starting from %s (%d latents, k %d); %s", layer, source.cfg.metadata.source_path,
+                     source.cfg.d_sae, source.cfg.k, "; ".join(sae.source_notes) or "nothing to fold")
+        else:
+            sae = LayerSAE(d_in, cfg.latents_for(d_in), cfg.k, seed, select_dtype).to(device)
         sae.make_optimizer(cfg.optimizer, cfg.lr)
         saes[layer] = sae
 
@@ -575,6 +617,11 @@ def train_saes(
     data = trigger_data(cfg, subject)
     plan = plan_memory(cfg, subject.facts.d_model, len(layers), subject.device)
     print(plan.describe(len(layers)))
+    if cfg.mode != "scratch":
+        print(f"--from {cfg.source}: the {cfg.resolved_source_hook()} SAEs"
+              f"{' (--from-hook)' if cfg.resolved_source_hook() != cfg.hook else ''}, "
+              f"{'fine-tuned' if cfg.mode == 'finetune' else 'imported'} at {cfg.hook}; their size and k replace "
+              f"--latents/--k")
 
     done: dict[int, float] = dict(state["done"]) if state else {}
     """Finished layers -> their dead fraction over the training window."""
@@ -584,10 +631,8 @@ def train_saes(
     if cfg.mode == "pretrained":
 
         for layer in todo:
-            name = hook_name(cfg.hook, layer)
-            sae = load_source_sae(cfg.source, layer, cfg.hook, name)
+            sae = load_source_sae(cfg.source, layer, cfg.resolved_source_hook())
             _check_source(sae, subject.facts.d_model, cfg.source)
-            sae.cfg.metadata.hook_name = name
             for key, value in _sae_metadata(cfg, subject, layer, data, 0).items():
                 setattr(sae.cfg.metadata, key, value)
             dirs[layer] = _export(sae, sae_dir(run, cfg.hook, layer))
@@ -601,7 +646,7 @@ def train_saes(
                 trained = _train_group(cfg, subject, group, data, checkpoint, state, progress, done)
             for layer, sae in trained.items():
                 tokens_trained = int(sae.tokens_seen)
-                meta = _sae_metadata(cfg, subject, layer, data, tokens_trained)
+                meta = {**_sae_metadata(cfg, subject, layer, data, tokens_trained), "source_folds": sae.source_notes}
                 dirs[layer] = _export(sae.export(meta), sae_dir(run, cfg.hook, layer))
                 done[layer] = sae.dead_fraction(min(DEAD_WINDOW, max(tokens_trained, 1)))
             state = None
