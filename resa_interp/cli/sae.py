@@ -12,8 +12,10 @@ from resa_interp.cli.options import (
     Dtype,
     Hook,
     Layers,
+    MaxSeqLen,
     Model,
     Out,
+    Pack,
     Preset,
     Resume,
     Seed,
@@ -49,6 +51,8 @@ def train_saes(
         int | None, typer.Option(help="Layers per shared forward pass [default: as many as fit in memory].")
     ] = None,
     template: Template = None,
+    pack: Pack = None,
+    max_seq_len: MaxSeqLen = None,
     problem_column: Annotated[str | None, typer.Option(help="Question column of --dataset.")] = None,
     answer_column: Annotated[str | None, typer.Option(help="Answer column of --dataset.")] = None,
     keep_first: Annotated[bool, typer.Option("--keep-first", help="Also train on the first (sink) position.")] = False,
@@ -65,7 +69,7 @@ def train_saes(
     (a matching interrupted run in OUT is resumed anyway), then writes held-out quality per layer
     (explained variance, L0, dead latents, spliced-in KL) to OUT/saes/metrics.json and prints it.
     SAEs go to OUT/saes/<hook_name>/. --preset paper: R1-Distill-Qwen-1.5B, STILL, resid_post, x64, k=32,
-    signum 2.5e-4, one epoch. Defaults: device cpu, dtype float32, seed 0.
+    signum 2.5e-4, one epoch, packed 2048-token chunks. Defaults: device cpu, dtype float32, seed 0.
 
     Example: resa-interp train-saes --layers 3,12,24 --out runs/demo
     """
@@ -77,7 +81,8 @@ def train_saes(
         SAETrainConfig, PRESETS, preset, (),
         model=model, dataset=dataset, layers=layers, hook=hook, mode=mode, source=source, k=k,
         expansion_factor=expansion_factor, batch_tokens=batch_tokens, optimizer=optimizer, lr=lr,
-        group_size=group_size, template=template, problem_column=problem_column, answer_column=answer_column,
+        group_size=group_size, template=template, pack=pack, max_seq_len=max_seq_len,
+        problem_column=problem_column, answer_column=answer_column,
         keep_first=keep_first or None, seed=seed, device=device, model_dtype=dtype,
     )
     if tokens is not None:
