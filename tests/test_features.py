@@ -226,3 +226,14 @@ def test_prompt_file_jsonl_through_the_cli(cli, tiny_qwen2, tmp_path):
     code, _, err = cli(["features", "--model", tiny_qwen2, "--saes", str(run), "--prompt-file", str(bad),
                         "--out", str(tmp_path / "g")])
     assert code == 2 and "line 1 is not JSON with 'prompt' or 'text'" in err
+
+
+def test_default_prompt_is_the_authors_r1_prompt_and_the_printed_form_is_selectable():
+    from resa_interp.data.templates import R1_PAPER_SYSTEM_PROMPT, R1_SYSTEM_PROMPT
+    from resa_interp.features import read_prompts
+
+    assert read_prompts(None, None) == [R1_SYSTEM_PROMPT] == list(FeatureConfig().prompts)
+    assert read_prompts(None, None, "r1-paper") == [R1_PAPER_SYSTEM_PROMPT]
+    assert R1_SYSTEM_PROMPT.startswith("\n") and R1_SYSTEM_PROMPT.count("\n") == 6  # the authors' line breaks
+    with pytest.raises(ResaError, match="--prompt-style 'paper' is unknown"):
+        read_prompts(None, None, "paper")
