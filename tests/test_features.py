@@ -261,3 +261,14 @@ def test_a_moved_run_still_points_at_its_saes(cli, tiny_qwen2, tmp_path):
     for row in doc["layers"]:
         assert load_sae(moved / row["sae_path"]).cfg.metadata.hook_name == row["hook_name"]
     assert json.loads((moved / "manifest.json").read_text())["stages"]["features"]["saes"] == "."
+
+
+def test_default_prompt_is_the_authors_r1_prompt_and_the_printed_form_is_selectable():
+    from resa_interp.data.templates import R1_PAPER_SYSTEM_PROMPT, R1_SYSTEM_PROMPT
+    from resa_interp.features import read_prompts
+
+    assert read_prompts(None, None) == [R1_SYSTEM_PROMPT] == list(FeatureConfig().prompts)
+    assert read_prompts(None, None, "r1-paper") == [R1_PAPER_SYSTEM_PROMPT]
+    assert R1_SYSTEM_PROMPT.startswith("\n") and R1_SYSTEM_PROMPT.count("\n") == 6  # the authors' line breaks
+    with pytest.raises(ResaError, match="--prompt-style 'paper' is unknown"):
+        read_prompts(None, None, "paper")

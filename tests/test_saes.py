@@ -454,3 +454,26 @@ def test_finetune_refuses_what_cannot_be_folded_and_notes_what_changes(tmp_path)
         "source ranked latents before scaling by these norms, so top-k can pick differently where pre-activations "
         "are within that spread)"
     ]
+
+
+def test_packed_training_reads_full_chunks_of_the_training_texts(tiny_qwen2, tmp_path):
+    from sae_lens import SAE
+
+    from resa_interp.model.subject import load_subject
+    from resa_interp.sae.train import trigger_data
+
+    cfg = small_cfg(tiny_qwen2, layers="1", pack=True, max_seq_len=128, tokens=512)
+    subject = load_subject(tiny_qwen2)
+    data = trigger_data(cfg, subject)
+    assert data.prefix_len == 0 and {len(t.ids) for t in data.train} == {128}
+    eos = subject.tokenizer.eos_token_id
+    stream = [i for t in data.train for i in t.ids]
+    texts = [[]]
+    for token in stream[1:]:  # the stream starts with EOS; split it back into texts
+        texts.append([]) if token == eos else texts[-1].append(token)
+    heldout = [t.ids for t in data.heldout]
+    assert len(texts) > 10 and not any(text in heldout for text in texts[:-1])  # whole texts, none held out
+    result = train_saes(cfg, tmp_path / "run", subject=subject)
+    assert result.tokens_per_layer == 512  # two steps of 256 counted positions, 127 per chunk
+    meta = SAE.load_from_disk(str(result.sae_dirs[1])).cfg.metadata
+    assert meta.packed is True and meta.context_size == 128

@@ -369,3 +369,19 @@ def test_two_processes_under_torchrun_share_the_data(tiny_qwen2, saes, tmp_path)
     logged = [json.loads(line)["tokens"] for line in (out / "train_log.jsonl").read_text().splitlines()]
     expected = [sum(len(examples[i]) for rank in (0, 1) for i in schedule.indices(step, rank)) for step in range(4)]
     assert logged == expected
+
+
+def test_packed_tuning_steps_on_full_chunks(tiny_qwen2, saes):
+    from transformers import AutoTokenizer
+
+    from resa_interp.data.packing import pack_texts
+    from resa_interp.data.qa import load_qa
+    from resa_interp.data.templates import format_trigger
+
+    config = tiny_config(tiny_qwen2, saes["random"], pack=True, max_length=96, limit=12, steps=1, grad_accum=2)
+    tuner = SAETuner(config)
+    texts = [format_trigger(e.problem, e.answer) for e in load_qa("synthetic", limit=12, seed=0)]
+    chunks = pack_texts(AutoTokenizer.from_pretrained(tiny_qwen2), texts, 96)
+    assert [e.tolist() for e in tuner.examples] == chunks and len(chunks) > 2
+    record = tuner.train_step(0)
+    assert record.tokens == 2 * 96 and record.kl > 0

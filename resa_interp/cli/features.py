@@ -20,6 +20,11 @@ def features(
         str | None,
         typer.Option(help="Prompt text [default: the R1 system prompt, with <think> and </think> twice each]."),
     ] = None,
+    prompt_style: Annotated[
+        str,
+        typer.Option(help="The default prompt's form: r1 (the authors' code, with its line breaks) | r1-paper (the "
+                     "printed one-line form)."),
+    ] = "r1",
     prompt_file: Annotated[
         str | None,
         typer.Option(help="Several prompts (one per line, or JSONL with 'prompt'); a feature must qualify in every "
@@ -66,7 +71,8 @@ def features(
 
     cfg = FeatureConfig(
         threshold, marker_rule, occurrences, spliced, exclude_first, model=model,
-        prompts=tuple(read_prompts(prompt, prompt_file)), saes=saes, source=source, layers=layers, hook=hook,
+        prompts=tuple(read_prompts(prompt, prompt_file, prompt_style)), saes=saes, source=source, layers=layers,
+        hook=hook,
         allow_model_mismatch=allow_model_mismatch, device=device, dtype=dtype,
     )
     cfg.check()  # prompts and options first: nothing below is cheap

@@ -67,7 +67,19 @@ Dataset = Annotated[
                  "a .json/.jsonl/.csv/.parquet file."),
 ]
 Template = Annotated[
-    str | None, typer.Option("--template", help="r1 (the authors' template; default) or short (the paper's text).")
+    str | None,
+    typer.Option("--template", help="r1 (the authors' template and system prompt, whitespace included; default), "
+                 "r1-paper (the printed one-line system prompt) or short (the paper's section 2.1 template)."),
+]
+Pack = Annotated[
+    bool | None,
+    typer.Option("--pack/--no-pack", help="Join the texts with EOS into chunks of exactly --max-seq-len tokens, as "
+                 "the authors' code (sparsify's chunk_and_tokenize) [default: on with --preset paper, else off]."),
+]
+MaxSeqLen = Annotated[
+    int | None,
+    typer.Option("--max-seq-len", help="Tokens per sequence: texts are truncated to it; with --pack, the chunk "
+                 "length [default: 1024 train-saes, 2048 tune; --preset paper 2048]."),
 ]
 Seed = Annotated[
     int | None, typer.Option("--seed", help="Seed of the command's random choices (same seed, same result on CPU).")

@@ -13,8 +13,10 @@ from resa_interp.cli.options import (
     Dtype,
     Hook,
     Layers,
+    MaxSeqLen,
     Model,
     Out,
+    Pack,
     Preset,
     Resume,
     Seed,
@@ -63,6 +65,8 @@ def train_saes(
         int | None, typer.Option(help="Layers per shared forward pass [default: as many as fit in memory].")
     ] = None,
     template: Template = None,
+    pack: Pack = None,
+    max_seq_len: MaxSeqLen = None,
     problem_column: Annotated[str | None, typer.Option(help="Question column of --dataset.")] = None,
     answer_column: Annotated[str | None, typer.Option(help="Answer column of --dataset.")] = None,
     keep_first: Annotated[bool, typer.Option("--keep-first", help="Also train on the first (sink) position.")] = False,
@@ -80,9 +84,9 @@ def train_saes(
     (a matching interrupted run in OUT is resumed anyway), then writes held-out quality per layer
     (explained variance, L0, dead latents, spliced-in KL) to OUT/saes/metrics.json and prints it.
     SAEs go to OUT/saes/<hook_name>/. --preset paper: R1-Distill-Qwen-1.5B, STILL, layers 1-26 (the paper's
-    2nd-27th), resid_post, 65,536 latents, k=32, signum 2.5e-4, one epoch. Defaults: device cpu, dtype float32,
-    seed 0. The resolved settings are printed first, each one that differs from the paper's marked; --dry-run
-    stops after them and the plan.
+    2nd-27th), resid_post, 65,536 latents, k=32, signum 2.5e-4, one epoch, packed 2048-token chunks. Defaults:
+    device cpu, dtype float32, seed 0. The resolved settings are printed first, each one that differs from the
+    paper's marked; --dry-run stops after them and the plan.
 
     Example: resa-interp train-saes --layers 3,12,24 --out runs/demo
     """
@@ -96,8 +100,8 @@ def train_saes(
         SAETrainConfig, PRESETS, preset, drop,
         model=model, dataset=dataset, layers=layers, hook=hook, mode=mode, source=source, source_hook=from_hook,
         k=k, expansion_factor=expansion_factor, latents=latents, batch_tokens=batch_tokens, optimizer=optimizer,
-        lr=lr,
-        group_size=group_size, template=template, problem_column=problem_column, answer_column=answer_column,
+        lr=lr, group_size=group_size, template=template, pack=pack, max_seq_len=max_seq_len,
+        problem_column=problem_column, answer_column=answer_column,
         keep_first=keep_first or None, seed=seed, device=device, model_dtype=dtype,
     )
     if tokens is not None:

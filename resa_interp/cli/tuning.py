@@ -19,8 +19,10 @@ from resa_interp.cli.options import (
     LoraLr,
     LoraR,
     LoraTargets,
+    MaxSeqLen,
     Model,
     Out,
+    Pack,
     Preset,
     Resume,
     Saes,
@@ -48,6 +50,8 @@ def tune(
     dataset: Dataset = None,
     limit: TrainLimit = None,
     template: Template = None,
+    pack: Pack = None,
+    max_seq_len: MaxSeqLen = None,
     epochs: Epochs = None,
     steps: Steps = None,
     lr: LoraLr = None,
@@ -94,9 +98,9 @@ def tune(
     """Stage II, SAE-Tuning: splice a frozen SAE into the target, train LoRA on KL(teacher || student), merge.
 
     Writes OUT/adapter/ (peft), OUT/merged/ (HF model), OUT/train_log.jsonl, OUT/checkpoints/ and
-    OUT/manifest.json. --preset paper: R1-Distill-Qwen-1.5B, STILL, layer 12 (the paper's 13th), Appendix A;
-    --preset cpu (the default) is the embedded model for minutes. The resolved settings are printed first, each
-    one that differs from the paper's marked; --dry-run stops after them and the plan.
+    OUT/manifest.json. --preset paper: R1-Distill-Qwen-1.5B, STILL, layer 12 (the paper's 13th), Appendix A,
+    packed 2048-token chunks; --preset cpu (the default) is the embedded model for minutes. The resolved settings
+    are printed first, each one that differs from the paper's marked; --dry-run stops after them and the plan.
 
     Example: resa-interp tune --saes runs/smollm2 --layer 12 --out runs/smollm2/tuned-l12
     """
@@ -109,7 +113,8 @@ def tune(
     config = preset_config(
         preset,
         model=model, sae=sae, saes_run=saes, layer=layer, hook=hook, dataset=dataset, limit=limit,
-        template=template, epochs=epochs, steps=steps, lr=lr, min_lr_rate=min_lr_rate,
+        template=template, pack=pack, max_length=max_seq_len, epochs=epochs, steps=steps, lr=lr,
+        min_lr_rate=min_lr_rate,
         warmup_ratio=warmup_ratio, lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
         lora_targets=parse_targets(lora_targets) if lora_targets else None, grad_accum=grad_accum,
         max_grad_norm=max_grad_norm, kl_reduction=kl_reduction, detach_sae=detach_sae, no_sae=no_sae,

@@ -1,25 +1,40 @@
 """Data: question/answer pairs (the built-in synthetic set, hub datasets, local files) and the `<think>` templates
 that turn them into CoT-free trigger text.
 
-Takes a dataset spec; gives `QAExample`s, trigger strings (`format_trigger`) and the token spans of `<think>` and
-`</think>` in a prompt (`marker_spans`). Every later stage reads its text through here.
+Takes a dataset spec; gives `QAExample`s, trigger strings (`format_trigger`), the token spans of `<think>` and
+`</think>` in a prompt (`marker_spans`) and texts packed into fixed-length token chunks (`pack_texts`). Every later
+stage reads its text through here.
 """
 
 from resa_interp.data.example import QAExample
+from resa_interp.data.packing import chunk_length, pack_texts
 from resa_interp.data.qa import SYNTHETIC, dataset_fingerprint, load_qa
 from resa_interp.data.synthetic import synthetic_qa
-from resa_interp.data.templates import END_THINK, R1_SYSTEM_PROMPT, THINK, MarkerSpans, format_trigger, marker_spans
+from resa_interp.data.templates import (
+    END_THINK,
+    R1_PAPER_SYSTEM_PROMPT,
+    R1_SYSTEM_PROMPT,
+    SYSTEM_PROMPTS,
+    THINK,
+    MarkerSpans,
+    format_trigger,
+    marker_spans,
+)
 
 __all__ = [
     "END_THINK",
+    "R1_PAPER_SYSTEM_PROMPT",
     "R1_SYSTEM_PROMPT",
     "SYNTHETIC",
+    "SYSTEM_PROMPTS",
     "THINK",
     "MarkerSpans",
     "QAExample",
+    "chunk_length",
     "dataset_fingerprint",
     "format_trigger",
     "load_qa",
     "marker_spans",
+    "pack_texts",
     "synthetic_qa",
 ]

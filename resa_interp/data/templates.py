@@ -12,27 +12,51 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 R1_SYSTEM_PROMPT = (
+    "\nA conversation between User and Assistant. The user asks a question, and the Assistant solves it.\n"
+    "The assistant first thinks about the reasoning process in the mind and then provides the user\n"
+    "with the answer. The reasoning process and answer are enclosed within <think> </think> and\n"
+    "<answer> </answer> tags, respectively, i.e., <think> reasoning process here </think>\n"
+    "<answer> answer here </answer>.\n"
+)
+"""DeepSeek-R1's system prompt exactly as the authors' code has it (`SAE_FINE_TUNE_SYSTEM_PROMPT` in
+resa/utils/prompt.py: a leading and a trailing newline, line breaks inside): the head of every 'r1' trigger
+text and the default prompt of prompt-only feature extraction."""
+
+R1_PAPER_SYSTEM_PROMPT = (
     "A conversation between User and Assistant. The user asks a question, and the Assistant solves it. "
     "The assistant first thinks about the reasoning process in the mind and then provides the user with the "
     "answer. The reasoning process and answer are enclosed within <think> </think> and <answer> </answer> "
     "tags, respectively, i.e., <think> reasoning process here </think> <answer> answer here </answer>."
 )
-"""DeepSeek-R1's system prompt: the prompt of prompt-only feature extraction and the head of every trigger text."""
+"""The same prompt in its printed one-paragraph form (single spaces, no line breaks): 'r1-paper'."""
+
+SYSTEM_PROMPTS = {"r1": R1_SYSTEM_PROMPT, "r1-paper": R1_PAPER_SYSTEM_PROMPT}
+"""Named system prompts: 'r1' the authors' code (default), 'r1-paper' the printed form."""
+
+_TURNS = "User:\n {problem}\n\nAssistant:\n <think> {answer} </think>\n<answer> Answer: {answer}</answer>"
 
 TEMPLATES = {
-    "r1": R1_SYSTEM_PROMPT
-    + "\nUser:\n {problem}\n\nAssistant:\n <think> {answer} </think>\n<answer> Answer: {answer}</answer>",
+    "r1": R1_SYSTEM_PROMPT + _TURNS,
+    "r1-paper": R1_PAPER_SYSTEM_PROMPT + "\n" + _TURNS,
     "short": "Problem: {problem} <think> {answer} </think> <answer> Answer: {answer} </answer>",
 }
-"""CoT-free templates: 'r1' is the authors' code (system prompt, User/Assistant turns), 'short' the paper's text."""
+"""CoT-free templates. 'r1': the authors' f-string (resa/sae/preprocess.py, make_conv_for_sae_grpo), system
+prompt then User/Assistant turns; 'r1-paper': the printed system prompt, a newline, the same turns; 'short':
+the template printed in the paper's section 2.1."""
 
 THINK, END_THINK = "<think>", "</think>"
 
 
 def format_trigger(problem: str, answer: str, template: str = "r1") -> str:
-    """One CoT-free text: the question, then only the final answer between `<think>` and `</think>`."""
+    """One CoT-free text: the question, then only the final answer between `<think>` and `</think>` (inserted as
+    given, as the authors' f-string does)."""
     check_choice("template", template, TEMPLATES)
-    return TEMPLATES[template].format(problem=problem.strip(), answer=answer.strip())
+    return TEMPLATES[template].format(problem=problem, answer=answer)
+
+
+def system_prompt_length(text: str) -> int:
+    """Characters of the named system prompt that `text` starts with (0 when it starts with none)."""
+    return next((len(p) for p in SYSTEM_PROMPTS.values() if text.startswith(p)), 0)
 
 
 @dataclass(frozen=True)

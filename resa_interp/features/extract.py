@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from resa_interp.data.synthetic import synthetic_qa
-from resa_interp.data.templates import END_THINK, R1_SYSTEM_PROMPT, THINK, format_trigger, marker_spans
+from resa_interp.data.templates import END_THINK, R1_SYSTEM_PROMPT, SYSTEM_PROMPTS, THINK, format_trigger, marker_spans
 from resa_interp.errors import ResaError, check_choice
 from resa_interp.figures import save_figure
 from resa_interp.model.harvest import Harvester, encode_texts
@@ -62,7 +62,8 @@ class FeatureConfig:
     """Model spec, loaded with `device` and `dtype` when `run_features` gets no subject (None: the embedded
     model); ignored when a subject is given."""
     prompts: tuple[str, ...] = (R1_SYSTEM_PROMPT,)
-    """Prompts to run, each with both markers; a latent must qualify in every one (default: the R1 system prompt)."""
+    """Prompts to run, each with both markers; a latent must qualify in every one (default: the R1 system prompt as
+    the authors' code writes it, the text the trigger data starts with)."""
     saes: str | None = None
     """Stage I run whose SAEs to use (its saes/ folder); None: the output folder itself."""
     source: str | None = None
@@ -309,14 +310,16 @@ def write_outputs(
     return paths
 
 
-def read_prompts(prompt: str | None, prompt_file: str | None) -> list[str]:
-    """--prompt TEXT, --prompt-file (one prompt per line, or JSONL with a 'prompt'/'text' field), or the R1 prompt."""
+def read_prompts(prompt: str | None, prompt_file: str | None, style: str = "r1") -> list[str]:
+    """--prompt TEXT, --prompt-file (one prompt per line, or JSONL with a 'prompt'/'text' field), or the R1 system
+    prompt in `style` ('r1': the authors' code, 'r1-paper': the printed one-line form)."""
+    check_choice("--prompt-style", style, SYSTEM_PROMPTS)
     if prompt is not None and prompt_file is not None:
         raise ResaError("--prompt and --prompt-file: give one of them, not both")
     if prompt is not None:
         return [prompt]
     if prompt_file is None:
-        return [R1_SYSTEM_PROMPT]
+        return [SYSTEM_PROMPTS[style]]
     path = Path(prompt_file)
     if not path.is_file():
         raise ResaError(f"--prompt-file {prompt_file!r}: no such file")

@@ -7,7 +7,7 @@ and adapters saved, merged or attached to another model of the family (`attach`)
 """
 
 from resa_interp.model.adapters import attach, merge_adapter, save_adapter
-from resa_interp.model.harvest import EncodedText, Harvester, encode_texts, iter_batches, make_batch
+from resa_interp.model.harvest import EncodedText, Harvester, encode_packed, encode_texts, iter_batches, make_batch
 from resa_interp.model.hooks import HOOKS, decoder_layers, hook_module, hook_name, parse_hook_name
 from resa_interp.model.loading import EMBEDDED_ALIASES, cache_dir, resolve_device, resolve_dtype, resolve_model_path
 from resa_interp.model.splice import spliced
@@ -26,6 +26,7 @@ __all__ = [
     "build_tiny_model",
     "cache_dir",
     "decoder_layers",
+    "encode_packed",
     "encode_texts",
     "hook_module",
     "hook_name",

@@ -7,7 +7,8 @@ values are exactly TransformerLens' `blocks.{l}.hook_resid_post` / `hook_mlp_out
 Trigger texts all begin with the same R1 system prompt, about two thirds of each text. The token prefix that
 every text shares is run once; each batch then runs only its suffixes on a copy of the prefix's KV cache, and
 the prefix activations are repeated per text. The activations are the ones a full pass gives (causal
-attention: a prefix position never sees the suffix), at about a third of the cost.
+attention: a prefix position never sees the suffix), at about a third of the cost. Packed chunks
+(`encode_packed`) start anywhere in the text stream, share no prefix and run as whole rows.
 """
 
 from __future__ import annotations
@@ -20,13 +21,15 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from resa_interp.data.templates import R1_SYSTEM_PROMPT
+from resa_interp.data.packing import pack_texts
+from resa_interp.data.templates import system_prompt_length
 from resa_interp.model.hooks import hook_module
 
 
 @dataclass(frozen=True)
 class EncodedText:
-    """Token ids of one trigger text, and where its question/answer part starts (after the system prompt)."""
+    """Token ids of one trigger text (or packed chunk), and where its question/answer part starts (after the
+    system prompt; a chunk's length, i.e. none, for a packed chunk, which straddles texts)."""
 
     ids: list[int]
     qa_start: int
@@ -55,11 +58,16 @@ def encode_texts(tokenizer, texts: Sequence[str], max_len: int = 1024) -> list[E
     out = []
     for text in texts:
         enc = tokenizer(text, add_special_tokens=True, return_offsets_mapping=True, truncation=True, max_length=max_len)
-        qa_char = len(R1_SYSTEM_PROMPT) if text.startswith(R1_SYSTEM_PROMPT) else 0
+        qa_char = system_prompt_length(text)
         offsets = enc["offset_mapping"]
         qa_start = next((i for i, (s, e) in enumerate(offsets) if e > s and s >= qa_char), len(offsets))
         out.append(EncodedText(list(enc["input_ids"]), qa_start))
     return out
+
+
+def encode_packed(tokenizer, texts: Sequence[str], max_len: int) -> list[EncodedText]:
+    """The texts packed as the authors' code does (`data.packing.pack_texts`): full-length chunks, no q/a part."""
+    return [EncodedText(ids, len(ids)) for ids in pack_texts(tokenizer, texts, max_len)]
 
 
 def shared_prefix_length(texts: Sequence[EncodedText]) -> int:

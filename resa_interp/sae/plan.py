@@ -56,16 +56,23 @@ class Stage1Plan:
     steps: int | None
     memory: MemoryPlan
     outputs: list[str]
+    dataset: str
+    packed: bool
+    seq_len: int
+    """Chunk length when packed, else the truncation length."""
 
     def format(self) -> str:
         """The plan, one fact per line."""
         width = "from --from" if self.d_sae is None else f"{self.d_sae:,} latents, k {self.k}"
         tokens = "one epoch over the dataset" if self.tokens is None else f"{self.tokens:,} tokens per SAE"
         steps = "" if self.steps is None else f", {self.steps:,} optimizer steps each"
+        rows = (f"packed into chunks of {self.seq_len:,} tokens" if self.packed
+                else f"one text per row, up to {self.seq_len:,} tokens")
         lines = [
             f"plan: {self.model} ({self.architecture}, {self.n_layers} decoder layers, d_model {self.d_model}) "
             f"on {self.device}",
             f"  {len(self.layers)} SAE(s), {width}; {tokens}{steps}",
+            f"  data: {self.dataset}, {rows}",
             f"  layers: {describe_layers(self.layers)}",
             f"  hooks: {self.hook_names[0]}" + (f" .. {self.hook_names[-1]}" if len(self.hook_names) > 1 else ""),
             f"  {self.memory.describe(len(self.layers))}",
@@ -97,6 +104,9 @@ def plan_stage1(cfg: SAETrainConfig, run: str | Path) -> Stage1Plan:
         tokens=cfg.tokens,
         steps=steps,
         memory=plan_memory(cfg, d_model, len(layers), torch.device(device)),
+        dataset=cfg.dataset,
+        packed=cfg.pack,
+        seq_len=cfg.max_seq_len,
         outputs=[f"{run / SAES_DIR}/<hook name>/ (SAELens folders)", str(run / SAES_DIR / METRICS_FILE),
                  str(run / "manifest.json"), f"{run / SAES_DIR / CHECKPOINT} while it runs"],
     )

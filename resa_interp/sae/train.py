@@ -6,7 +6,8 @@ TopK SAE folders `RUN/saes/<hook_name>/` -> held-out quality (`sae.metrics`).
 
 Training works on inputs scaled to unit mean norm (one factor per layer, measured on the first buffer); the
 factor is folded into the saved weights, so the saved SAEs read raw activations and reconstruct them in raw
-units. The first (sink) position of every sequence is excluded unless asked.
+units. The first (sink) position of every sequence is excluded unless asked; with packing (`pack`) a sequence
+is a chunk of the EOS-joined text stream, so that is each chunk's first position, wherever it falls in a text.
 """
 
 from __future__ import annotations
@@ -27,7 +28,14 @@ from torch import Tensor, nn
 from resa_interp.data.qa import SYNTHETIC, dataset_fingerprint, load_qa
 from resa_interp.data.templates import TEMPLATES, format_trigger
 from resa_interp.errors import ResaError, check_choice
-from resa_interp.model.harvest import EncodedText, Harvester, encode_texts, iter_batches, shared_prefix_length
+from resa_interp.model.harvest import (
+    EncodedText,
+    Harvester,
+    encode_packed,
+    encode_texts,
+    iter_batches,
+    shared_prefix_length,
+)
 from resa_interp.model.hooks import HOOKS, hook_name
 from resa_interp.model.subject import Subject, load_subject
 from resa_interp.runs import atomic_dir, atomic_write_bytes, record_stage, run_relative, sha256_text
@@ -122,6 +130,10 @@ class SAETrainConfig:
     """Precision of the dense product that picks the top-k latents: 'auto' (bfloat16 where the hardware has
     it natively, CUDA or AMX/AVX512-BF16 CPUs), 'bfloat16' or 'float32'. Selected values and all gradients are
     always float32."""
+    pack: bool = False
+    """Pack the training texts as the authors' code does (sparsify's chunk_and_tokenize): joined with EOS and
+    cut into chunks of exactly `max_seq_len` tokens (or the tokenizer's model_max_length when shorter), the
+    remainder of every 2048 texts dropped. Off: one text per sequence, padded. Held-out texts stay unpacked."""
 
     def latents_for(self, d_in: int) -> int:
         """The dictionary size for inputs of width `d_in`: `latents`, else `expansion_factor` * d_in (the one place
@@ -178,12 +190,15 @@ PRESETS: dict[str, dict[str, Any]] = {
         "device": "auto",
         "model_dtype": "bfloat16",
         "buffer_tokens": 131_072,
+        "pack": True,
+        "max_seq_len": 2048,
     }
 }
 """--preset paper: Appendix A (TopK k=32, 65,536 latents, Signum 2.5e-4 constant, one epoch, batch 16 sequences
-of 2048 tokens as sparsify packs them) on R1-Distill with STILL at the residual stream after every layer. The
-authors' recipe gives both sae_expansion_factor 64 and sae_num_latents 65536, and sparsify's num_latents wins
-(recipes/DeepSeek-R1-Distill-Qwen-1.5B/grpo/train_sae.yaml:8-9); so do ours."""
+of 2048 tokens, packed as sparsify packs them) on R1-Distill with STILL at the residual stream after decoder
+layers 1..26 (the paper's 2nd..27th, Table 6). The authors' recipe gives both sae_expansion_factor 64 and
+sae_num_latents 65536, and sparsify's num_latents wins (recipes/DeepSeek-R1-Distill-Qwen-1.5B/grpo/train_sae.yaml:8-9);
+so do ours."""
 
 
 def check_latents(latents: int, k: int) -> None:
@@ -382,11 +397,12 @@ class TriggerData:
     fingerprint: str
     n_examples: int
     prefix_len: int
-    """Tokens every training text starts with (the system prompt): run once, not once per text."""
+    """Tokens every training text starts with (the system prompt): run once, not once per text (0 when packed)."""
 
 
 def trigger_data(cfg: SAETrainConfig, subject: Subject) -> TriggerData:
-    """Load the QA data, write it in the CoT-free template, tokenise, split off the held-out examples."""
+    """Load the QA data, write it in the CoT-free template, split off the held-out examples, tokenise (the
+    training texts packed into chunks with `cfg.pack`)."""
     if cfg.dataset == SYNTHETIC:
         # ~110-150 tokens per example with the R1 template; generate enough for the budget
         need = cfg.n_examples or (math.ceil((cfg.tokens or 100_000) / 60) + cfg.heldout)
@@ -403,13 +419,14 @@ def trigger_data(cfg: SAETrainConfig, subject: Subject) -> TriggerData:
     order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
     shuffled = [examples[i] for i in order]
     texts = [format_trigger(e.problem, e.answer, cfg.template) for e in shuffled]
-    encoded = encode_texts(subject.tokenizer, texts, cfg.max_seq_len)
+    encode = encode_packed if cfg.pack else encode_texts
+    train = encode(subject.tokenizer, texts[cfg.heldout :], cfg.max_seq_len)
     return TriggerData(
-        train=encoded[cfg.heldout :],
-        heldout=encoded[: cfg.heldout],
+        train=train,
+        heldout=encode_texts(subject.tokenizer, texts[: cfg.heldout], cfg.max_seq_len),
         fingerprint=dataset_fingerprint(cfg.dataset, examples),
         n_examples=len(examples),
-        prefix_len=shared_prefix_length(encoded[cfg.heldout :]),
+        prefix_len=0 if cfg.pack else shared_prefix_length(train),
     )
 
 
@@ -441,6 +458,8 @@ def _sae_metadata(cfg: SAETrainConfig, subject: Subject, layer: int, data: Trigg
         "dataset_path": cfg.dataset,
         "dataset_fingerprint": data.fingerprint,
         "template": cfg.template,
+        "packed": cfg.pack,
+        "context_size": cfg.max_seq_len,
         "training_tokens": tokens,
         "mode": cfg.mode,
         "source": cfg.source,

@@ -5,7 +5,8 @@ adapter is saved, and merged into the target's weights for ordinary inference.
 
 Teacher: the target with adapters disabled and no SAE, without gradients. Student: the target with the SAE
 spliced in (`model.splice.spliced`) and adapters on. Data: CoT-free elicitation text (`data.templates.format_trigger`)
-from question/answer pairs (`data.qa.load_qa`), one sequence per micro-batch, no padding. With `no_sae` the
+from question/answer pairs (`data.qa.load_qa`), one sequence per micro-batch, no padding: one text, or with `pack`
+one full chunk of the EOS-joined text stream, as the authors' code trains (`data.packing`). With `no_sae` the
 same LoRA is trained with plain next-token cross-entropy on the same text: the paper's CoT-free SFT baseline.
 
 Runs under `accelerate launch` (DDP: each process takes every world-th example); checkpoints hold the
@@ -29,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from resa_interp.data.packing import pack_texts
 from resa_interp.data.qa import dataset_fingerprint, load_qa
 from resa_interp.data.templates import TEMPLATES, format_trigger
 from resa_interp.errors import ResaError, check_choice
@@ -87,7 +89,11 @@ class TuneConfig:
     """Elicitation template: 'r1' (R1 system prompt + User/Assistant, the authors' code) or 'short' (the
     paper's text)."""
     max_length: int = 2048
-    """Sequences are truncated to this many tokens (the authors' chunk length)."""
+    """Sequences are truncated to this many tokens; with `pack`, the chunk length (the authors' 2048)."""
+    pack: bool = False
+    """Pack the texts as the authors' code does (sparsify's chunk_and_tokenize): joined with EOS and cut into
+    chunks of exactly `max_length` tokens, the remainder of every 2048 texts dropped; an 'example' is then a
+    chunk. Off: one text per sequence."""
     epochs: int = 2
     """Passes over the data (paper: 2). Ignored when `steps` is set."""
     steps: int | None = None
@@ -161,10 +167,12 @@ PRESETS: dict[str, dict[str, Any]] = {
         "layer": 12,
         "epochs": 2,
         "lr": 1e-6,
+        "pack": True,
     },
     "cpu": {"dataset": "synthetic", "layer": 12, "limit": 64, "steps": 60, "lr": 1e-4, "save_every": 30},
 }
-"""'paper': R1-Distill target, STILL, layer 12, Appendix A (needs a GPU and the hub). 'cpu': the embedded
+"""'paper': R1-Distill target, STILL, layer 12, Appendix A, packed 2048-token chunks as the authors' code (needs a
+GPU and the hub). 'cpu': one text per sequence, the embedded
 model on 64 synthetic pairs for 60 steps at lr 1e-4, where the paper's 1e-6 would move the KL too little to
 see in a few minutes."""
 
@@ -227,7 +235,8 @@ def resolve_sae(config: TuneConfig) -> SAEChoice:
 
 
 def encode_examples(config: TuneConfig, tokenizer) -> tuple[list[torch.Tensor], str]:
-    """Token ids of every elicitation text (truncated to `max_length`) and the dataset's fingerprint."""
+    """Token ids of every elicitation text (truncated to `max_length`), or of every packed chunk with `pack`,
+    and the dataset's fingerprint."""
     examples = load_qa(
         config.dataset,
         problem_column=config.problem_column,
@@ -236,7 +245,10 @@ def encode_examples(config: TuneConfig, tokenizer) -> tuple[list[torch.Tensor], 
         seed=config.seed,
     )
     texts = [format_trigger(e.problem, e.answer, config.template) for e in examples]
-    encoded = tokenizer(texts, add_special_tokens=True, truncation=True, max_length=config.max_length)["input_ids"]
+    if config.pack:
+        encoded = pack_texts(tokenizer, texts, config.max_length)
+    else:
+        encoded = tokenizer(texts, add_special_tokens=True, truncation=True, max_length=config.max_length)["input_ids"]
     return [torch.tensor(ids, dtype=torch.long) for ids in encoded], dataset_fingerprint(config.dataset, examples)
 
 
@@ -371,7 +383,7 @@ class SAETuner:
         steps_per_epoch = len(self.examples) // (world * config.grad_accum)
         if steps_per_epoch < 1:
             raise ResaError(
-                f"dataset {config.dataset!r} gives {len(self.examples)} examples, fewer than one optimizer step "
+                f"dataset {config.dataset!r} gives {len(self.examples)} sequences, fewer than one optimizer step "
                 f"needs ({world} process(es) x {config.grad_accum} accumulation)"
             )
         total = config.steps if config.steps is not None else config.epochs * steps_per_epoch
