@@ -59,6 +59,14 @@ def test_bad_input_is_refused_before_any_work(cli, tiny_qwen2, tmp_path):
     assert code == 2 and "layer 9 is outside the model (0..3)" in err
     code, _, err = cli(["train-saes", "--model", tiny_qwen2, "--optimizer", "sgd", "--out", str(out), "--dry-run"])
     assert code == 2 and "--optimizer" in err and "sgd" in err
+    # a --from folder without the asked hookpoint is refused from its file names, before the model is loaded
+    source = tmp_path / "source"
+    build_topk_sae(torch.zeros(64, 16), torch.zeros(16), torch.zeros(16, 64), torch.zeros(64), k=4,
+                   metadata={"hook_name": "blocks.1.hook_mlp_out"}).save_model(str(source / "blocks.1.hook_mlp_out"))
+    code, _, err = cli(["train-saes", "--model", tiny_qwen2, "--mode", "finetune", "--from", str(source), "--layers",
+                        "1", "--out", str(out)])
+    assert code == 2 and "no resid_post SAE for layer 1 there" in err and "--from-hook mlp_out" in err
+    assert not out.exists()
 
 
 def test_tune_plan_checks_the_sae_against_the_model(cli, tiny_qwen2, tmp_path):

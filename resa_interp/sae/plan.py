@@ -16,6 +16,7 @@ from resa_interp.model.loading import EMBEDDED_ALIASES, model_shape, resolve_dev
 from resa_interp.presets import SettingsReport, settings_report, with_preset
 from resa_interp.sae.folders import SAES_DIR
 from resa_interp.sae.metrics import METRICS_FILE
+from resa_interp.sae.pretrained import find_source_sae
 from resa_interp.sae.train import CHECKPOINT, PRESETS, MemoryPlan, SAETrainConfig, parse_layers, plan_memory
 
 OPERATIONAL = ("group_size", "checkpoint_every")
@@ -88,6 +89,9 @@ def plan_stage1(cfg: SAETrainConfig, run: str | Path) -> Stage1Plan:
     n_layers, d_model = shape.n_layers, shape.d_model
     layers = parse_layers(cfg.layers, n_layers)
     device = resolve_device(cfg.device)
+    if cfg.mode != "scratch":  # a --from without these SAEs is refused now, not after the model has loaded
+        for layer in layers:
+            find_source_sae(cfg.source, layer, cfg.resolved_source_hook())
     d_sae = None if cfg.mode != "scratch" else cfg.latents_for(d_model)
     steps = None if cfg.tokens is None or cfg.mode == "pretrained" else math.ceil(cfg.tokens / cfg.batch_tokens)
     run = Path(run)

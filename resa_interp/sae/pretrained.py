@@ -96,7 +96,7 @@ PER_TOKEN_NORMALISATIONS = ("constant_norm_rescale", "layer_norm")
 
 
 @dataclass(frozen=True)
-class _Found:
+class SourceFolder:
     """One SAE folder inside a `--from` folder, and the hookpoint it says it was trained at (None: it does not say)."""
 
     folder: Path
@@ -105,7 +105,7 @@ class _Found:
     layer: int | None
 
 
-def _saelens_found(folder: Path) -> _Found | None:
+def _saelens_found(folder: Path) -> SourceFolder | None:
     if not ((folder / "cfg.json").is_file() and (folder / "sae_weights.safetensors").is_file()):
         return None
     try:
@@ -117,20 +117,20 @@ def _saelens_found(folder: Path) -> _Found | None:
     try:
         hook, layer = parse_hook_name(name)
     except ResaError:
-        return _Found(folder, "saelens", recorded, None)
-    return _Found(folder, "saelens", hook, layer)
+        return SourceFolder(folder, "saelens", recorded, None)
+    return SourceFolder(folder, "saelens", hook, layer)
 
 
-def _sparsify_found(folder: Path) -> _Found | None:
+def _sparsify_found(folder: Path) -> SourceFolder | None:
     if not (folder / "sae.safetensors").is_file():
         return None
     match = _SPARSIFY_NAME.fullmatch(folder.name)
     if match is None:
-        return _Found(folder, "sparsify", None, None)
-    return _Found(folder, "sparsify", "mlp_out" if match.group(2) else "resid_post", int(match.group(1)))
+        return SourceFolder(folder, "sparsify", None, None)
+    return SourceFolder(folder, "sparsify", "mlp_out" if match.group(2) else "resid_post", int(match.group(1)))
 
 
-def _scan(path: Path) -> list[_Found]:
+def _scan(path: Path) -> list[SourceFolder]:
     """Every SAE folder at `path`, directly under it, and under its `saes/` (a run)."""
     folders = [path, *sorted(p for p in path.iterdir() if p.is_dir())]
     if (path / "saes").is_dir():
@@ -139,7 +139,7 @@ def _scan(path: Path) -> list[_Found]:
     return [f for f in found if f is not None]
 
 
-def _describe(found: list[_Found]) -> str:
+def _describe(found: list[SourceFolder]) -> str:
     by_hook: dict[str, list[int]] = {}
     for f in found:
         if f.hook is not None:
@@ -174,40 +174,48 @@ def _fold_recorded_normalisation(sae: SAE, folder: Path) -> None:
     log.info("%s: folded its recorded input normalisation (%s) into the weights", folder, path.name)
 
 
+def find_source_sae(source: str, layer: int, hook: str) -> SourceFolder | None:
+    """The folder of `--from`'s SAE for `hook` at `layer`, found from file names and cfg.json alone (no weights
+    read), refused in one line naming what the folder holds; None for a SAELens `RELEASE:SAE_ID`."""
+    path = Path(source).expanduser()
+    if not path.is_dir():
+        if ":" not in source:
+            raise ResaError(
+                f"--from {source!r}: not a folder; accepted: a SAELens folder, a sparsify folder, or RELEASE:SAE_ID "
+                f"of a SAELens release (use {{layer}} in SAE_ID for per-layer ids)"
+            )
+        return None
+    found = _scan(path)
+    matches = [f for f in found if (f.hook, f.layer) == (hook, layer)]
+    unsaid = [f for f in found if f.folder == path and f.hook is None]  # one SAE that does not say where
+    if not matches and not unsaid:
+        others = sorted({f.hook for f in found if f.layer == layer and f.hook in HOOKS} - {hook})
+        hint = (f"; to start from its {others[0]} SAE pass --from-hook {others[0]} (train-saes), or work at that "
+                f"hookpoint with --hook {others[0]}") if others else ""
+        raise ResaError(f"--from {source!r}: no {hook} SAE for layer {layer} there; it holds {_describe(found)}"
+                        f"{hint}")
+    return (matches or unsaid)[0]
+
+
 def load_source_sae(source: str, layer: int, hook: str) -> SAE:
     """The pretrained SAE trained at `hook` of `layer` from `--from`: a SAELens folder (one SAE, or a run/folder
     with one subfolder per hook name), a sparsify folder (`layers.N` or `layers.N.mlp` subfolders), or
     `release:sae_id` from SAELens. A folder without an SAE for that hookpoint is refused in one line naming what
     it holds. The metadata records `source_hook`, `source_path` and `source_format`."""
-    path = Path(source).expanduser()
     name = hook_name(hook, layer)
-    if path.is_dir():
-        found = _scan(path)
-        matches = [f for f in found if (f.hook, f.layer) == (hook, layer)]
-        unsaid = [f for f in found if f.folder == path and f.hook is None]  # one SAE that does not say where
-        if not matches and not unsaid:
-            others = sorted({f.hook for f in found if f.layer == layer and f.hook in HOOKS} - {hook})
-            hint = (f"; to start from its {others[0]} SAE pass --from-hook {others[0]} (train-saes), or work at that "
-                    f"hookpoint with --hook {others[0]}") if others else ""
-            raise ResaError(f"--from {source!r}: no {hook} SAE for layer {layer} there; it holds {_describe(found)}"
-                            f"{hint}")
-        picked = (matches or unsaid)[0]
+    picked = find_source_sae(source, layer, hook)
+    if picked is None:
+        sae = _load_release(source, layer, hook)
+    else:
         if picked.fmt == "sparsify":
             sae = load_sparsify_sae(picked.folder, name)
         else:
             sae = load_sae(picked.folder)
             _fold_recorded_normalisation(sae, picked.folder)
-        if not matches:
+        if picked.hook is None:
             log.warning("--from %s does not record its hookpoint; taken as %s", picked.folder, name)
         sae.cfg.metadata.source_path = str(picked.folder)
         sae.cfg.metadata.source_format = picked.fmt
-    elif ":" not in source:
-        raise ResaError(
-            f"--from {source!r}: not a folder; accepted: a SAELens folder, a sparsify folder, or RELEASE:SAE_ID "
-            f"of a SAELens release (use {{layer}} in SAE_ID for per-layer ids)"
-        )
-    else:
-        sae = _load_release(source, layer, hook)
     sae.cfg.metadata.hook_name = name
     sae.cfg.metadata.source_hook = hook
     return sae
