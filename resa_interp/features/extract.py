@@ -27,7 +27,7 @@ from resa_interp.data.templates import END_THINK, R1_SYSTEM_PROMPT, SYSTEM_PROMP
 from resa_interp.errors import ResaError, check_choice
 from resa_interp.figures import save_figure
 from resa_interp.model.harvest import Harvester, encode_texts
-from resa_interp.model.hooks import HOOKS, hook_name
+from resa_interp.model.hooks import HOOKS, hook_name, paper_layer_label
 from resa_interp.model.splice import spliced as splice_context
 from resa_interp.model.subject import Subject, load_subject
 from resa_interp.runs import atomic_write_json, atomic_write_text, record_stage, run_relative
@@ -255,21 +255,22 @@ def counts_figure(layers: list[LayerFeatures], title: str):
                        line={"color": "#DD8452"}),
             secondary_y=True,
         )
-    fig.update_layout(title=title, xaxis_title="layer", template="plotly_white", bargap=0.15)
+    fig.update_layout(title=title, xaxis_title="layer (hook index, blocks.N; the paper's N-th layer is blocks.N-1)",
+                      template="plotly_white", bargap=0.15)
     fig.update_yaxes(title_text="features active only at <think> and </think>", secondary_y=False)
     fig.update_yaxes(title_text="explained variance", range=[0, 1.02], secondary_y=True)
     return fig
 
 
 def format_table(layers: list[LayerFeatures]) -> str:
-    """Per-layer count with the SAE quality beside it."""
-    lines = [f"{'layer':>5}  {'count':>5}  {'EV':>6}  {'EV q/a':>6}  {'KL q/a':>7}  features"]
+    """Per-layer count with the SAE quality beside it; layers by hook index (blocks.N) and the paper's 1-based name."""
+    lines = [f"{'blocks.N':>8}  {'paper':>5}  {'count':>5}  {'EV':>6}  {'EV q/a':>6}  {'KL q/a':>7}  features"]
     for r in layers:
         q = r.sae_quality
         fmt = lambda key, spec, q=q: "-" if q.get(key) is None else format(q[key], spec)  # noqa: E731
         shown = ", ".join(map(str, r.features[:8])) + (" ..." if r.count > 8 else "")
         lines.append(
-            f"{r.layer:>5}  {r.count:>5}  {fmt('explained_variance', '.3f'):>6}  "
+            f"{r.layer:>8}  {paper_layer_label(r.layer):>5}  {r.count:>5}  {fmt('explained_variance', '.3f'):>6}  "
             f"{fmt('explained_variance_qa', '.3f'):>6}  {fmt('kl_spliced_qa', '.4f'):>7}  {shown}"
         )
     return "\n".join(lines)
