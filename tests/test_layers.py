@@ -14,8 +14,8 @@ import pytest
 from scipy.stats import norm
 from sklearn.mixture import GaussianMixture
 
-from resa_interp.layers.analysis import LayerConfig, analyze_layers, expand, read_counts, read_scores, transform_scores
 from resa_interp.errors import ResaError
+from resa_interp.layers.analysis import LayerConfig, analyze_layers, expand, read_counts, read_scores, transform_scores
 from resa_interp.layers.mixture import Mixture, fit_weighted, hellinger
 from resa_interp.layers.numbering import layer_of_paper_label, layer_title, paper_label
 from resa_interp.layers.report import markdown_summary
