@@ -311,7 +311,12 @@ def test_cli_writes_the_report(cli, tmp_path):
     assert [c["mean"] for c in data["counts"]["components"]] == sorted(c["mean"] for c in data["counts"]["components"])
     report = (out / "layer_report.html").read_text()
     assert "<script src=" not in report and "Plotly.newPlot" in report and "Recommended layers" in report
-    assert "| counts | 1 |" in stdout and "Recommended layers: " in stdout and "permutation p-value" in stdout
+    assert "| counts | 1 |" in stdout and "permutation p-value" in stdout
+    # layers named in both numberings; the score fit's likelihood columns say it is a pseudo-likelihood
+    assert "Recommended layers: blocks.5 (paper: 6th), blocks.15 (paper: 16th)" in stdout
+    assert "| 1 | blocks.5 | 6th | yes |" in stdout and "hook indices" in data["method"]["layers"]
+    assert "| K | counts | scores (pseudo-likelihood) |" in stdout and "pseudo-likelihood" in data["method"]["bic"]
+    assert [(r["layer"], r["paper_label"]) for r in data["per_layer"][:3]] == [(0, "1st"), (1, "2nd"), (2, "3rd")]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["stages"]["select-layers"]["recommended_layers"] == data["recommended_layers"]["layers"]
     if shutil.which("chromium") or shutil.which("google-chrome"):
