@@ -238,7 +238,7 @@ def counts_figure(layers: list[LayerFeatures], title: str):
                        line={"color": "#DD8452"}),
             secondary_y=True,
         )
-    fig.update_layout(title=title, xaxis_title="layer", template="plotly_white", bargap=0.15)
+    fig.update_layout(title=title, xaxis_title="layer (hook index: blocks.N)", template="plotly_white", bargap=0.15)
     fig.update_yaxes(title_text="features active only at <think> and </think>", secondary_y=False)
     fig.update_yaxes(title_text="explained variance", range=[0, 1.02], secondary_y=True)
     return fig
