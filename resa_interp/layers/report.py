@@ -54,6 +54,11 @@ def _likelihood_name(name: str) -> str:
     return PSEUDO if name == "scores" else name
 
 
+def _compact(layers: list[int]) -> str:
+    """'blocks 18, 6, 26 (paper: 19th, 7th, 27th)': a short form of several layers for figure titles."""
+    return f"blocks {', '.join(map(str, layers))} (paper: {', '.join(map(paper_label, layers))})"
+
+
 def recommended(analysis: LayerAnalysis) -> str:
     """'blocks.12 (paper: 13th), blocks.5 (paper: 6th)': the recommended layers in both numberings."""
     return ", ".join(layer_title(layer) for layer in analysis.recommendation.layers)
@@ -227,7 +232,7 @@ def figures(analysis: LayerAnalysis) -> dict[str, go.Figure]:
     gmm.update_xaxes(title_text=LAYER_AXIS, dtick=1, row=len(fits), col=1)
     gmm.update_layout(
         title=f"{analysis.config.components}-component mixtures: fitted mass per layer "
-        f"(dotted: recommended {recommended(analysis)})",
+        f"(dotted: recommended {_compact(analysis.recommendation.layers)})",
         height=330 * len(fits) + 120,
         width=1000,
         template="plotly_white",
