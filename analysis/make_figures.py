@@ -7,6 +7,7 @@ when RUN has no features.json, about 7 minutes on 2 cores):
   embedded_sae_quality.{png,html}      SAE quality over layers (explained variance, spliced-in KL)
   embedded_layers_{gmm,bic}.{png,html} Gaussian mixtures over layers fitted to those counts (select-layers'
   embedded_layers.md                   defaults; counts only, as no per-layer scores exist for this model)
+                                       layers are hook indices (blocks.N) on every axis and in every table
   dashboard_example.{png,html}         the feature dashboard of one layer's reasoning features
 
 and, through analysis/paper_table6.py (not duplicated here), the paper's Table 6 analysis: paper_table6_*.
@@ -114,8 +115,8 @@ def main() -> None:
                         help="the README's main run (made there when it has no features.json)")
     parser.add_argument("--out", type=Path, default=ROOT / "figures", help="folder for the figures")
     parser.add_argument("--dashboard-layer", type=int, default=12,
-                        help="layer of the dashboard example (the paper's default hookpoint; 0: the layer with the "
-                        "most reasoning features)")
+                        help="layer of the dashboard example, a hook index (12: blocks.12, the paper's 13th layer "
+                        "and Resa-STILL-v1's hookpoint; 0: the layer with the most reasoning features)")
     parser.add_argument("--texts", type=int, default=128, help="trigger texts for the dashboard example")
     parser.add_argument("--no-table6", action="store_true", help="skip analysis/paper_table6.py (about 2 minutes)")
     args = parser.parse_args()

@@ -1,9 +1,11 @@
 """The paper's section-5 layer analysis rerun, with uncertainty, on its Table 6 (analysis/paper_table6.csv).
 
-Fits the feature counts and the average scores with select-layers' defaults (binned likelihood, components at
-least 0.5 layer wide), with single-layer components allowed (binned, σ ≥ 0.15), and with scikit-learn
-GaussianMixture's continuous objective (the paper's kind of fit); and once more as a single default-initialised
-GaussianMixture, the simplest way the paper may have fitted. Writes into figures/ (or --out):
+The file's `layer` is the hook index (blocks.N); its `paper_label` is the paper's row name ("13th" = blocks.12,
+checked here on reading, see resa_interp/numbering.py). Fits the feature counts and the average scores
+with select-layers' defaults (binned likelihood truncated to the observed layers, components at least 0.5 layer
+wide), with single-layer components allowed (binned, σ ≥ 0.15), and with scikit-learn GaussianMixture's
+continuous objective (the paper's kind of fit); and once more as a single default-initialised GaussianMixture,
+the simplest way the paper may have fitted. Writes into figures/ (or --out):
 
   paper_table6_report.html              the default analysis, self-contained report
   paper_table6_{gmm,bic,null}.png       its figures
@@ -18,12 +20,14 @@ Run from the repository root: .venv/bin/python analysis/paper_table6.py    (abou
 from __future__ import annotations
 
 import argparse
+import csv
 import tempfile
 from pathlib import Path
 
 import numpy as np
 from sklearn.mixture import GaussianMixture
 
+from resa_interp.errors import ResaError
 from resa_interp.layers import write_outputs
 from resa_interp.layers.analysis import (
     LayerAnalysis,
@@ -33,6 +37,7 @@ from resa_interp.layers.analysis import (
     read_counts,
     read_scores,
 )
+from resa_interp.numbering import NUMBERING, layer_of_paper_label, layer_title
 from resa_interp.runs import atomic_write_bytes, atomic_write_text
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,6 +57,7 @@ def main() -> None:
     parser.add_argument("--permutations", type=int, default=LayerConfig.permutations)
     args = parser.parse_args()
 
+    check_labels(TABLE)
     table = TABLE.relative_to(ROOT) if Path.cwd() == ROOT else TABLE  # repository-relative paths in the outputs
     counts, scores = read_counts(table), read_scores(table, "avg")
     results = {}
@@ -66,6 +72,15 @@ def main() -> None:
     text = comparison(results, single)
     atomic_write_text(args.out / "paper_table6_comparison.md", text)
     print(text)
+
+
+def check_labels(path: Path) -> None:
+    """Refuse a Table 6 file whose hook index `layer` is not its `paper_label` - 1 on every row."""
+    rows = csv.DictReader(line for line in path.read_text().splitlines() if not line.startswith("#"))
+    for row in rows:
+        if int(row["layer"]) != layer_of_paper_label(row["paper_label"]):
+            raise ResaError(f"{path}: paper_label {row['paper_label']} is hook index "
+                            f"{layer_of_paper_label(row['paper_label'])}, not layer {row['layer']}")
 
 
 def _write(analysis: LayerAnalysis, out: Path, stem: str, report: bool) -> None:
@@ -128,7 +143,7 @@ def comparison(results: dict[str, LayerAnalysis], single: dict[str, dict]) -> st
                 ", ".join(f"{100 * w:.0f}" for w in s["weights"]),
             ),
             row(
-                f"{kind}: means (layer, 95% CI)",
+                f"{kind}: means (hook index, 95% CI)",
                 "not legible in our copy",
                 lambda a, kind=kind: _means(a, kind),
                 ", ".join(f"{m:.1f}" for m in s["means"]),
@@ -139,7 +154,8 @@ def comparison(results: dict[str, LayerAnalysis], single: dict[str, dict]) -> st
                 lambda a, kind=kind: _entropy(a, kind),
             ),
             row(
-                f"{kind}: BIC-preferred K of 1..{cfg.max_components}",
+                f"{kind}: BIC-preferred K of 1..{cfg.max_components}"
+                + (" (pseudo-likelihood)" if kind == "scores" else ""),
                 "– (3 assumed)",
                 lambda a, kind=kind: str(getattr(a, kind).bic_best),
             ),
@@ -151,15 +167,19 @@ def comparison(results: dict[str, LayerAnalysis], single: dict[str, dict]) -> st
             "– (alignment asserted)",
             lambda a: f"{a.alignment.p_value:.3f}",
         ),
-        row("recommended layers", "–", lambda a: ", ".join(map(str, a.recommendation.layers))),
+        row("recommended layers", "–", lambda a: ", ".join(map(layer_title, a.recommendation.layers))),
     ]
     settings = {k: v for k, v in fit_settings(cfg).items() if k not in ("likelihood", "min_std")}
+    layers = fits[0].counts.data.layers
     lines = [
         "# Table 6: the paper's mixture analysis vs resa-interp select-layers",
         "",
-        f"Data: {TABLE.relative_to(ROOT)} ({int(fits[0].counts.data.values.sum())} features over layers "
-        f"{fits[0].counts.data.layers.min()}-{fits[0].counts.data.layers.max()}; scores: Avg., "
+        f"Data: {TABLE.relative_to(ROOT)} ({int(fits[0].counts.data.values.sum())} features over "
+        f"{layer_title(int(layers.min()))} to {layer_title(int(layers.max()))}; scores: Avg., "
         f"{cfg.score_transform} transform). Settings: {settings}.",
+        "",
+        f"Numbering: {NUMBERING}; the paper's \"13th-Layer\" row equals Resa-STILL-v1, which the authors hook at "
+        "model.layers.12. Score BIC: a pseudo-likelihood (the score profile fitted as if it were counts).",
         "",
     ]
     lines += ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]

@@ -3,18 +3,22 @@ determinism and row-order invariance, the recommendation, and one-line errors th
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 from scipy.stats import norm
 from sklearn.mixture import GaussianMixture
 
+from resa_interp.errors import ResaError
 from resa_interp.layers.analysis import LayerConfig, analyze_layers, expand, read_counts, read_scores, transform_scores
 from resa_interp.layers.mixture import Mixture, fit_weighted, hellinger
 from resa_interp.layers.report import markdown_summary
+from resa_interp.numbering import layer_of_paper_label, layer_title, paper_label
 
 FAST = LayerConfig(restarts=20, resample_restarts=5, bootstrap=40, permutations=0)
 LAYERS = np.arange(30)
@@ -73,38 +77,77 @@ def test_weighted_em_reaches_sklearn_optimum_on_integer_weights():
 
 
 def binned_loglik(theta: np.ndarray, layers: np.ndarray, w: np.ndarray, k: int) -> float:
-    """Mean binned log-likelihood written out directly with scipy.stats (means, log-stds, softmax weights)."""
+    """Mean truncated binned log-likelihood written out directly with scipy.stats (means, log-stds, softmax
+    weights): each component's bin masses renormalised over `layers`."""
     mu, sd, pi = theta[:k], np.exp(theta[k : 2 * k]), np.exp(theta[2 * k :]) / np.exp(theta[2 * k :]).sum()
-    mass = sum(p * (norm.cdf(layers + 0.5, m, s) - norm.cdf(layers - 0.5, m, s)) for m, s, p in zip(mu, sd, pi))
-    return float((w * np.log(mass)).sum() / w.sum())
+    masses = [norm.cdf(layers + 0.5, m, s) - norm.cdf(layers - 0.5, m, s) for m, s in zip(mu, sd)]
+    return float((w * np.log(sum(p * m / m.sum() for p, m in zip(pi, masses)))).sum() / w.sum())
+
+
+EDGE_COUNTS = np.round(60 * np.exp(-LAYERS / 3.0)).astype(int) + np.arange(30) % 3  # most mass on layer 0
+
+
+def test_truncated_bin_probabilities_match_numerical_integration():
+    """Each component's mass on each observed bin, integrated by quad and renormalised over the observed layers
+    (contiguous or not); nothing outside them; the total is 1."""
+    from scipy.integrate import quad
+
+    m = Mixture(np.array([0.3, 6.0, 9.0]), np.array([1.5, 0.7, 3.0]), np.array([0.5, 0.2, 0.3]))
+    for support in (np.arange(10), np.array([0, 1, 2, 5, 6, 9])):
+        truncated = Mixture(m.means, m.stds, m.weights, support)
+        expected = np.zeros(12)
+        for mu, sd, pi in zip(m.means, m.stds, m.weights):
+            bins = np.array([quad(norm(mu, sd).pdf, layer - 0.5, layer + 0.5)[0] for layer in support])
+            expected[support] += pi * bins / bins.sum()
+        np.testing.assert_allclose(truncated.bin_probs(np.arange(12)), expected, atol=1e-12)
+        assert truncated.bin_probs(support).sum() == pytest.approx(1.0, abs=1e-12)
+        grid = np.linspace(-0.5, 9.5, 20001)
+        assert np.trapezoid(truncated.pdf(grid), grid) == pytest.approx(1.0, abs=2e-3)
+    assert m.bin_probs(np.arange(10)).sum() < 0.97  # untruncated: the first component loses mass below layer 0
 
 
 def test_binned_em_is_a_maximum_of_the_binned_likelihood():
-    """A general-purpose optimiser started at our fit finds nothing better, and the values agree."""
+    """The EM's likelihood is the truncated binned likelihood computed independently, and a general-purpose
+    optimiser started at the fit, under the same constraints (0.5 ≤ σ ≤ 30, the span of the layers; means
+    within the layers' bins), finds nothing better; at a bound the fit is a constrained maximum, still checked."""
     from scipy.optimize import minimize
 
-    for counts in (planted_counts(300), np.random.default_rng(5).integers(0, 6, size=30)):
+    bounds = [(-0.5, 29.5)] * 3 + [(math.log(0.5), math.log(30))] * 3 + [(None, None)] * 3
+    at_bound = []
+    for counts in (planted_counts(300), np.random.default_rng(5).integers(0, 6, size=30), EDGE_COUNTS):
         fit = fit_weighted(LAYERS, counts, 3, restarts=50, seed=0)
         m = fit.mixtures[0]
         theta = np.concatenate([m.means, np.log(m.stds), np.log(m.weights)])
         assert binned_loglik(theta, LAYERS, counts, 3) == pytest.approx(fit.mean_loglik[0], abs=1e-10)
-        if m.stds.min() > 0.6:  # away from the σ floor (0.5) the fit is an interior stationary point
-            better = minimize(
-                lambda t, counts=counts: -binned_loglik(t, LAYERS, counts, 3),
-                theta,
-                method="Nelder-Mead",
-                options={"xatol": 1e-9, "fatol": 1e-12, "maxiter": 4000},
-            )
-            assert -better.fun <= fit.mean_loglik[0] + 1e-7
+        better = minimize(
+            lambda t, counts=counts: -binned_loglik(t, LAYERS, counts, 3),
+            theta,
+            method="Nelder-Mead",
+            bounds=bounds,
+            options={"xatol": 1e-9, "fatol": 1e-12, "maxiter": 4000},
+        )
+        assert -better.fun <= fit.mean_loglik[0] + 1e-7
+        at_bound.append(bool(np.isin(m.stds, [0.5, 30.0]).any() or np.isin(m.means, [-0.5, 29.5]).any()))
+    assert at_bound == [False, True, True]  # both kinds of maximum are exercised
 
 
-def test_weighted_em_is_exact_for_real_weights():
-    """Real weights w and the same weights times 7 are the same distribution: identical fits."""
-    w = np.abs(np.sin(LAYERS / 3.0)) + 0.1
-    a = fit_weighted(LAYERS, w, 3, restarts=10, seed=1)
-    b = fit_weighted(LAYERS, 7 * w, 3, restarts=10, seed=1)
-    np.testing.assert_allclose(a.mixtures[0].means, b.mixtures[0].means, rtol=1e-7)
-    assert a.converged.all()
+def test_weighted_em_uses_real_weights_exactly():
+    """Non-integer weights enter the likelihood as they are: the continuous fit to real weights satisfies the
+    weighted EM fixed-point equations (responsibilities by scipy.stats), and differs from the fit to the
+    rounded weights."""
+    w = np.abs(np.sin(LAYERS / 3.0)) * 3 + 0.1
+    fit = fit_weighted(LAYERS, w, 3, restarts=10, seed=1, likelihood="continuous")
+    m = fit.mixtures[0]
+    dens = np.stack([p * norm.pdf(LAYERS, mu, sd) for mu, sd, p in zip(m.means, m.stds, m.weights)])
+    resp = w * dens / dens.sum(0)
+    nk = resp.sum(1)
+    np.testing.assert_allclose(m.weights, nk / nk.sum(), atol=1e-6)
+    np.testing.assert_allclose(m.means, resp @ LAYERS / nk, atol=1e-5)
+    var = (resp * (LAYERS - m.means[:, None]) ** 2).sum(1) / nk + 1 / 12
+    np.testing.assert_allclose(m.stds**2, var, rtol=1e-5)
+    rounded = fit_weighted(LAYERS, np.round(w), 3, restarts=10, seed=1, likelihood="continuous").mixtures[0]
+    assert np.abs(rounded.means - m.means).max() > 0.05
+    assert fit.converged.all()
 
 
 def test_hellinger_and_entropy_match_closed_forms():
@@ -268,7 +311,12 @@ def test_cli_writes_the_report(cli, tmp_path):
     assert [c["mean"] for c in data["counts"]["components"]] == sorted(c["mean"] for c in data["counts"]["components"])
     report = (out / "layer_report.html").read_text()
     assert "<script src=" not in report and "Plotly.newPlot" in report and "Recommended layers" in report
-    assert "| counts | 1 |" in stdout and "Recommended layers: " in stdout and "permutation p-value" in stdout
+    assert "| counts | 1 |" in stdout and "permutation p-value" in stdout
+    # layers named in both numberings; the score fit's likelihood columns say it is a pseudo-likelihood
+    assert "Recommended layers: blocks.5 (paper: 6th), blocks.15 (paper: 16th)" in stdout
+    assert "| 1 | blocks.5 | 6th | yes |" in stdout and "hook indices" in data["method"]["layers"]
+    assert "| K | counts | scores (pseudo-likelihood) |" in stdout and "pseudo-likelihood" in data["method"]["bic"]
+    assert [(r["layer"], r["paper_label"]) for r in data["per_layer"][:3]] == [(0, "1st"), (1, "2nd"), (2, "3rd")]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["stages"]["select-layers"]["recommended_layers"] == data["recommended_layers"]["layers"]
     if shutil.which("chromium") or shutil.which("google-chrome"):
@@ -289,17 +337,47 @@ def test_features_json_counts_match_csv(tmp_path):
     assert np.array_equal(a.layers, b.layers) and np.array_equal(a.values, b.values)
 
 
+TABLE6 = Path(__file__).parent.parent / "analysis" / "paper_table6.csv"
+RESA_STILL_V1 = {  # Table 3 of the paper, row "Resa-STILL-v1 (CoT-free SAE-Tuning)"
+    "aime24": "33.33", "aime25": "33.33", "amc23": "75.00", "math_500": "83.80", "gpqa_diamond": "29.41",
+    "minerva": "28.79", "avg": "47.28",
+}
+RESA_STILL_V1_HOOK = "model.layers.12"  # shangshang-wang/Resa scripts/eval/eval_sae_tuning.sh:25 (SAE_HOOKPOINT)
+
+
+def _table6_rows() -> list[dict[str, str]]:
+    return list(csv.DictReader(r for r in TABLE6.read_text().splitlines() if not r.startswith("#")))
+
+
 def test_paper_table6_transcription_is_consistent():
     """Every Avg. in the transcribed Table 6 is the mean of its six benchmark scores (to print precision)."""
-    from pathlib import Path
+    rows = _table6_rows()
+    assert list(rows[0]) == ["paper_label", "layer", *RESA_STILL_V1, "count"]
+    for r in rows:
+        assert abs(sum(float(r[c]) for c in list(RESA_STILL_V1)[:6]) / 6 - float(r["avg"])) < 0.006, r
+    assert sum(int(r["count"]) for r in rows) == 53 and max(int(r["count"]) for r in rows) == 5
 
-    path = Path(__file__).parent.parent / "analysis" / "paper_table6.csv"
-    rows = [r.split(",") for r in path.read_text().splitlines() if r and not r.startswith("#")]
-    assert rows[0] == ["layer", "aime24", "aime25", "amc23", "math_500", "gpqa_diamond", "minerva", "avg", "count"]
-    assert [int(r[0]) for r in rows[1:]] == list(range(2, 28))
-    for r in rows[1:]:
-        assert abs(sum(map(float, r[1:7])) / 6 - float(r[7])) < 0.006, r
-    assert sum(int(r[8]) for r in rows[1:]) == 53 and max(int(r[8]) for r in rows[1:]) == 5
+
+def test_paper_layer_labels_are_hook_index_plus_one():
+    """The paper's 13th layer is Resa-STILL-v1's layer (same scores on every task), which the authors hook at
+    model.layers.12: the labels map to hook indices by `layer_of_paper_label`, and Table 6 covers blocks 1..26."""
+    rows = _table6_rows()
+    still_v1 = [r for r in rows if all(r[c] == v for c, v in RESA_STILL_V1.items())]
+    assert [r["paper_label"] for r in still_v1] == ["13th"]
+    assert layer_of_paper_label(still_v1[0]["paper_label"]) == int(RESA_STILL_V1_HOOK.rsplit(".", 1)[1])
+    assert int(still_v1[0]["layer"]) == layer_of_paper_label("13th")
+    assert [int(r["layer"]) for r in rows] == [layer_of_paper_label(r["paper_label"]) for r in rows]
+    assert [int(r["layer"]) for r in rows] == list(range(1, 27))  # all but the first and last of 28 layers
+    assert read_counts(TABLE6).layers.tolist() == list(range(1, 27))
+    labels = [paper_label(n) for n in range(120)]
+    assert labels[:4] + labels[10:13] + labels[20:23] + labels[110:113] == [
+        "1st", "2nd", "3rd", "4th", "11th", "12th", "13th", "21st", "22nd", "23rd", "111th", "112th", "113th"
+    ]
+    assert [layer_of_paper_label(s) for s in labels] == list(range(120))
+    assert layer_title(12) == "blocks.12 (paper: 13th)"
+    for bad in ("13", "13rd", "0th", "twelfth"):
+        with pytest.raises(ResaError, match="not an ordinal"):
+            layer_of_paper_label(bad)
 
 
 @pytest.mark.parametrize(

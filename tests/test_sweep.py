@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import shutil
 import signal
 import subprocess
@@ -18,7 +19,10 @@ from safetensors.torch import load_file
 
 from resa_interp.evaluation.sweep import sweep, sweep_config
 from resa_interp.evaluation.tasks import PAPER_ORDER
-from resa_interp.sae.train import SAETrainConfig, train_saes
+from resa_interp.numbering import layer_of_paper_label, paper_label
+from resa_interp.sae.train import SAETrainConfig, parse_layers, train_saes
+
+TABLE6 = Path(__file__).parent.parent / "analysis" / "paper_table6.csv"
 
 STAGE1 = dict(expansion_factor=4, k=8, tokens=2048, batch_tokens=256, buffer_tokens=512, heldout=2, n_examples=30)
 """A tiny Stage I: on tiny_qwen2 these SAEs give reasoning features at every layer for the prompt below."""
@@ -122,7 +126,13 @@ def test_features_sweep_select_layers(cli, tiny_qwen2, stage1, tmp_path):
     layers = json.loads((out / "layers" / "layers.json").read_text())
     assert layers["inputs"]["scores"] == f"{out / 'scores.csv'} [avg]" and layers["inputs"]["layers"] == [1, 2, 3]
     assert [row["score"] for row in layers["per_layer"]] == [float(row["avg"]) for row in rows]
-    assert set(layers["recommended_layers"]["layers"]) <= {1, 2, 3}
+    # all three layers, in the documented order: modes of the joint fitted mass first, then by joint mass
+    fitted = {r["layer"]: math.sqrt(r["count_fitted"] * r["score_fitted"]) for r in layers["per_layer"]}
+    joint = [fitted[layer] for layer in (1, 2, 3)]
+    mode = [joint[0] >= joint[1], joint[0] <= joint[1] >= joint[2], joint[2] >= joint[1]]
+    expected = sorted((1, 2, 3), key=lambda layer: (not mode[layer - 1], -fitted[layer], layer))
+    assert layers["recommended_layers"]["layers"] == expected
+    assert [d["paper_label"] for d in layers["recommended_layers"]["details"]] == [paper_label(x) for x in expected]
 
 
 def test_ctrl_c_stops_with_130_and_the_rerun_resumes(cli, tiny_qwen2, stage1, tmp_path):
@@ -175,7 +185,11 @@ def test_missing_saes_are_trained_first(tiny_qwen2, tmp_path):
 
 def test_presets_combine_the_stages_presets():
     paper = sweep_config("paper")
-    assert paper.layers == "2-27" and paper.tasks == PAPER_ORDER and paper.saes_run is None
+    assert paper.tasks == PAPER_ORDER and paper.saes_run is None
+    # the paper's layers are Table 6's rows (2nd..27th) as hook indices: blocks.1..26 of R1-Distill's 28 layers
+    table6 = csv.DictReader(r for r in TABLE6.read_text().splitlines() if not r.startswith("#"))
+    paper_rows = [layer_of_paper_label(row["paper_label"]) for row in table6]
+    assert parse_layers(paper.layers, 28) == paper_rows == list(range(1, 27))
     assert (paper.tune.model, paper.tune.dataset, paper.tune.lr, paper.tune.epochs, paper.tune.steps) == (
         "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B", "still", 1e-6, 2, None)
     assert (paper.tune.lora_r, paper.tune.lora_alpha, paper.tune.lora_dropout) == (32, 128, 0.05)

@@ -124,9 +124,10 @@ def sweep(
     OUT holds layer-L/ (the tuned model and its eval/), scores.csv and manifest.json; the Stage I run too unless
     --saes. Resumable: finished layers are kept, an interrupted tuning continues from its checkpoint. The scores
     file (layer, one column per task in percent, avg) is what select-layers --scores reads. --preset cpu: the
-    embedded model, short tuning, 20 synthetic problems; paper: Table 6 (R1-Distill, STILL, layers 2-27, the six
-    tasks on vLLM). The device applies to Stage I, tuning and evaluation. The resolved settings are printed
-    first, each one that differs from the paper's marked; --dry-run stops after them and the plan.
+    embedded model, short tuning, 20 synthetic problems; paper: Table 6 (R1-Distill, STILL, layers 1-26, which
+    the paper calls its 2nd..27th, the six tasks on vLLM). The device applies to Stage I, tuning and evaluation.
+    The resolved settings are printed first, each one that differs from the paper's marked; --dry-run stops
+    after them and the plan.
 
     Example: resa-interp sweep --layers 11,12 --steps 10 --limit 5 --max-new-tokens 128 --out runs/default
     """

@@ -56,7 +56,8 @@ class SweepConfig:
 
     layers: str | None = None
     """Layers to sweep: a range 'A-B' (inclusive), a list 'L,L,...' or 'all'. None: 1..L-2, the layers
-    `features` counts by default, so that the scores line up with its counts (paper preset: 2-27, Table 6)."""
+    `features` counts by default, so that the scores line up with its counts (paper preset: 1-26, Table 6's
+    rows, which the paper labels 2nd..27th; see `resa_interp.numbering`)."""
     tasks: tuple[str, ...] = (SYNTHETIC,)
     """Evaluation tasks: the paper's task names, 'synthetic' or local .jsonl files; one scores.csv column each."""
     saes_run: str | None = None
@@ -74,7 +75,7 @@ class SweepConfig:
 
 PRESETS: dict[str, dict[str, Any]] = {
     "cpu": {"tasks": (SYNTHETIC,)},
-    "paper": {"layers": "2-27", "tasks": PAPER_ORDER},
+    "paper": {"layers": "1-26", "tasks": PAPER_ORDER},  # hook indices of Table 6's 2nd..27th layers
 }
 """Sweep-level values of each preset; the stages' own presets of the same name supply the rest: tuning's
 'cpu' and 'paper' (`tuning.sae_tuning.PRESETS`), evaluation's below, and Stage I's 'paper' (`sae.train.PRESETS`)."""
@@ -194,7 +195,7 @@ def _sae_run(config: SweepConfig, out: Path, layers: list[int], echo: Callable[[
 
 
 def _span(layers: list[int]) -> str:
-    """'2-27' for a run of consecutive layers, else '3,12,24'."""
+    """'1-26' for a run of consecutive layers, else '3,12,24'."""
     if len(layers) > 2 and layers == list(range(layers[0], layers[-1] + 1)):
         return f"{layers[0]}-{layers[-1]}"
     return ",".join(map(str, layers))

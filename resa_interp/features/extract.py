@@ -27,9 +27,10 @@ from resa_interp.data.templates import END_THINK, R1_SYSTEM_PROMPT, SYSTEM_PROMP
 from resa_interp.errors import ResaError, check_choice
 from resa_interp.figures import save_figure
 from resa_interp.model.harvest import Harvester, encode_texts
-from resa_interp.model.hooks import HOOKS, hook_name, paper_layer_label
+from resa_interp.model.hooks import HOOKS, hook_name
 from resa_interp.model.splice import spliced as splice_context
 from resa_interp.model.subject import Subject, load_subject
+from resa_interp.numbering import paper_label
 from resa_interp.runs import atomic_write_json, atomic_write_text, record_stage, run_relative
 from resa_interp.sae.folders import load_sae, require_sae_dirs
 from resa_interp.sae.metrics import evaluate_saes, read_metrics
@@ -270,7 +271,7 @@ def format_table(layers: list[LayerFeatures]) -> str:
         fmt = lambda key, spec, q=q: "-" if q.get(key) is None else format(q[key], spec)  # noqa: E731
         shown = ", ".join(map(str, r.features[:8])) + (" ..." if r.count > 8 else "")
         lines.append(
-            f"{r.layer:>8}  {paper_layer_label(r.layer):>5}  {r.count:>5}  {fmt('explained_variance', '.3f'):>6}  "
+            f"{r.layer:>8}  {paper_label(r.layer):>5}  {r.count:>5}  {fmt('explained_variance', '.3f'):>6}  "
             f"{fmt('explained_variance_qa', '.3f'):>6}  {fmt('kl_spliced_qa', '.4f'):>7}  {shown}"
         )
     return "\n".join(lines)

@@ -24,6 +24,7 @@ from scipy.optimize import linear_sum_assignment
 
 from resa_interp.errors import ResaError
 from resa_interp.layers.mixture import LIKELIHOODS, BatchFit, Mixture, fit_weighted, hellinger
+from resa_interp.numbering import NUMBERING, paper_label
 
 SCORE_TRANSFORMS = {
     "shift-min": "w_l = s_l - min(s): the worst layer gets weight 0 (min-max scaling gives the same distribution)",
@@ -47,8 +48,9 @@ class LayerConfig:
     temperature: float = 1.0
     """Softmax temperature, in the scores' own units (score_transform 'softmax' only)."""
     likelihood: str = "binned"
-    """'binned' (each layer is a unit-width bin: exact for layer data, BIC meaningful) or 'continuous'
-    (scikit-learn GaussianMixture's density objective, the paper's kind of fit)."""
+    """'binned' (each layer is a unit-width bin, components truncated to the observed layers: exact for layer
+    data, BIC meaningful for counts) or 'continuous' (scikit-learn GaussianMixture's density objective, the
+    paper's kind of fit)."""
     restarts: int = 200
     """EM starts for each fit to the data (the reported fits and the BIC fits); the best likelihood wins."""
     resample_restarts: int = 20
@@ -140,7 +142,8 @@ class MixtureFit:
     weight_entropy: float
     weight_entropy_ci: tuple[float, float] | None
     bic: dict[int, float]
-    """BIC = -2 n mean_loglik + (3K - 1) ln n for each K fitted (K ≤ layers with mass)."""
+    """BIC = -2 n mean_loglik + (3K - 1) ln n for each K fitted (K ≤ layers with mass); for scores a
+    pseudo-likelihood BIC (a score profile is not a count distribution)."""
     replicates: list[Mixture] = field(repr=False)
     """The bootstrap fits (components sorted by mean)."""
     sklearn_check: dict[str, Any] | None
@@ -190,7 +193,8 @@ class Recommendation:
 
     layers: list[int]
     rule: str
-    details: list[dict[str, float]]
+    details: list[dict[str, Any]]
+    """Per recommended layer: rank, hook index, the paper's label, and the fitted masses there."""
     note: str | None
 
 
@@ -214,8 +218,10 @@ class LayerAnalysis:
                 f"{cfg.restarts} k-means++ starts for fits to the data and {cfg.resample_restarts} for each "
                 f"bootstrap/permutation refit, seed {cfg.seed}, tol {cfg.tol}; "
                 + (
-                    "binned likelihood: layer l has probability Σ_k π_k [Φ((l+½-μ_k)/σ_k) - Φ((l-½-μ_k)/σ_k)] "
-                    f"(grouped-data EM, McLachlan & Jones 1988), σ_k >= {cfg.min_std:g} layer"
+                    "binned likelihood: layer l has probability Σ_k π_k m_k(l) / M_k, "
+                    "m_k(l) = Φ((l+½-μ_k)/σ_k) - Φ((l-½-μ_k)/σ_k), M_k = Σ_{observed l} m_k(l) (each component "
+                    "truncated to the observed layers; grouped and truncated-data EM, McLachlan & Jones 1988), "
+                    f"{cfg.min_std:g} <= σ_k <= span of the layers, μ_k within them"
                     if cfg.likelihood == "binned"
                     else f"continuous likelihood: scikit-learn GaussianMixture's objective on the expanded "
                     f"observations, reg_covar {cfg.reg_covar:.6g} added to every variance"
@@ -224,7 +230,12 @@ class LayerAnalysis:
             "counts": "one observation per reasoning feature at its layer",
             "scores": f"score_transform {cfg.score_transform}: {SCORE_TRANSFORMS[cfg.score_transform]}",
             "entropy": ENTROPY_DEFINITION,
-            "bic": "-2 n mean_loglik + (3K-1) ln n; n = features for counts, layers for scores",
+            "bic": (
+                "-2 n mean_loglik + (3K-1) ln n; n = features for counts, layers for scores. The scores' BIC is "
+                "built on a pseudo-likelihood: their transformed profile is fitted as if it were a distribution of "
+                "counts over layers, which it is not, so it is a heuristic for K, not a model comparison"
+            ),
+            "layers": NUMBERING,
             "bootstrap": (
                 f"{cfg.bootstrap} replicates; counts resample features (multinomial over layers), scores resample "
                 "layers with replacement; components sorted by mean in every replicate; 95% percentile intervals. "
@@ -270,6 +281,7 @@ class LayerAnalysis:
         for i, layer in enumerate(counts.layers):
             row = {
                 "layer": int(layer),
+                "paper_label": paper_label(int(layer)),
                 "count": int(counts.values[i]),
                 "count_share": float(counts.weights[i] / counts.weights.sum()),
                 "count_fitted": float(count_mass[i]),
@@ -650,7 +662,13 @@ def _recommend(
     order = sorted(range(len(layers)), key=lambda i: (not is_mode[i], -joint[i], layers[i]))[: config.top]
     details = []
     for rank, i in enumerate(order, 1):
-        row = {"rank": rank, "layer": int(layers[i]), "mode": bool(is_mode[i]), "count_mass": float(f_counts[i])}
+        row = {
+            "rank": rank,
+            "layer": int(layers[i]),
+            "paper_label": paper_label(int(layers[i])),
+            "mode": bool(is_mode[i]),
+            "count_mass": float(f_counts[i]),
+        }
         if f_scores is not None:
             row |= {"score_mass": float(f_scores[i]), "joint_mass": float(joint[i])}
         details.append(row)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from resa_interp.figures import save_figure
 from resa_interp.layers.analysis import LayerAnalysis, MixtureFit
+from resa_interp.numbering import NUMBERING, layer_title, paper_label
 from resa_interp.runs import atomic_write_json, atomic_write_text
 
 if TYPE_CHECKING:
@@ -43,6 +44,26 @@ def _fits(analysis: LayerAnalysis) -> list[tuple[str, MixtureFit]]:
     return [(name, fit) for name, fit in (("counts", analysis.counts), ("scores", analysis.scores)) if fit is not None]
 
 
+PSEUDO = "scores (pseudo-likelihood)"
+"""How likelihood-based columns name the score fit: a score profile is fitted as if it were a count distribution."""
+LAYER_AXIS = "layer: hook index N = blocks.N (the paper's (N+1)-th layer)"
+"""The layer axis title of every figure."""
+
+
+def _likelihood_name(name: str) -> str:
+    return PSEUDO if name == "scores" else name
+
+
+def _compact(layers: list[int]) -> str:
+    """'blocks 18, 6, 26 (paper: 19th, 7th, 27th)': a short form of several layers for figure titles."""
+    return f"blocks {', '.join(map(str, layers))} (paper: {', '.join(map(paper_label, layers))})"
+
+
+def recommended(analysis: LayerAnalysis) -> str:
+    """'blocks.12 (paper: 13th), blocks.5 (paper: 6th)': the recommended layers in both numberings."""
+    return ", ".join(layer_title(layer) for layer in analysis.recommendation.layers)
+
+
 def tables(analysis: LayerAnalysis) -> list[Table]:
     """The summary tables: components, spread, BIC, alignment, recommendation."""
     fits = _fits(analysis)
@@ -63,14 +84,14 @@ def tables(analysis: LayerAnalysis) -> list[Table]:
             _fmt(f.mean_loglik, 4),
             str(f.bic_best),
         ]
-        for name, f in fits
+        for name, f in ((_likelihood_name(n), f) for n, f in fits)
     ]
     ks = sorted(set().union(*(f.bic for _, f in fits)))
     bic = [[str(k)] + [_fmt(f.bic.get(k), 1) if k in f.bic else "–" for _, f in fits] for k in ks]
     out: list[Table] = [
         (
             f"Mixture components (95% bootstrap intervals, {boot or 0} replicates)",
-            ["fit", "component", "mean layer", "95% CI", "std", "weight", "95% CI"],
+            ["fit", "component", "mean (hook index)", "95% CI", "std (layers)", "weight", "95% CI"],
             components,
         ),
         (
@@ -87,7 +108,7 @@ def tables(analysis: LayerAnalysis) -> list[Table]:
             ],
             spread,
         ),
-        ("BIC by number of components (lower is better)", ["K"] + [name for name, _ in fits], bic),
+        ("BIC by number of components (lower is better)", ["K"] + [_likelihood_name(n) for n, _ in fits], bic),
     ]
     al = analysis.alignment
     if al is not None:
@@ -124,21 +145,24 @@ def tables(analysis: LayerAnalysis) -> list[Table]:
             )
         )
     rec = analysis.recommendation
-    header = ["rank", "layer", "mode", "count mass"] + (["score mass", "joint mass"] if analysis.scores else [])
+    header = ["rank", "hook", "paper's layer", "mode", "count mass"]
+    header += ["score mass", "joint mass"] if analysis.scores else []
     rows = [
-        [str(d["rank"]), str(d["layer"]), "yes" if d["mode"] else "no", _fmt(d["count_mass"], 4)]
+        [str(d["rank"]), f"blocks.{d['layer']}", d["paper_label"], "yes" if d["mode"] else "no"]
+        + [_fmt(d["count_mass"], 4)]
         + ([_fmt(d["score_mass"], 4), _fmt(d["joint_mass"], 4)] if analysis.scores else [])
         for d in rec.details
     ]
-    out.append((f"Recommended layers: {', '.join(map(str, rec.layers))}", header, rows))
+    out.append((f"Recommended layers: {recommended(analysis)}", header, rows))
     return out
 
 
 def _inputs_line(analysis: LayerAnalysis) -> str:
     counts = analysis.counts.data
+    first, last = int(counts.layers.min()), int(counts.layers.max())
     line = (
         f"counts: {counts.source} ({int(counts.values.sum())} features over {len(counts.layers)} layers, "
-        f"{counts.layers.min()}–{counts.layers.max()})"
+        f"blocks.{first}–blocks.{last}, the paper's {paper_label(first)}–{paper_label(last)})"
     )
     if analysis.scores is not None:
         line += f"; scores: {analysis.scores.data.source}, transform {analysis.config.score_transform}"
@@ -152,6 +176,8 @@ def markdown_summary(analysis: LayerAnalysis) -> str:
         f"# Layer alignment ({analysis.config.components}-component Gaussian mixtures over layers)",
         "",
         _inputs_line(analysis),
+        "",
+        f"Numbering: {NUMBERING}.",
         "",
     ]
     for title, header, rows in tables(analysis):
@@ -203,10 +229,10 @@ def figures(analysis: LayerAnalysis) -> dict[str, go.Figure]:
         gmm.update_yaxes(title_text="share / fitted mass", row=row, col=1)
     for layer in analysis.recommendation.layers:
         gmm.add_vline(x=layer, line_dash="dot", line_color="green")
-    gmm.update_xaxes(title_text="layer", dtick=1, row=len(fits), col=1)
+    gmm.update_xaxes(title_text=LAYER_AXIS, dtick=1, row=len(fits), col=1)
     gmm.update_layout(
         title=f"{analysis.config.components}-component mixtures: fitted mass per layer "
-        f"(dotted: recommended {', '.join(map(str, analysis.recommendation.layers))})",
+        f"(dotted: recommended {_compact(analysis.recommendation.layers)})",
         height=330 * len(fits) + 120,
         width=1000,
         template="plotly_white",
@@ -219,7 +245,11 @@ def figures(analysis: LayerAnalysis) -> dict[str, go.Figure]:
         ks = sorted(fit.bic)
         best = min(fit.bic.values())
         bic.add_scatter(
-            x=ks, y=[fit.bic[k] - best for k in ks], mode="lines+markers", name=name, line={"color": colours[name]}
+            x=ks,
+            y=[fit.bic[k] - best for k in ks],
+            mode="lines+markers",
+            name=_likelihood_name(name),
+            line={"color": colours[name]},
         )
     bic.update_layout(
         title="BIC relative to each fit's best (0 = preferred number of components)",
@@ -267,6 +297,7 @@ def html_report(analysis: LayerAnalysis, figs: dict[str, go.Figure]) -> str:
     body = [
         f"<h1>Layer alignment: {analysis.config.components}-component Gaussian mixtures over layers</h1>",
         f"<p>{esc(_inputs_line(analysis))}</p>",
+        f"<p>Numbering: {esc(NUMBERING)}.</p>",
     ]
     first = True
     for name in ("gmm", "bic", "null"):

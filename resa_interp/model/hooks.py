@@ -17,13 +17,6 @@ def hook_name(hook: str, layer: int) -> str:
     return HOOKS[hook].format(layer=layer)
 
 
-def paper_layer_label(layer: int) -> str:
-    """The paper's 1-based name of hook index `layer`: Table 6's "13th layer" is `model.layers.12`, blocks.12."""
-    n = layer + 1
-    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
-    return f"{n}{suffix}"
-
-
 def parse_hook_name(name: str) -> tuple[str, int]:
     """Inverse of `hook_name`: 'blocks.12.hook_resid_post' -> ('resid_post', 12)."""
     match = re.fullmatch(r"blocks\.(\d+)\.hook_(resid_post|mlp_out)", name)

@@ -179,7 +179,7 @@ def metrics_figure(rows: Sequence[dict]):
         go.Scatter(x=layers, y=[r["kl_spliced_qa"] for r in rows], name="spliced KL (q/a)", line={"dash": "dot"}),
         secondary_y=True,
     )
-    fig.update_layout(title="SAE quality on held-out trigger text", xaxis_title="layer (hook index, blocks.N)",
+    fig.update_layout(title="SAE quality on held-out trigger text", xaxis_title="layer (hook index: blocks.N)",
                       template="plotly_white")
     fig.update_yaxes(title_text="explained variance", secondary_y=False)
     fig.update_yaxes(title_text="KL (nats/token)", secondary_y=True)

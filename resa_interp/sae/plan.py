@@ -11,8 +11,9 @@ from pathlib import Path
 
 import torch
 
-from resa_interp.model.hooks import hook_name, paper_layer_label
+from resa_interp.model.hooks import hook_name
 from resa_interp.model.loading import EMBEDDED_ALIASES, model_shape, resolve_device
+from resa_interp.numbering import describe_layers
 from resa_interp.presets import SettingsReport, settings_report, with_preset
 from resa_interp.sae.folders import SAES_DIR
 from resa_interp.sae.metrics import METRICS_FILE
@@ -21,16 +22,6 @@ from resa_interp.sae.train import CHECKPOINT, PRESETS, MemoryPlan, SAETrainConfi
 
 OPERATIONAL = ("group_size", "checkpoint_every")
 """Settings that change how a run is scheduled, not its result."""
-
-
-def describe_layers(layers: list[int]) -> str:
-    """Hook indices with the paper's 1-based labels: 'blocks.1-26 (paper: 2nd-27th layer)' or a list."""
-    consecutive = len(layers) > 2 and layers == list(range(layers[0], layers[-1] + 1))
-    if consecutive:
-        first, last = layers[0], layers[-1]
-        return f"blocks.{first}-{last} (paper: {paper_layer_label(first)}-{paper_layer_label(last)} layer)"
-    names = ", ".join(f"blocks.{layer}" for layer in layers)
-    return f"{names} (paper: {', '.join(paper_layer_label(layer) for layer in layers)} layer)"
 
 
 def stage1_settings(cfg: SAETrainConfig, preset: str | None) -> SettingsReport:

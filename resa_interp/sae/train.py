@@ -219,7 +219,7 @@ def parse_layers(spec: str, n_layers: int) -> list[int]:
         else:
             layers = [int(p) for p in spec.split(",") if p.strip()]
     except ValueError:
-        raise ResaError(f"--layers {spec!r}: accepted 'all', a range like 2-27, or a list like 3,12,24") from None
+        raise ResaError(f"--layers {spec!r}: accepted 'all', a range like 1-26, or a list like 3,12,24") from None
     bad = [layer for layer in layers if not 0 <= layer < n_layers]
     if bad or not layers:
         raise ResaError(f"--layers {spec!r}: layer {bad[0] if bad else '?'} is outside the model (0..{n_layers - 1})")

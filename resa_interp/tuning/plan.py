@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from resa_interp.errors import ResaError
-from resa_interp.model.hooks import hook_name, paper_layer_label
+from resa_interp.model.hooks import hook_name
 from resa_interp.model.loading import EMBEDDED_ALIASES, model_shape
+from resa_interp.numbering import paper_label
 from resa_interp.presets import SettingsReport, settings_report
 from resa_interp.tuning.sae_tuning import CHECKPOINTS, TRAIN_LOG, TuneConfig, prepare_out, preset_config, resolve_sae
 
@@ -47,7 +48,7 @@ class TuningPlan:
         where = "no SAE (CoT-free SFT baseline)"
         if self.sae is not None:
             where = (f"SAE {self.sae} ({self.d_sae:,} latents) spliced in at {self.hook_name} "
-                     f"(blocks.{self.layer}; paper: {paper_layer_label(self.layer)} layer)")
+                     f"(blocks.{self.layer}; paper: {paper_label(self.layer)} layer)")
         return "\n".join([
             f"plan: {self.model} ({self.architecture}, {self.n_layers} decoder layers, d_model {self.d_model})",
             f"  {where}",

@@ -1,0 +1,49 @@
+"""Layer numbering: hook indices (`blocks.N`, `model.layers.N`, 0-based, what every file and option here uses)
+and the paper's ordinals ("N-th layer", 1-based).
+
+The paper counts decoder layers from 1: its Table 6 row "Resa-STILL-13th-Layer" has exactly Resa-STILL-v1's
+scores (33.33/33.33/75.00/83.80/29.41/28.79, avg 47.28), and the authors' code evaluates Resa-STILL-v1 at
+`model.layers.12` (shangshang-wang/Resa, scripts/eval/eval_sae_tuning.sh:25). So the paper's "(N+1)-th layer" is
+hook index N, and Table 6's rows 2nd..27th are hook indices 1..26, all but the first and last of 28 layers
+(scripts/train/sae_tuning_model.sh:24-31 lists model.layers.1 .. model.layers.26).
+"""
+
+from __future__ import annotations
+
+import re
+
+from resa_interp.errors import ResaError
+
+
+def paper_label(layer: int) -> str:
+    """The paper's ordinal for hook index `layer`: 12 -> '13th', 0 -> '1st', 1 -> '2nd', 21 -> '22nd'."""
+    n = layer + 1
+    suffix = "th" if n % 100 in (11, 12, 13) else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def layer_of_paper_label(label: str) -> int:
+    """The hook index of a paper ordinal: '13th' -> 12 (inverse of `paper_label`)."""
+    match = re.fullmatch(r"\s*(\d+)(st|nd|rd|th)\s*", str(label))
+    if not match or int(match.group(1)) < 1 or paper_label(int(match.group(1)) - 1) != match.group(0).strip():
+        raise ResaError(f"paper layer label {label!r} is not an ordinal like '13th' (1st, 2nd, 3rd, 4th, ...)")
+    return int(match.group(1)) - 1
+
+
+def layer_title(layer: int, paper: bool = True) -> str:
+    """How reports name a layer: 'blocks.12 (paper: 13th)', or 'blocks.12' with `paper=False`."""
+    return f"blocks.{layer} (paper: {paper_label(layer)})" if paper else f"blocks.{layer}"
+
+
+def describe_layers(layers: list[int]) -> str:
+    """Hook indices with the paper's 1-based labels: 'blocks.1-26 (paper: 2nd-27th layer)' or a list."""
+    consecutive = len(layers) > 2 and layers == list(range(layers[0], layers[-1] + 1))
+    if consecutive:
+        first, last = layers[0], layers[-1]
+        return f"blocks.{first}-{last} (paper: {paper_label(first)}-{paper_label(last)} layer)"
+    names = ", ".join(f"blocks.{layer}" for layer in layers)
+    return f"{names} (paper: {', '.join(paper_label(layer) for layer in layers)} layer)"
+
+
+NUMBERING = "layers are hook indices (blocks.N, 0-based); the paper's 'N-th layer' is blocks.N-1"
+"""The one line that reports and figure axes use to say which numbering they show."""
