@@ -92,15 +92,36 @@ NUMERIC_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "MKL_CBWR", "MKL_ENABLE_INS
                "CUBLAS_WORKSPACE_CONFIG")
 
 
+def _cpuinfo() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+
+
+def pin_blas_branch() -> str | None:
+    """Pin MKL's code branch (`MKL_CBWR`) so that float32 matmuls give the same bits on every CPU of a kind:
+    AVX512 on Intel CPUs with AVX-512 (the branch MKL takes there anyway), AVX2 on other x86 CPUs with AVX2. A
+    value already set is kept. It must happen before the first MKL call of the process: the package does it on
+    import. Without it MKL picks a branch per CPU model, and a different branch changes the last bits of every
+    product and so the SAEs trained from them (README, "Reproducibility")."""
+    if "MKL_CBWR" not in os.environ:
+        info = _cpuinfo()
+        flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")),
+                         []))
+        if "GenuineIntel" in info and "avx512f" in flags:
+            os.environ["MKL_CBWR"] = "AVX512"
+        elif "avx2" in flags:
+            os.environ["MKL_CBWR"] = "AVX2"
+    return os.environ.get("MKL_CBWR")
+
+
 def numerics() -> dict[str, Any]:
     """What besides the inputs and the versions decides a run's numbers: threads, the CPU and its vector
     extensions, the BLAS/oneDNN settings, the GPU and its matmul precision."""
     import torch
 
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        cpuinfo = ""
+    cpuinfo = _cpuinfo()
     flags = set(next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")),
                      []))
     model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),

@@ -4,7 +4,10 @@ reads configs only and writes nothing, bad inputs refused before anything expens
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import torch
 
@@ -110,3 +113,16 @@ def test_manifests_record_what_changes_numbers(tmp_path):
     flags = set(open("/proc/cpuinfo").read().split())
     assert numerics["cpu_flags"] and set(numerics["cpu_flags"]) <= flags
     assert json.loads(json.dumps(numerics)) == numerics
+
+
+def test_importing_the_package_pins_the_blas_branch():
+    info = open("/proc/cpuinfo").read()
+    flags = set(next(line for line in info.splitlines() if line.startswith("flags")).split(":", 1)[1].split())
+    expected = "AVX512" if "GenuineIntel" in info and "avx512f" in flags else "AVX2" if "avx2" in flags else "None"
+    code = "import os, resa_interp, torch; torch.ones(2, 2) @ torch.ones(2, 2); print(os.environ.get('MKL_CBWR'))"
+    env = {k: v for k, v in os.environ.items() if k != "MKL_CBWR"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
+    assert out.strip() == expected
+    kept = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          env={**env, "MKL_CBWR": "COMPATIBLE"}).stdout
+    assert kept.strip() == "COMPATIBLE"  # a branch the user chose is never overridden
