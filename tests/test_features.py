@@ -182,7 +182,13 @@ def test_embedded_features_match_an_independent_recount(cli, embedded, embedded_
     assert code == 0, out
     doc = json.loads((embedded_run / "features.json").read_text())
     spans = marker_spans(doc["prompts"][0]["text"], embedded.tokenizer)
-    assert doc["prompts"][0]["marker_spans"] == {"<think>": [[47, 50], [68, 71]], "</think>": [[50, 53], [74, 77]]}
+    # the authors' prompt, 91 tokens: <think> at [50,53) and [72,75), </think> at [53,56) and [78,81) (three tokens
+    # each in SmolLM2); checked by decoding the spans, not against a copy of the extractor's own output
+    ids = doc["prompts"][0]["token_ids"]
+    for marker, found in doc["prompts"][0]["marker_spans"].items():
+        assert len(found) == doc["prompts"][0]["text"].count(marker) == 2
+        assert all(embedded.tokenizer.decode(ids[s:e]).strip() == marker for s, e in found)
+        assert all(marker not in embedded.tokenizer.decode(ids[e:e + 1]) for s, e in found)
     assert doc["prompts"][0]["excluded_positions"] == [] and doc["definition"].startswith("Definition")
     for layer in doc["layers"]:
         assert layer["features"] == _independent_features(embedded, embedded_run, layer["layer"], spans)

@@ -320,7 +320,7 @@ def test_cli_latents_and_expansion_factor(cli, tiny_qwen2, tmp_path):
     assert code == 0, err
     assert json.loads((tmp_path / "n" / "saes" / "blocks.1.hook_resid_post" / "cfg.json").read_text())["d_sae"] == 96
     # under --preset paper (65,536 latents) an --expansion-factor given alone is what counts: 2 x d_model 64
-    paper = ["--preset", "paper", "--dataset", "synthetic", "--device", "cpu", "--dtype", "float32"]
+    paper = ["--preset", "paper", "--dataset", "synthetic", "--device", "cpu", "--dtype", "float32", "--no-pack"]
     code, out, err = cli(["train-saes", *small, *paper, "--expansion-factor", "2", "--out", str(tmp_path / "x")])
     assert code == 0, err
     assert json.loads((tmp_path / "x" / "saes" / "blocks.1.hook_resid_post" / "cfg.json").read_text())["d_sae"] == 128

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Train one small Stage I run (embedded model, layers 3 and 12, 8,192 tokens) under different CPU code paths and
+# print a hash of the SAE weights of each: equal hashes are bit-identical SAEs. Run it on two machines and
+# compare the "default" lines to see whether they reproduce each other.
+#
+#   scripts/check_reproducibility.sh [OUT]      (about 1.5 minutes per variant on 2 cores; OUT: runs/repro)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out="${1:-runs/repro}"
+variant() {
+  local name=$1; shift
+  env "$@" .venv/bin/resa-interp train-saes --layers 3,12 --tokens 8192 --out "$out/$name" >"$out/$name.log" 2>&1
+  echo "$name: $(cat "$out/$name"/saes/blocks.*/sae_weights.safetensors | sha256sum | cut -c1-16)  ($*)"
+}
+mkdir -p "$out"
+variant default RESA_VARIANT=default                                # MKL branch pinned by the package
+variant no-amx ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16                  # bf16 selection without AMX tiles
+variant hash-seed PYTHONHASHSEED=1                                  # another str-hash seed
+variant mkl-avx2 MKL_CBWR=AVX2                                      # another MKL code branch
