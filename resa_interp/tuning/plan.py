@@ -68,11 +68,11 @@ def plan_tuning(config: TuneConfig, out: str | Path) -> TuningPlan:
     sae = d_sae = name = layer = None
     if not config.no_sae:
         choice = resolve_sae(config)
+        if not 0 <= choice.layer < n_layers:
+            raise ResaError(f"layer {choice.layer} is outside the model: it has layers 0..{n_layers - 1}")
         cfg_file = choice.path / "cfg.json"
         if not cfg_file.is_file():
             raise ResaError(f"SAE {str(choice.path)!r}: no cfg.json there, so it is not an SAELens SAE folder")
-        if not 0 <= choice.layer < n_layers:
-            raise ResaError(f"layer {choice.layer} is outside the model: it has layers 0..{n_layers - 1}")
         sae_cfg = json.loads(cfg_file.read_text())
         if sae_cfg.get("d_in") != d_model:
             raise ResaError(f"SAE d_in {sae_cfg.get('d_in')} does not match the model's d_model {d_model}; "
