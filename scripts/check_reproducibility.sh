@@ -3,7 +3,7 @@
 # print a hash of the SAE weights of each: equal hashes are bit-identical SAEs. Run it on two machines and
 # compare the "default" lines to see whether they reproduce each other.
 #
-#   scripts/check_reproducibility.sh [OUT]      (about 1.5 minutes per variant on 2 cores; OUT: runs/repro)
+#   scripts/check_reproducibility.sh [OUT]      (about 25 s per variant on 2 cores; OUT: runs/repro)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-runs/repro}"
