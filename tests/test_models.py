@@ -149,15 +149,16 @@ def test_not_a_model(tmp_path):
         resolve_model_path(str(tmp_path / "weights.bin"))
 
 
-def test_unsupported_architecture(tmp_path, tiny_qwen2):
+def test_an_architecture_hooked_transformer_cannot_build_gets_a_bridge(tmp_path, tiny_qwen2):
     from transformers import AutoModelForCausalLM, AutoTokenizer, GPTBigCodeConfig
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_qwen2)
     config = GPTBigCodeConfig(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=2, eos_token_id=0)
     AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
-    with pytest.raises(ResaError, match="TransformerLens cannot build architecture GPTBigCodeForCausalLM"):
-        load_subject(str(tmp_path))
+    subject = load_subject(str(tmp_path))
+    assert subject.tl_config is None and subject.facts.view == "TransformerBridge"
+    _assert_hooks_match(subject, [0, 1])
 
 
 def test_missing_embedded_package_names_the_install(monkeypatch):

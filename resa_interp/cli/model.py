@@ -17,7 +17,8 @@ def info(
     device: Device = "cpu",
     dtype: Dtype = "float32",
 ) -> None:
-    """Print a model's facts: layers, width, hook names, and how <think> and </think> tokenize.
+    """Print a model's facts: layers, width, hook names, the TransformerLens view it gets, and how <think> and
+    </think> tokenize.
 
     --adapter merges a peft LoRA adapter into the model on load.
 
@@ -42,6 +43,7 @@ def info(
         ("rope theta", str(facts["rope_theta"])),
         ("tokenizer adds BOS", str(facts["adds_bos"])),
         ("hooks", f"{facts['hook_names']['resid_post'][0]} .. blocks.{n - 1}.hook_resid_post; hook_mlp_out alike"),
+        ("TransformerLens view", facts["view"]),
     ]
     for marker, tokens in facts["markers"].items():
         rows.append((marker, f"{len(tokens)} token(s): {tokens}"))

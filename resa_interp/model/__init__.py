@@ -1,5 +1,5 @@
 """Model: any model spec (HF folder, .gguf, hub id, the embedded default) loaded as a `Subject` (HF model,
-tokenizer, facts, a HookedTransformer view on demand), its hookpoints, and reading or replacing activations there.
+tokenizer, facts, a TransformerLens view on demand), its hookpoints, and reading or replacing activations there.
 
 Takes a model spec (and optionally a peft adapter); gives a `Subject`, hook names and modules, activations
 harvested at many layers in one forward pass (`Harvester`), SAEs spliced into the forward pass (`spliced`),

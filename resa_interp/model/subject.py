@@ -1,5 +1,9 @@
-"""Load any causal LM as a `Subject`: the HF model (for hooks, peft and tuning), its tokenizer, facts about
-it, and on demand the same weights as a HookedTransformer (for analysis).
+"""Load any decoder-only causal LM as a `Subject`: the HF model (for hooks, peft and tuning), its tokenizer,
+facts about it, and on demand a TransformerLens view of the same weights (for analysis).
+
+The view is a HookedTransformer where TransformerLens can build one from the checkpoint's config, else a
+TransformerBridge (TransformerLens 3's wrapper of an HF model, with the same hook names; SAELens'
+`SAETransformerBridge`), else none: every stage runs on the HF model with hooks and needs no view.
 
 A model spec is one of: a local HF model directory, a `.gguf` file, a hub id (`org/name`), or an alias of
 the embedded default (`smollm2-135m`, also `default`). GGUF files are converted once into an ordinary HF
@@ -11,7 +15,7 @@ merges, local fine-tunes) load with their own rope settings and embedding tying.
 from __future__ import annotations
 
 import contextlib
-import json
+import copy
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -35,8 +39,12 @@ from resa_interp.model.loading import (
 )
 
 if TYPE_CHECKING:
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    from sae_lens import HookedSAETransformer, SAETransformerBridge
+    from transformer_lens import HookedTransformerConfig
+    from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+VIEWS = ("HookedTransformer", "TransformerBridge", "none")
+"""TransformerLens views of a model, in order of preference."""
 
 @dataclass(frozen=True)
 class ModelFacts:
@@ -50,6 +58,8 @@ class ModelFacts:
     rope_theta: float | None
     adds_bos: bool
     hook_names: dict[str, list[str]] = field(repr=False)
+    view: str
+    """Which TransformerLens view `Subject.hooked` gives (one of `VIEWS`; 'none': no analysis view)."""
     markers: dict[str, list[str]]
     """How `<think>` and `</think>` tokenize inside the R1 system prompt (token strings)."""
 
@@ -60,16 +70,17 @@ class ModelFacts:
 
 @dataclass
 class Subject:
-    """A loaded model: HF weights and tokenizer, facts, and a lazily built HookedTransformer view."""
+    """A loaded model: HF weights and tokenizer, facts, and a lazily built TransformerLens view."""
 
     spec: str
     path: Path
     hf: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
     facts: ModelFacts
-    tl_config: HookedTransformerConfig = field(repr=False)
+    tl_config: HookedTransformerConfig | None = field(repr=False)
+    """The HookedTransformer config derived from the checkpoint, None where TransformerLens cannot build one."""
     adapter: str | None = None
-    _hooked: HookedTransformer | None = field(default=None, repr=False)
+    _hooked: HookedSAETransformer | SAETransformerBridge | None = field(default=None, repr=False)
 
     @property
     def device(self) -> torch.device:
@@ -82,10 +93,20 @@ class Subject:
         return next(self.hf.parameters()).dtype
 
     @property
-    def hooked(self) -> HookedTransformer:
-        """The same weights as a HookedTransformer (no weight processing: hook activations are the model's own)."""
+    def hooked(self) -> HookedSAETransformer | SAETransformerBridge:
+        """The same weights as a TransformerLens view that SAELens attaches SAEs to (`facts.view` says which):
+        no weight processing, so hook activations are the model's own."""
         if self._hooked is None:
-            self._hooked = build_hooked(self)
+            if self.facts.view == "HookedTransformer":
+                self._hooked = build_hooked(self)
+            elif self.facts.view == "TransformerBridge":
+                self._hooked = build_bridge(self)
+            else:
+                raise ResaError(
+                    f"model {self.spec!r}: TransformerLens has no view of {self.facts.architecture} (neither "
+                    "HookedTransformer nor TransformerBridge); every stage runs without one, analysis in "
+                    "TransformerLens does not"
+                )
         return self._hooked
 
     def layers(self) -> nn.ModuleList:
@@ -110,38 +131,74 @@ def load_subject(
     device: str = "cpu",
 ) -> Subject:
     """Load a model spec (plus an optional peft LoRA adapter merged on load) as a `Subject`."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     quiet_transformers()
     path = resolve_model_path(spec)
     torch_dtype = resolve_dtype(dtype)
     target = resolve_device(device)
-    config = json.loads((path / "config.json").read_text())
-    architecture = (config.get("architectures") or ["?"])[0]
-    if not architecture.endswith("ForCausalLM"):
-        raise ResaError(f"model {spec!r}: architecture {architecture} is not a causal LM")
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except Exception as exc:  # an unknown model type or a malformed config.json
+        raise ResaError(f"model {spec!r}: transformers cannot read {path / 'config.json'} ({first_line(exc)})") from exc
+    check_decoder_only(config, spec)
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
         tokenizer = AutoTokenizer.from_pretrained(path)
     except Exception as exc:  # corrupt or foreign files raise many types (OSError, SafetensorError, ValueError, ...)
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ResaError(f"model {spec!r}: transformers could not load {path} ({reason})") from exc
+        raise ResaError(f"model {spec!r}: transformers could not load {path} ({first_line(exc)})") from exc
     if adapter is not None:
         model = merge_adapter(model, adapter)
     model.to(target).eval()
+    tl_config = transformer_lens_config(path, model)
+    view = "HookedTransformer" if tl_config is not None else "TransformerBridge" if has_bridge(config) else "none"
     return Subject(
         spec=spec or EMBEDDED_ALIASES[0],
         path=path,
         hf=model,
         tokenizer=tokenizer,
-        facts=_facts(model, tokenizer, architecture),
-        tl_config=transformer_lens_config(path, model),
+        facts=_facts(model, tokenizer, view),
+        tl_config=tl_config,
         adapter=adapter,
     )
 
 
-def _facts(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, architecture: str) -> ModelFacts:
-    config = model.config
+def first_line(exc: BaseException) -> str:
+    """An exception's first line (its type name when it has no message), for one-line errors."""
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def check_decoder_only(config: PretrainedConfig, spec: str | None) -> None:
+    """Refuse in one line an encoder-decoder (seq2seq) model, a model type without a causal LM in
+    transformers, and a checkpoint saved from another head (an encoder such as BertForMaskedLM)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES as CAUSAL
+
+    declared = list(getattr(config, "architectures", None) or [])
+    named = declared[0] if declared else config.model_type
+    if getattr(config, "is_encoder_decoder", False):
+        raise ResaError(
+            f"model {spec!r}: {named} is an encoder-decoder (seq2seq) model; accepted: decoder-only causal LMs"
+        )
+    if config.model_type not in CAUSAL or (declared and not set(declared) & set(CAUSAL.values())):
+        raise ResaError(
+            f"model {spec!r}: {named} is not a decoder-only causal LM (transformers' causal LM for model type "
+            f"{config.model_type!r}: {CAUSAL.get(config.model_type, 'none')}); accepted: decoder-only causal LMs"
+        )
+
+
+def has_bridge(config: PretrainedConfig) -> bool:
+    """Whether TransformerLens 3 has a TransformerBridge adapter for this HF config's architecture."""
+    from transformer_lens.factories.architecture_adapter_factory import SUPPORTED_ARCHITECTURES
+    from transformer_lens.model_bridge.sources.transformers import determine_architecture_from_hf_config
+
+    try:
+        return determine_architecture_from_hf_config(config) in SUPPORTED_ARCHITECTURES
+    except ValueError:
+        return False
+
+
+def _facts(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, view: str) -> ModelFacts:
+    config = model.config.get_text_config()
     n_layers = config.num_hidden_layers
     rope = getattr(config, "rope_parameters", None) or {}
     rope_theta = rope.get("rope_theta", getattr(config, "rope_theta", None))
@@ -150,7 +207,7 @@ def _facts(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, architect
     spans = marker_spans(R1_SYSTEM_PROMPT, tokenizer)
     markers = {m: tokenizer.convert_ids_to_tokens(ids[s:e]) for m, ((s, e), *_) in spans.spans.items()}
     return ModelFacts(
-        architecture=architecture,
+        architecture=type(model).__name__,
         n_layers=n_layers,
         d_model=config.hidden_size,
         d_vocab=config.vocab_size,
@@ -158,6 +215,7 @@ def _facts(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, architect
         rope_theta=float(rope_theta) if rope_theta is not None else None,
         adds_bos=spans.bos_prepended,
         hook_names={hook: [hook_name(hook, layer) for layer in range(n_layers)] for hook in HOOKS},
+        view=view,
         markers=markers,
     )
 
@@ -173,11 +231,12 @@ def _neutral_name(path: Path) -> Iterator[str]:
         yield str(neutral)
 
 
-def transformer_lens_config(path: Path, hf_model: PreTrainedModel) -> HookedTransformerConfig:
-    """HookedTransformerConfig derived from the checkpoint's own HF config (never a listed model's).
+def transformer_lens_config(path: Path, hf_model: PreTrainedModel) -> HookedTransformerConfig | None:
+    """HookedTransformerConfig derived from the checkpoint's own HF config (never a listed model's), or None
+    where TransformerLens cannot build a HookedTransformer for it.
 
     TransformerLens guesses the architecture from names that contain 'llama' or 'gemma', so the config is
-    read through a neutrally named link to the directory. Raises a one-line error for unsupported models.
+    read through a neutrally named link to the directory.
     """
     from transformer_lens.loading_from_pretrained import get_pretrained_model_config
 
@@ -192,22 +251,20 @@ def transformer_lens_config(path: Path, hf_model: PreTrainedModel) -> HookedTran
                 dtype=next(hf_model.parameters()).dtype,
                 n_ctx=n_ctx,
             )
-        except (NotImplementedError, ValueError, KeyError, AttributeError) as exc:
-            raise ResaError(
-                f"model {path}: TransformerLens cannot build architecture "
-                f"{hf_model.config.architectures[0]} ({exc})"
-            ) from exc
+        except (NotImplementedError, ValueError, KeyError, AttributeError):
+            return None
 
 
-def build_hooked(subject: Subject) -> HookedTransformer:
-    """HookedTransformer with the subject's own weights and no weight processing (no folding, no centring),
-    so activations at every hook equal the HF model's and SAEs trained on them splice back into it."""
-    from transformer_lens import HookedTransformer
+def build_hooked(subject: Subject) -> HookedSAETransformer:
+    """HookedTransformer (SAELens' HookedSAETransformer) with the subject's own weights and no weight
+    processing (no folding, no centring), so activations at every hook equal the HF model's and SAEs trained
+    on them splice back into it."""
+    from sae_lens import HookedSAETransformer
     from transformer_lens.loading_from_pretrained import get_pretrained_state_dict
 
     cfg = subject.tl_config
     with _neutral_name(subject.path) as neutral:
-        model = HookedTransformer(cfg, subject.tokenizer, move_to_device=False, default_padding_side="right")
+        model = HookedSAETransformer(cfg, subject.tokenizer, move_to_device=False, default_padding_side="right")
         state = get_pretrained_state_dict(neutral, cfg, hf_model=subject.hf, dtype=subject.dtype)
         model.load_and_process_state_dict(
             state,
@@ -219,3 +276,23 @@ def build_hooked(subject: Subject) -> HookedTransformer:
         )
     return model.to(subject.device).eval()
 
+
+
+def build_bridge(subject: Subject) -> SAETransformerBridge:
+    """TransformerBridge (SAELens' SAETransformerBridge) around a copy of the subject's HF model (the bridge
+    rewires the model it wraps, and the subject's own model keeps its module names for hooks and peft), with
+    HookedTransformer's hook names in hooks and caches and no weight processing, so its hooks see the HF
+    model's own activations."""
+    from sae_lens import SAETransformerBridge
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bridge = SAETransformerBridge.boot_transformers(
+            str(subject.path),
+            hf_model=copy.deepcopy(subject.hf),
+            tokenizer=subject.tokenizer,
+            device=subject.device,
+            dtype=subject.dtype,
+        )
+        bridge.enable_compatibility_mode(disable_warnings=True, no_processing=True)  # HookedTransformer names
+    return bridge.eval()

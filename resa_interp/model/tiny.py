@@ -1,5 +1,6 @@
-"""Tiny random-weight causal LMs (Qwen2 with untied embeddings and its own rope theta, or Llama) saved as
-local HF directories, with a small BPE tokenizer in which `<think>` and `</think>` are single tokens.
+"""Tiny random-weight causal LMs of several architectures (Qwen2, Llama, Qwen3, GPT-2, GPT-NeoX, Gemma 2,
+Gemma 3, OLMo 2; see `ARCHITECTURES`) saved as local HF directories, with a small BPE tokenizer in which
+`<think>` and `</think>` are single tokens.
 
 For fast tests, smoke checks on a GPU and benchmarks; never for results.
 """
@@ -7,6 +8,7 @@ For fast tests, smoke checks on a GPU and benchmarks; never for results.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -45,6 +47,35 @@ def _tokenizer(vocab_size: int, special_markers: bool = True):
     )
 
 
+ARCHITECTURES: dict[str, tuple[str, dict[str, Any]]] = {
+    "qwen2": ("qwen2", {"tie_word_embeddings": False, "rope_theta": 31000.0, "rms_norm_eps": 1e-6}),
+    "llama": ("llama", {"tie_word_embeddings": True, "rope_theta": 100000.0, "rms_norm_eps": 1e-5}),
+    "qwen3": ("qwen3", {"tie_word_embeddings": True, "head_dim": 16}),
+    "gpt2": ("gpt2", {"num_key_value_heads": None, "intermediate_size": None}),
+    "gpt_neox": (
+        "gpt_neox",
+        {"use_parallel_residual": True, "num_key_value_heads": None,
+         "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.25}},
+    ),
+    "gemma2": (
+        "gemma2",
+        {"head_dim": 16, "query_pre_attn_scalar": 16, "sliding_window": 8,
+         "attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0},
+    ),
+    "gemma3": (
+        "gemma3_text",
+        {"head_dim": 16, "query_pre_attn_scalar": 16, "sliding_window": 8, "final_logit_softcapping": 30.0,
+         "layer_types": ["sliding_attention"] * 3 + ["full_attention"]},
+    ),
+    "olmo2": ("olmo2", {"tie_word_embeddings": False}),
+}
+"""Tiny architectures: name -> (transformers model type, config settings beyond the common ones; None drops a
+common one). What each exercises: qwen2 untied embeddings and its own rope theta; llama tied; qwen3 q/k norms;
+gpt2 learned positions, LayerNorm and tied embeddings; gpt_neox parallel attention/MLP and partial rotary;
+gemma2 embedding scaling, sandwich norms, attention and final soft-capping, alternating sliding windows;
+gemma3 (text-only) sandwich and q/k norms, final soft-capping, local/global rope; olmo2 post-norms only."""
+
+
 def build_tiny_model(
     out: str | Path,
     arch: str = "qwen2",
@@ -54,16 +85,22 @@ def build_tiny_model(
     vocab_size: int = 512,
     seed: int = 0,
     special_markers: bool = True,
+    random_norms: bool = False,
 ) -> Path:
-    """Write a tiny random causal LM ('qwen2' untied, rope theta 31000; 'llama' tied) into `out`.
+    """Write a tiny random causal LM of one of `ARCHITECTURES` into `out`.
 
-    With `special_markers` False, `<think>`/`</think>` are ordinary text split into several tokens."""
-    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
+    With `special_markers` False, `<think>`/`</think>` are ordinary text split into several tokens. With
+    `random_norms`, norm weights and biases are drawn at random too (not left at their constant init), so a
+    view that drops one of them disagrees with the HF model."""
+    from transformers import AutoConfig, AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"arch {arch!r}: accepted {', '.join(ARCHITECTURES)}")
     hf_logging.disable_progress_bar()
     out = Path(out)
     tokenizer = _tokenizer(vocab_size, special_markers)
+    model_type, settings = ARCHITECTURES[arch]
     common = dict(
         vocab_size=len(tokenizer),
         hidden_size=d_model,
@@ -76,18 +113,18 @@ def build_tiny_model(
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=None,
     )
-    if arch == "qwen2":
-        config = Qwen2Config(**common, tie_word_embeddings=False, rope_theta=31000.0, rms_norm_eps=1e-6)
-    elif arch == "llama":
-        config = LlamaConfig(**common, tie_word_embeddings=True, rope_theta=100000.0, rms_norm_eps=1e-5)
-    else:
-        raise ValueError(f"arch {arch!r}: accepted qwen2, llama")
+    kwargs = {k: v for k, v in {**common, **settings}.items() if k not in settings or v is not None}
+    if model_type == "gpt2":
+        kwargs["n_inner"] = 2 * d_model  # GPT-2's name for the MLP width
+    config = AutoConfig.for_model(model_type, **kwargs)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     with torch.no_grad():  # random init is small; scale it up so layers do visible work
         for param in model.parameters():
             if param.ndim == 2:
                 param.normal_(0.0, 0.08)
+            elif random_norms:
+                param.add_(0.1 * torch.randn_like(param))
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out

@@ -35,7 +35,7 @@ from resa_interp.data.qa import dataset_fingerprint, load_qa
 from resa_interp.data.templates import TEMPLATES, format_trigger
 from resa_interp.errors import ResaError, check_choice
 from resa_interp.model.adapters import attach, save_adapter
-from resa_interp.model.hooks import hook_module, parse_hook_name
+from resa_interp.model.hooks import MLP_NAMES, decoder_layers, hook_module, parse_hook_name
 from resa_interp.model.loading import resolve_model_path
 from resa_interp.model.splice import spliced
 from resa_interp.model.subject import load_subject
@@ -55,6 +55,8 @@ LORA_TARGETS = {
     "attn+mlp": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
 }
 """Named LoRA target sets: the paper's table (query, key, value, dense) and the authors' code (+ MLP)."""
+ATTENTION_NAMES = ("self_attn", "attn", "attention", "self_attention")
+"""Names a decoder layer gives its attention across transformers' causal LMs."""
 KL_REDUCTIONS = ("token", "batchmean")
 TRAIN_LOG = "train_log.jsonl"
 CHECKPOINTS = "checkpoints"
@@ -194,6 +196,27 @@ def lora_targets(spec: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
     if not names:
         raise ResaError(f"LoRA targets {spec!r}: none given; accepted: {', '.join(LORA_TARGETS)} or module names")
     return names
+
+
+def model_lora_targets(model: torch.nn.Module, targets: tuple[str, ...]) -> tuple[str, ...]:
+    """`targets` where the model has modules of those names; a named set (`LORA_TARGETS`) on a model that names
+    its projections otherwise (GPT-2's c_attn, GPT-NeoX's query_key_value) becomes the linear layers of its
+    decoder layers' attention (and, for 'attn+mlp', MLP), as paths relative to the layer."""
+    from transformers.pytorch_utils import Conv1D
+
+    leaves = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    if set(targets) & leaves or targets not in LORA_TARGETS.values():
+        return targets
+    parts = ATTENTION_NAMES + (MLP_NAMES if targets == LORA_TARGETS["attn+mlp"] else ())
+    block = decoder_layers(model)[0]
+    found = tuple(
+        f"{part}.{name}"
+        for part in parts
+        if isinstance(getattr(block, part, None), torch.nn.Module)
+        for name, module in getattr(block, part).named_modules()
+        if isinstance(module, (torch.nn.Linear, Conv1D))
+    )
+    return found or targets
 
 
 @dataclass(frozen=True)
@@ -400,7 +423,7 @@ class SAETuner:
             r=config.lora_r,
             lora_alpha=config.lora_alpha,
             lora_dropout=config.lora_dropout,
-            target_modules=list(config.lora_targets),
+            target_modules=list(model_lora_targets(self.subject.hf, config.lora_targets)),
             bias="none",
             task_type="CAUSAL_LM",
         )
