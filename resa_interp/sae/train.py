@@ -367,21 +367,27 @@ def _available_memory(device: torch.device) -> int | None:
         return None
 
 
-def plan_memory(cfg: SAETrainConfig, d_in: int, n_layers: int, device: torch.device) -> MemoryPlan:
-    """Estimate memory per layer and choose how many layers share one forward pass."""
+MEMORY_HEADROOM = 0.8
+"""Fraction of the free memory a group of layers may plan to use (the rest absorbs allocator slack)."""
+
+
+def plan_memory(cfg: SAETrainConfig, d_in: int, n_layers: int, device: torch.device,
+                available: int | None = None) -> MemoryPlan:
+    """Estimate memory per layer and choose how many layers share one forward pass; `available` (bytes free)
+    is measured on `device` unless given (a plan for a machine other than this one)."""
     d_sae = cfg.latents_for(d_in)
     params = 2 * d_sae * d_in + d_sae + d_in
     optimizer_copies = 2 if cfg.optimizer == "adam" else 1
     per_sae = 4 * params * (2 + optimizer_copies)  # weights + grads + optimizer state, float32
     per_buffer = 4 * d_in * (cfg.buffer_tokens + cfg.seq_batch * cfg.max_seq_len)
     step = 4 * cfg.batch_tokens * d_sae * 2  # pre-activations and their top-k workspace
-    available = _available_memory(device)
+    available = _available_memory(device) if available is None else available
     if cfg.group_size is not None:
         group = cfg.group_size
     elif available is None:
         group = n_layers
     else:
-        group = max(1, min(n_layers, int((0.8 * available - step) // (per_sae + per_buffer))))
+        group = max(1, min(n_layers, int((MEMORY_HEADROOM * available - step) // (per_sae + per_buffer))))
     return MemoryPlan(per_sae, per_buffer, step, max(1, min(group, n_layers)), available)
 
 
