@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -54,3 +55,31 @@ def cli(capsys, monkeypatch):
         return code, out.out, out.err
 
     return run
+
+
+class _Payload:
+    """Unpickling this runs `code`: what a malicious checkpoint does to a reader that unpickles it."""
+
+    def __init__(self, code: str):
+        self.code = code
+
+    def __reduce__(self):
+        return exec, (self.code,)
+
+
+@pytest.fixture
+def pickle_payload(tmp_path):
+    """payload(marker) -> the bytes of a torch checkpoint whose unpickling creates the file `marker`; the fixture
+    checks that the payload is live (torch.load(..., weights_only=False) on it does create the marker)."""
+
+    def make(marker) -> bytes:
+        buffer = io.BytesIO()
+        torch.save({"state": _Payload(f"open({str(marker)!r}, 'w').write('pwned')")}, buffer)
+        probe = tmp_path / "probe.pt"
+        probe.write_bytes(buffer.getvalue())
+        torch.load(probe, weights_only=False)
+        assert os.path.exists(marker), "the payload did not run: the test below would prove nothing"
+        os.remove(marker)
+        return buffer.getvalue()
+
+    return make

@@ -149,7 +149,7 @@ def test_resume_after_a_real_interruption_equals_an_uninterrupted_run(tiny_qwen2
 
     cfg = {**SMALL, "model": tiny_qwen2, "layers": "1,3", "tokens": 6144, "n_examples": 90, "checkpoint_every": 1}
     proc = _run(cfg, tmp_path / "cut")
-    checkpoint = tmp_path / "cut" / "saes" / ".checkpoint.pt"
+    checkpoint = tmp_path / "cut" / "saes" / ".checkpoint"
     deadline = time.time() + 240
     while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)

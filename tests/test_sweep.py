@@ -145,7 +145,7 @@ def test_ctrl_c_stops_with_130_and_the_rerun_resumes(cli, tiny_qwen2, stage1, tm
     with (tmp_path / "stderr.txt").open("w") as stderr:
         proc = subprocess.Popen([sys.executable, "-m", "resa_interp.cli", *args], stdout=subprocess.DEVNULL,
                                 stderr=stderr, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-        checkpoint = out / "layer-2" / "checkpoints" / "step-000002" / "state.pt"
+        checkpoint = out / "layer-2" / "checkpoints" / "step-000002" / "state.json"
         deadline = time.time() + 240
         while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
             time.sleep(0.02)

@@ -14,6 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from resa_interp.errors import ResaError
 from resa_interp.model.hooks import hook_name
 from resa_interp.model.subject import load_subject
 from resa_interp.tuning.sae_tuning import (
@@ -160,7 +161,7 @@ def test_outputs_log_and_manifest(run, tiny_qwen2):
     assert [line["step"] for line in lines] == list(range(1, 41))
     assert set(lines[0]) == {"step", "epoch", "kl", "sae_mse", "lr", "grad_norm", "tokens"}
     assert lines[0]["lr"] == pytest.approx(2e-3) and lines[-1]["lr"] < 2e-3 * 0.11  # cosine to min lr
-    assert (out / "checkpoints" / "step-000020" / "state.pt").is_file()
+    assert (out / "checkpoints" / "step-000020" / "state.json").is_file()
     stage = json.loads((out / "manifest.json").read_text())["stages"]["tune"]
     assert stage["target_model"] == tiny_qwen2 and stage["elicitation_dataset"] == "synthetic"
     assert stage["sae"]["hook_name"] == "blocks.1.hook_resid_post" and stage["source_model"] is None
@@ -227,6 +228,33 @@ def test_resume_equals_an_uninterrupted_run(tiny_qwen2, saes, tmp_path):
     b = load_file(str(resumed.adapter / "adapter_model.safetensors"))
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
     assert resumed.tokens == whole.tokens
+
+
+def test_resume_refuses_planted_pickles_without_running_them(tiny_qwen2, saes, tmp_path, pickle_payload):
+    """An old-format checkpoint (state.pt, rng-0.pt) and a pickle in place of any file the loader reads (the
+    optimizer's or the RNG's JSON or safetensors) are refused in one line; the payload never runs."""
+    marker = tmp_path / "pwned"
+    payload = pickle_payload(marker)
+    config = tiny_config(tiny_qwen2, saes["random"], limit=2, steps=2, save_every=1)
+    whole = tune(config, tmp_path / "run")  # leaves checkpoints/step-000001
+    step = whole.out / "checkpoints" / "step-000001"
+    resume = TuneConfig(**{**config.to_dict(), "resume": True})
+    for old in ("state.pt", "rng-0.pt"):
+        (step / old).write_bytes(payload)
+        with pytest.raises(ResaError, match="pickled checkpoints are not read") as err:
+            tune(resume, whole.out)
+        assert "\n" not in str(err.value)
+        (step / old).unlink()
+    read = ("state.json", "tensors.safetensors", "rng-0/state.json", "rng-0/tensors.safetensors",
+            "adapter/adapter_model.safetensors")
+    pristine = {step / name: (step / name).read_bytes() for name in read}
+    for planted in pristine:
+        planted.write_bytes(payload)
+        with pytest.raises(ResaError, match="delete it to start over") as err:
+            tune(resume, whole.out)
+        assert "\n" not in str(err.value)
+        planted.write_bytes(pristine[planted])
+    assert not marker.exists()
 
 
 # ------------------------------------------------------------------------------------------ SFT baseline

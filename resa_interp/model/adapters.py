@@ -74,7 +74,7 @@ def adapter_shapes(adapter: str | Path) -> dict[str, dict[str, tuple[int, ...]]]
         with safe_open(str(weights), framework="pt") as handle:
             shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
     else:
-        shapes = {key: tuple(t.shape) for key, t in torch.load(weights, map_location="cpu").items()}
+        shapes = {key: tuple(t.shape) for key, t in torch.load(weights, map_location="cpu", weights_only=True).items()}
     modules: dict[str, dict[str, tuple[int, ...]]] = {}
     for key, shape in shapes.items():
         for part in ("lora_A", "lora_B"):

@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from resa_interp.checkpoints import load_state, refuse_pickled, save_state
 from resa_interp.data.qa import SYNTHETIC, dataset_fingerprint, load_qa
 from resa_interp.data.templates import TEMPLATES, format_trigger
 from resa_interp.errors import ResaError, check_choice
@@ -38,7 +40,7 @@ from resa_interp.model.harvest import (
 )
 from resa_interp.model.hooks import HOOKS, hook_name
 from resa_interp.model.subject import Subject, load_subject
-from resa_interp.runs import atomic_dir, atomic_write_bytes, record_stage, run_relative, sha256_text
+from resa_interp.runs import atomic_dir, record_stage, run_relative, sha256_text
 from resa_interp.sae.folders import SAES_DIR, load_sae, sae_dir
 from resa_interp.sae.metrics import evaluate_saes, write_metrics
 from resa_interp.sae.optimizers import Signum
@@ -56,7 +58,9 @@ MODES = ("scratch", "finetune", "pretrained")
 OPTIMIZERS = ("adam", "signum")
 SELECT_PRECISIONS = {"auto": None, "bfloat16": torch.bfloat16, "float32": None}
 R1_DISTILL = "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"
-CHECKPOINT = ".checkpoint.pt"
+CHECKPOINT = ".checkpoint"
+PICKLED_CHECKPOINT = ".checkpoint.pt"
+"""Where versions before safetensors checkpoints kept a pickle (refused, never read)."""
 DEAD_WINDOW = 1_000_000
 """A latent is dead when it has not fired in this many training tokens (the paper's dead feature threshold),
 or in the whole run when that is shorter."""
@@ -480,17 +484,20 @@ def _sae_metadata(cfg: SAETrainConfig, subject: Subject, layer: int, data: Trigg
 
 
 class _Checkpoint:
-    """Resumable state of a run, written atomically to RUN/saes/.checkpoint.pt."""
+    """Resumable state of a run: RUN/saes/.checkpoint/, tensors in safetensors and the rest in JSON
+    (`checkpoints.save_state`), the folder replaced atomically."""
 
     def __init__(self, run: Path, cfg_hash: str):
         self.path = run / SAES_DIR / CHECKPOINT
         self.cfg_hash = cfg_hash
 
     def load(self) -> dict | None:
+        refuse_pickled(self.path.with_name(PICKLED_CHECKPOINT),
+                       "delete it to start this run over, or use another --out")
         if not self.path.exists():
             return None
-        state = torch.load(self.path, map_location="cpu", weights_only=False)
-        if state.get("cfg_hash") != self.cfg_hash:
+        state = load_state(self.path)
+        if not isinstance(state, dict) or state.get("cfg_hash") != self.cfg_hash:
             raise ResaError(
                 f"{self.path.parent.parent} holds an interrupted Stage I run with a different configuration; "
                 f"use another --out, or delete {self.path} to start over"
@@ -498,14 +505,11 @@ class _Checkpoint:
         return state
 
     def save(self, state: dict) -> None:
-        import io
-
-        buffer = io.BytesIO()
-        torch.save({**state, "cfg_hash": self.cfg_hash}, buffer)
-        atomic_write_bytes(self.path, buffer.getvalue())
+        with atomic_dir(self.path) as tmp:
+            save_state(tmp, {**state, "cfg_hash": self.cfg_hash})
 
     def clear(self) -> None:
-        self.path.unlink(missing_ok=True)
+        shutil.rmtree(self.path, ignore_errors=True)
 
 
 def _train_group(

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from resa_interp.checkpoints import STATE, load_state, refuse_pickled, save_state
 from resa_interp.data.packing import pack_texts
 from resa_interp.data.qa import dataset_fingerprint, load_qa
 from resa_interp.data.templates import TEMPLATES, format_trigger
@@ -519,8 +520,14 @@ def _cosine_with_min_lr(optimizer, config: TuneConfig, total: int):
 
 def _checkpoint_dirs(out: Path) -> list[Path]:
     root = out / CHECKPOINTS
-    found = [p for p in root.glob("step-*") if (p / "state.pt").is_file()] if root.is_dir() else []
+    found = [p for p in root.glob("step-*") if (p / STATE).is_file()] if root.is_dir() else []
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def _refuse_pickled_checkpoints(out: Path) -> None:
+    """Refuse the checkpoints of versions that pickled them (step-N/state.pt, rng-R.pt), without reading them."""
+    for path in sorted((out / CHECKPOINTS).glob("step-*/*.pt")):
+        refuse_pickled(path, f"rerun without --resume into another --out, or delete {out / CHECKPOINTS} to start over")
 
 
 def _rng_state() -> dict[str, Any]:
@@ -539,42 +546,55 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 def _save_checkpoint(tuner: SAETuner, out: Path, step: int, elapsed_s: float) -> None:
+    """CHECKPOINTS/step-N/: adapter/, the optimizer and schedule (state.json + tensors.safetensors) and each
+    process's RNG state (rng-R/), the folder written atomically by the main process once every process has
+    written its RNG state."""
     accelerator = tuner.accelerator
     target = out / CHECKPOINTS / f"step-{step:06d}"
-    rank_file = target.parent / f".rng-step-{step:06d}-rank{accelerator.process_index}.pt"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(_rng_state(), rank_file)
+    with atomic_dir(target.parent / f".rng-step-{step:06d}-rank{accelerator.process_index}") as tmp:
+        save_state(tmp, _rng_state())
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         with atomic_dir(target) as tmp:
             save_adapter(tuner.model, tmp / "adapter", tuner.subject.spec)
             for rank in range(accelerator.num_processes):
-                (target.parent / f".rng-step-{step:06d}-rank{rank}.pt").rename(tmp / f"rng-{rank}.pt")
-            torch.save(
+                (target.parent / f".rng-step-{step:06d}-rank{rank}").rename(tmp / f"rng-{rank}")
+            save_state(
+                tmp,
                 {
                     "step": step,
                     "optimizer": tuner.optimizer.state_dict(),
                     "scheduler": tuner.scheduler.state_dict(),
                     "elapsed_s": elapsed_s,
                 },
-                tmp / "state.pt",
             )
     accelerator.wait_for_everyone()
 
 
 def _load_checkpoint(tuner: SAETuner, checkpoint: Path) -> dict[str, Any]:
+    """Restore the adapter, optimizer, schedule and this process's RNG state; every file is checked before any is
+    applied."""
     from peft import set_peft_model_state_dict
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    weights = load_file(str(checkpoint / "adapter" / "adapter_model.safetensors"), device=tuner.device)
+    state = load_state(checkpoint)
+    rng = checkpoint / f"rng-{tuner.accelerator.process_index}"
+    if not rng.is_dir():
+        raise ResaError(f"checkpoint {checkpoint} was written by fewer processes; resume with the same process count")
+    rng_state = load_state(rng)
+    adapter = checkpoint / "adapter" / "adapter_model.safetensors"
+    if not adapter.is_file():
+        raise ResaError(f"checkpoint {checkpoint} is incomplete (no adapter); delete it to start over")
+    try:
+        weights = load_file(str(adapter), device=tuner.device)
+    except SafetensorError as err:
+        raise ResaError(f"checkpoint {checkpoint}: {adapter.name} is not a safetensors file ({err}); delete it to "
+                        f"start over") from None
     set_peft_model_state_dict(tuner.model, weights)
-    state = torch.load(checkpoint / "state.pt", map_location="cpu", weights_only=False)
     tuner.optimizer.load_state_dict(state["optimizer"])
     tuner.scheduler.load_state_dict(state["scheduler"])
-    rng = checkpoint / f"rng-{tuner.accelerator.process_index}.pt"
-    if not rng.is_file():
-        raise ResaError(f"checkpoint {checkpoint} was written by fewer processes; resume with the same process count")
-    _set_rng_state(torch.load(rng, weights_only=False))
+    _set_rng_state(rng_state)
     return state
 
 
@@ -623,6 +643,7 @@ def prepare_out(config: TuneConfig, out: Path) -> Path | None:
             f"--resume: the run in {str(out)!r} was started with other settings ({', '.join(changed)}); "
             f"rerun with the same options, or use another --out"
         )
+    _refuse_pickled_checkpoints(out)
     checkpoints = _checkpoint_dirs(out)
     return checkpoints[-1] if checkpoints else None
 
