@@ -130,7 +130,7 @@ def test_stage_one_refuses_planted_pickles_without_running_them(tiny_qwen2, tmp_
         train_saes(SAETrainConfig(model=tiny_qwen2, layers="1"), run)
     old.unlink()
 
-    folder = run / "saes" / ".checkpoint"  # the payload as each file the loader reads
+    folder = run / "saes" / ".checkpoint-0"  # the payload as each file the loader reads
     for planted in (STATE, TENSORS):
         save_state(folder, {"cfg_hash": "x"})
         (folder / planted).write_bytes(payload)

@@ -149,11 +149,11 @@ def test_resume_after_a_real_interruption_equals_an_uninterrupted_run(tiny_qwen2
 
     cfg = {**SMALL, "model": tiny_qwen2, "layers": "1,3", "tokens": 6144, "n_examples": 90, "checkpoint_every": 1}
     proc = _run(cfg, tmp_path / "cut")
-    checkpoint = tmp_path / "cut" / "saes" / ".checkpoint"
+    saes = tmp_path / "cut" / "saes"
     deadline = time.time() + 240
-    while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
+    while not list(saes.glob(".checkpoint-*")) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
-    assert checkpoint.exists(), "no checkpoint was written before the run ended"
+    assert list(saes.glob(".checkpoint-*")), "no checkpoint was written before the run ended"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (tmp_path / "cut" / "saes" / "blocks.1.hook_resid_post").exists()
@@ -163,7 +163,7 @@ def test_resume_after_a_real_interruption_equals_an_uninterrupted_run(tiny_qwen2
         name = f"blocks.{layer}.hook_resid_post/sae_weights.safetensors"
         cut, whole = load_file(tmp_path / "cut" / "saes" / name), load_file(tmp_path / "whole" / "saes" / name)
         assert all(torch.equal(cut[key], whole[key]) for key in whole)
-    assert not checkpoint.exists()
+    assert not list(saes.glob(".checkpoint*"))
 
 
 def _sparsify_folder(root: Path, layer: int, d_in: int, latents: int, k: int, seed: int = 0,

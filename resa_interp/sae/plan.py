@@ -103,5 +103,5 @@ def plan_stage1(cfg: SAETrainConfig, run: str | Path) -> Stage1Plan:
         packed=cfg.pack,
         seq_len=cfg.max_seq_len,
         outputs=[f"{run / SAES_DIR}/<hook name>/ (SAELens folders)", str(run / SAES_DIR / METRICS_FILE),
-                 str(run / "manifest.json"), f"{run / SAES_DIR / CHECKPOINT} while it runs"],
+                 str(run / "manifest.json"), f"{run / SAES_DIR / CHECKPOINT}-N/ while it runs"],
     )

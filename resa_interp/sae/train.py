@@ -484,32 +484,43 @@ def _sae_metadata(cfg: SAETrainConfig, subject: Subject, layer: int, data: Trigg
 
 
 class _Checkpoint:
-    """Resumable state of a run: RUN/saes/.checkpoint/, tensors in safetensors and the rest in JSON
-    (`checkpoints.save_state`), the folder replaced atomically."""
+    """Resumable state of a run: RUN/saes/.checkpoint-N/, tensors in safetensors and the rest in JSON
+    (`checkpoints.save_state`). Each save is a new folder renamed in whole, and older ones are removed only after
+    it: whenever the process dies, a complete checkpoint is on disk."""
 
     def __init__(self, run: Path, cfg_hash: str):
-        self.path = run / SAES_DIR / CHECKPOINT
+        self.root = run / SAES_DIR
         self.cfg_hash = cfg_hash
 
+    def saved(self) -> list[Path]:
+        """Complete checkpoint folders, oldest first."""
+        found = [p for p in self.root.glob(f"{CHECKPOINT}-*") if p.is_dir() and p.name.rsplit("-", 1)[1].isdigit()]
+        return sorted(found, key=lambda p: int(p.name.rsplit("-", 1)[1]))
+
     def load(self) -> dict | None:
-        refuse_pickled(self.path.with_name(PICKLED_CHECKPOINT),
-                       "delete it to start this run over, or use another --out")
-        if not self.path.exists():
+        refuse_pickled(self.root / PICKLED_CHECKPOINT, "delete it to start this run over, or use another --out")
+        saved = self.saved()
+        if not saved:
             return None
-        state = load_state(self.path)
+        state = load_state(saved[-1])
         if not isinstance(state, dict) or state.get("cfg_hash") != self.cfg_hash:
             raise ResaError(
-                f"{self.path.parent.parent} holds an interrupted Stage I run with a different configuration; "
-                f"use another --out, or delete {self.path} to start over"
+                f"{self.root.parent} holds an interrupted Stage I run with a different configuration; "
+                f"use another --out, or delete {saved[-1]} to start over"
             )
         return state
 
     def save(self, state: dict) -> None:
-        with atomic_dir(self.path) as tmp:
+        saved = self.saved()
+        number = int(saved[-1].name.rsplit("-", 1)[1]) + 1 if saved else 0
+        with atomic_dir(self.root / f"{CHECKPOINT}-{number}") as tmp:
             save_state(tmp, {**state, "cfg_hash": self.cfg_hash})
+        for old in saved:
+            shutil.rmtree(old, ignore_errors=True)
 
     def clear(self) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
+        for folder in self.saved():
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _train_group(
