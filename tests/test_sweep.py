@@ -17,10 +17,12 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
+from resa_interp.errors import ResaError
 from resa_interp.evaluation.sweep import sweep, sweep_config
 from resa_interp.evaluation.tasks import PAPER_ORDER
 from resa_interp.numbering import layer_of_paper_label, paper_label
 from resa_interp.sae.train import SAETrainConfig, parse_layers, train_saes
+from resa_interp.shards import Shard, parse_shard
 
 TABLE6 = Path(__file__).parent.parent / "analysis" / "paper_table6.csv"
 
@@ -222,3 +224,132 @@ def test_bad_input_is_one_line(cli, tiny_qwen2, stage1, tmp_path):
         code, _, err = cli([*base, *args])
         assert code == 2 and err.count("\n") == 1 and needle in err, (args, err)
     assert not (tmp_path / "s").exists()
+
+
+def test_shards_split_the_layers_as_documented():
+    layers = [1, 2, 3, 4, 5, 6, 7]
+    for n in (1, 2, 3, 7, 9):
+        parts = [parse_shard(f"{i}/{n}").take(layers) for i in range(n)]
+        assert parts == [layers[i::n] for i in range(n)]
+        assert sorted(x for part in parts for x in part) == layers  # every layer exactly once
+    assert parse_shard("1/3") == Shard(1, 3) and parse_shard("0/1") == Shard() and not Shard().sharded
+    for bad in ("2/2", "3/2", "-1/2", "1", "1/0", "a/b", "1/2/3", "", "/2"):
+        with pytest.raises(ResaError, match=r"expected I/N with 0 <= I < N"):
+            parse_shard(bad)
+
+
+def test_bad_shards_are_one_line(cli, tiny_qwen2, stage1, tmp_path, monkeypatch):
+    base = ["sweep", "--model", tiny_qwen2, "--layers", "1,2", *BUDGET]
+    for value in ("2/2", "1-2", "x"):
+        code, _, err = cli([*base, "--saes", str(stage1), "--shard", value, "--out", str(tmp_path / "s")])
+        assert code == 2 and err.count("\n") == 1 and f"--shard {value!r}: expected I/N with 0 <= I < N" in err
+    # shards would all train Stage I into the same folder at once: a sharded sweep wants the SAEs there first
+    code, _, err = cli([*base, "--shard", "0/2", "--out", str(tmp_path / "s")])
+    assert code == 2 and err.count("\n") == 1 and "has no resid_post SAEs and a sharded sweep (shard 0/2)" in err
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    code, _, err = cli([*base, "--saes", str(stage1), "--shard", "0/2", "--out", str(tmp_path / "s")])
+    assert code == 2 and err.count("\n") == 1 and "under a launcher with 2 ranks" in err
+    code, _, err = cli([*base, "--out", str(tmp_path / "s")])
+    assert code == 2 and err.count("\n") == 1 and "(rank 1/2) does not train them" in err
+    assert not (tmp_path / "s").exists()
+
+
+def _layer_outputs(out: Path, layer: int) -> dict[str, object]:
+    """What a layer's tuning and evaluation produced, without times: KL per step, the merged weights' bytes, the
+    generations and the scores."""
+    folder = out / f"layer-{layer}"
+    log = [{k: v for k, v in json.loads(line).items() if "time" not in k and not k.endswith("_s")}
+           for line in (folder / "train_log.jsonl").read_text().splitlines()]
+    samples = [{k: v for k, v in json.loads(line).items() if "time" not in k}
+               for line in (folder / "eval" / "samples.jsonl").read_text().splitlines()]
+    scores = json.loads((folder / "eval" / "scores.json").read_text())
+    return {"log": log, "merged": (folder / "merged" / "model.safetensors").read_bytes(), "samples": samples,
+            "tasks": scores["tasks"], "average": scores["average"]}
+
+
+SHARDED = ["sweep", "--layers", "1-3", *BUDGET, "--max-new-tokens", "16"]
+"""The sweep that the sharded runs below split: three layers of tiny_qwen2 with the stage1 fixture's SAEs."""
+
+
+@pytest.fixture(scope="module")
+def whole(tiny_qwen2, stage1, tmp_path_factory) -> tuple[list[str], Path]:
+    """SHARDED's arguments (model and SAEs added) and the folder of one unsharded run of it."""
+    from resa_interp.cli import main
+
+    args = [*SHARDED, "--model", tiny_qwen2, "--saes", str(stage1)]
+    out = tmp_path_factory.mktemp("whole") / "out"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys, "argv", ["resa-interp", *args, "--out", str(out)])
+        main()
+    assert [r["layer"] for r in _csv(out / "scores.csv")] == ["1", "2", "3"]
+    return args, out
+
+
+def test_two_shards_one_after_the_other_give_the_unsharded_sweep(cli, whole, tmp_path):
+    args, reference = whole
+    sharded = tmp_path / "sharded"
+    code, stdout, err = cli([*args, "--shard", "0/2", "--out", str(sharded)])
+    assert code == 0, err
+    assert [line.split(":")[1] for line in stdout.splitlines() if line.startswith("shard 0/2: [")] == [
+        " [1/2] layer 1", " [2/2] layer 3"]
+    assert "shard 0/2: 2 layers in" in stdout and "(2 of 3 layers)" in stdout and "next:" not in stdout
+    # the first shard alone: a partial table with its layers only, the record says so
+    assert [r["layer"] for r in _csv(sharded / "scores.csv")] == ["1", "3"] and not (sharded / "layer-2").exists()
+    record = json.loads((sharded / "manifest.json").read_text())["stages"]["sweep"]
+    assert not record["complete"] and record["layers"] == [1, 2, 3] and [r["layer"] for r in record["per_layer"]] == [
+        1, 3] and record["shard"] == {"index": 0, "count": 2, "launched": False}
+
+    code, stdout, err = cli([*args, "--shard", "1/2", "--out", str(sharded)])
+    assert code == 0, err
+    assert "shard 1/2: [1/1] layer 2: tuned (3 steps" in stdout and "(3 of 3 layers)" in stdout and "next:" in stdout
+    # the last shard leaves the whole table: the same bytes as the unsharded sweep's, from the same work per layer
+    assert (sharded / "scores.csv").read_text() == (reference / "scores.csv").read_text()
+    for layer in (1, 2, 3):
+        assert _layer_outputs(sharded, layer) == _layer_outputs(reference, layer), layer
+    record = json.loads((sharded / "manifest.json").read_text())["stages"]["sweep"]
+    assert record["complete"] and [r["layer"] for r in record["per_layer"]] == [1, 2, 3]
+    assert [r["tuned_now"] for r in record["per_layer"]] == [False, True, False]
+
+    # a rerun without --shard finds everything finished: nothing tuned or evaluated, no layer file rewritten
+    before = {layer: _mtimes(sharded, layer) for layer in (1, 2, 3)}
+    code, stdout, err = cli([*args, "--out", str(sharded)])
+    assert code == 0, err
+    assert stdout.count("tuned earlier") == 3 and stdout.count("evaluated earlier") == 3
+    assert {layer: _mtimes(sharded, layer) for layer in (1, 2, 3)} == before
+    assert (sharded / "scores.csv").read_text() == (reference / "scores.csv").read_text()
+
+    # the merge reads other shards' layers from their scores.json (the tiny model scores 0 everywhere: plant 25%)
+    planted = json.loads((sharded / "layer-1" / "eval" / "scores.json").read_text())
+    planted["tasks"]["synthetic"]["pass@1"] = planted["average"] = 0.25
+    (sharded / "layer-1" / "eval" / "scores.json").write_text(json.dumps(planted))
+    code, stdout, err = cli([*args, "--shard", "1/2", "--out", str(sharded)])
+    assert code == 0, err
+    assert [(r["layer"], r["synthetic"], r["avg"]) for r in _csv(sharded / "scores.csv")] == [
+        ("1", "25", "25"), ("2", "0", "0"), ("3", "0", "0")]
+
+
+def test_two_ranks_under_torchrun_give_the_unsharded_sweep(whole, tmp_path):
+    """Two concurrent processes (torchrun, gloo on CPU): each sweeps its layers, both merge scores.csv under the
+    lock, rank 0 waits for rank 1, then writes the record and prints the summary."""
+    args, reference = whole
+    out = tmp_path / "ranks"
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "resa_interp.cli", *args, "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert sorted(line.split(":")[0] + ":" + line.split(":")[1] for line in lines if "] layer" in line) == [
+        "rank 0/2: [1/2] layer 1", "rank 0/2: [2/2] layer 3", "rank 1/2: [1/1] layer 2"]
+    assert proc.stdout.count("plan: sweep") == 1 and proc.stdout.count("3 layers in") == 0
+    assert proc.stdout.count("layers in") == 1 and "rank 0/2: 2 layers in" in proc.stdout
+    assert "(3 of 3 layers)" in proc.stdout and "next:" in proc.stdout
+    assert (out / "scores.csv").read_text() == (reference / "scores.csv").read_text()
+    for layer in (1, 2, 3):
+        assert _layer_outputs(out, layer) == _layer_outputs(reference, layer), layer
+    record = json.loads((out / "manifest.json").read_text())["stages"]["sweep"]
+    assert record["complete"] and record["shard"] == {"index": 0, "count": 2, "launched": True}
+    # tuned_now is the writer's (rank 0's) own work; layer 2 was read back from rank 1's folder
+    assert [r["tuned_now"] for r in record["per_layer"]] == [True, False, True]

@@ -32,6 +32,7 @@ from resa_interp.cli.options import (
     Saes,
     Samples,
     SaveEvery,
+    Shard,
     Steps,
     SweepEvalSeed,
     SweepTrainLimit,
@@ -117,6 +118,7 @@ def sweep(
     batch_size: BatchSize = None,
     device: Device = None,
     preset: Preset = "cpu",
+    shard: Shard = None,
     dry_run: DryRun = False,
 ) -> None:
     """Per-layer sweep: SAE-Tuning at every layer with its Stage I SAE, each tuned model evaluated, into OUT/scores.csv.
@@ -127,7 +129,10 @@ def sweep(
     embedded model, short tuning, 20 synthetic problems; paper: Table 6 (R1-Distill, STILL, layers 1-26, which
     the paper calls its 2nd..27th, the six tasks on vLLM). The device applies to Stage I, tuning and evaluation.
     The resolved settings are printed first, each one that differs from the paper's marked; --dry-run stops
-    after them and the plan.
+    after them and the plan. Across processes: under torchrun each rank sweeps layers[rank::world_size] on its own
+    GPU (rank 0 prints the settings, the plan and the summary); --shard I/N does the same for job arrays. Every
+    process rewrites scores.csv from all finished layers on disk; a rerun without --shard completes the rest.
+    Sharded sweeps need SAEs already there (OUT or --saes).
 
     Example: resa-interp sweep --layers 11,12 --steps 10 --limit 5 --max-new-tokens 128 --out runs/default
     """
@@ -135,9 +140,14 @@ def sweep(
     from resa_interp.evaluation import sweep as run_sweep
     from resa_interp.evaluation.plan import plan_sweep, sweep_settings
     from resa_interp.model.loading import quiet_transformers
+    from resa_interp.shards import pin_rank_gpu, process_shard
     from resa_interp.tuning import lora_targets as parse_targets
 
+    part = process_shard(shard)
+    pin_rank_gpu()  # before anything touches CUDA
     quiet_transformers()
+    # under a launcher the ranks share one terminal: rank 0 alone prints the settings, the plan and the summary
+    talks = not (part.launched and part.index > 0)
     config = sweep_config(
         preset, layers=layers, tasks=parse_task_list(tasks) if tasks is not None else None, saes_run=saes,
         device=device,
@@ -151,14 +161,21 @@ def sweep(
             seed=eval_seed, batch_size=batch_size,
         ),
     )
-    typer.echo(sweep_settings(config, preset).format())
-    typer.echo(plan_sweep(config, out))
+    if talks:
+        typer.echo(sweep_settings(config, preset).format())
+        typer.echo(plan_sweep(config, out))
     if dry_run:
         return
-    result = run_sweep(config, out, echo=typer.echo)
+    result = run_sweep(config, out, echo=typer.echo, shard=part)
+    if not talks:
+        return
+    mine = f"{part.label}: " if part.sharded else ""
+    typer.echo(f"{mine}{len(result.layers)} layers in {result.wall_s:.0f} s; scores: {result.scores_csv} "
+               f"({len(result.merged)} of {len(result.planned)} layers)")
     counts = Path(out) / "counts.csv"
-    typer.echo(
-        f"{len(result.layers)} layers in {result.wall_s:.0f} s; scores: {result.scores_csv}\n"
-        f"next: resa-interp select-layers --counts {counts if counts.exists() else 'COUNTS.csv'} "
-        f"--scores {result.scores_csv} --out {Path(out) / 'layers'}"
-    )
+    if result.complete:
+        typer.echo(f"next: resa-interp select-layers --counts {counts if counts.exists() else 'COUNTS.csv'} "
+                   f"--scores {result.scores_csv} --out {Path(out) / 'layers'}")
+    else:
+        typer.echo("the other shards add their layers to scores.csv as they finish; a rerun without --shard "
+                   "sweeps whatever is still missing")

@@ -51,6 +51,11 @@ Source = Annotated[
     typer.Option("--from", help="Pretrained SAEs: SAELens folder or run, EleutherAI sparsify folder (layers.N/), or "
                  "RELEASE:SAE_ID."),
 ]
+Shard = Annotated[
+    str | None,
+    typer.Option("--shard", help="Sweep only shard I of N of the layers (layers[I::N]), e.g. 0/4 .. 3/4 in a job "
+                 "array; under torchrun the ranks split the layers by themselves. Every shard merges scores.csv."),
+]
 Layers = Annotated[
     str | None,
     typer.Option("--layers", help="Layers (hook indices, blocks.N): all, A-B or L,L,... [default: train-saes all; "

@@ -6,7 +6,14 @@ that layer's Stage I SAE, every tuned model evaluated, and one row of scores per
 and `OUT/layer-{l}/eval/` its evaluation (scores.json, samples.jsonl). A sweep resumes what an earlier run of it
 left: a layer whose tuning finished is not tuned again (its settings must be the same), an interrupted tuning
 continues from its last checkpoint (tuning's own resume), and an evaluation that finished with the same tasks
-and settings is not run again. scores.csv and the manifest's 'sweep' record are rewritten after every layer.
+and settings is not run again.
+
+A sweep can be split over processes by layer (`resa_interp.shards`): shard i of n sweeps `layers[i::n]`, the
+ranks of torchrun/accelerate or `--shard i/n` for job arrays. Each writes its own `layer-{l}/` folders; after each
+of its layers, every process rewrites scores.csv from all layer folders on disk whose tuning and evaluation
+finished with this sweep's settings (under a file lock, atomically), so the last shard to finish leaves the
+whole table, and a rerun without shards completes what is missing. The manifest's 'sweep' record is written
+the same way, by every `--shard` process and, under a launcher, by rank 0 alone (last, after all ranks finished).
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from filelock import FileLock
 
 from resa_interp.errors import ResaError, check_choice
 from resa_interp.evaluation.evaluator import (
@@ -41,12 +49,15 @@ from resa_interp.runs import atomic_write_text, read_manifest, record_stage, run
 from resa_interp.sae.folders import require_sae_dirs, run_sae_dirs
 from resa_interp.sae.train import PRESETS as SAE_PRESETS
 from resa_interp.sae.train import SAETrainConfig, parse_layers, train_saes
+from resa_interp.shards import ONLY, Shard, on_its_own, wait_for_all_ranks
 from resa_interp.tuning.sae_tuning import STAGE as TUNE_STAGE
 from resa_interp.tuning.sae_tuning import TuneConfig, changed_settings, preset_config, tune
 
 STAGE = "sweep"
 SCORES_CSV = "scores.csv"
 EVAL_DIR = "eval"
+LOCK = ".sweep.lock"
+"""The file lock that shards take to rewrite scores.csv and the manifest's 'sweep' record."""
 _RESERVED_COLUMNS = ("layer", "avg")
 
 
@@ -133,9 +144,9 @@ class LayerResult:
     """Mean Pass@1 over the tasks, in percent."""
     eval_wall_s: float
     tuned_now: bool
-    """False when an earlier run of the sweep had tuned this layer."""
+    """False when an earlier run of the sweep, or another shard, had tuned this layer."""
     evaluated_now: bool
-    """False when an earlier run had evaluated it with the same tasks and settings."""
+    """False when an earlier run (or another shard) had evaluated it with the same tasks and settings."""
 
 
 @dataclass(frozen=True)
@@ -144,15 +155,28 @@ class SweepResult:
 
     out: Path
     layers: list[LayerResult]
+    """The layers this process swept (its shard's)."""
+    merged: list[LayerResult]
+    """Every layer of the sweep in scores.csv: finished on disk by this process or any other."""
     scores_csv: Path
     wall_s: float
     """Wall time of this call (layers finished earlier cost nothing)."""
+    planned: list[int] = field(default_factory=list)
+    """Every layer of the sweep (all shards')."""
+
+    @property
+    def complete(self) -> bool:
+        """Whether scores.csv has a row for every layer of the sweep."""
+        return [row.layer for row in self.merged] == self.planned
 
 
-def sweep(config: SweepConfig, out: str | Path, echo: Callable[[str], None] = print) -> SweepResult:
-    """Tune and evaluate at every layer of `config.layers` into `out`, resuming what an earlier run of the same
-    sweep finished; write `out`/scores.csv and the 'sweep' record of `out`/manifest.json. `echo` gets one line per
-    layer (and a note when Stage I runs first)."""
+def sweep(
+    config: SweepConfig, out: str | Path, echo: Callable[[str], None] = print, shard: Shard = ONLY
+) -> SweepResult:
+    """Tune and evaluate at every layer of `config.layers` (of `shard`'s share, `layers[i::n]`) into `out`, resuming
+    what an earlier run of the same sweep finished; rewrite `out`/scores.csv from every finished layer on disk and
+    the 'sweep' record of `out`/manifest.json. `echo` gets one line per layer (prefixed with the shard when there
+    are several) and a note when Stage I runs first."""
     started = time.perf_counter()
     out = Path(out)
     config.evaluation.check()
@@ -171,27 +195,56 @@ def sweep(config: SweepConfig, out: str | Path, echo: Callable[[str], None] = pr
     if counted and counted != layers:
         echo(f"note: the features in {out} count layers {_span(counted)}, this sweep tunes {_span(layers)}; "
              "select-layers needs the same layers in both")
-    run = _sae_run(config, out, layers, echo)
+    run = _sae_run(config, out, layers, echo, shard)
+    mine = shard.take(layers)
+    prefix = f"{shard.label}: " if shard.sharded else ""
     rows: list[LayerResult] = []
-    for i, layer in enumerate(layers):
-        rows.append(_sweep_layer(config, run, layer, out, task_names))
-        echo(f"[{i + 1}/{len(layers)}] {format_layer(rows[-1])}")
-        path = write_scores_csv(out / SCORES_CSV, rows)
-        _record(out, config, run, layers, rows, path, time.perf_counter() - started)
-    return SweepResult(out, rows, path, time.perf_counter() - started)
+    with on_its_own():  # one rank's tuning and evaluation are one process's, not a share of the launcher's job
+        for i, layer in enumerate(mine):
+            rows.append(_sweep_layer(config, run, layer, out, task_names))
+            echo(f"{prefix}[{i + 1}/{len(mine)}] {format_layer(rows[-1])}")
+            _merge(config, run, out, layers, task_names, rows, shard, time.perf_counter() - started)
+    if shard.launched and shard.sharded:
+        wait_for_all_ranks(shard)
+    merged = _merge(config, run, out, layers, task_names, rows, shard, time.perf_counter() - started)
+    return SweepResult(out, rows, merged, out / SCORES_CSV, time.perf_counter() - started, layers)
 
 
-def _sae_run(config: SweepConfig, out: Path, layers: list[int], echo: Callable[[str], None]) -> Path:
-    """The Stage I run to take SAEs from, with one for every layer (trained first in `out` when it holds none)."""
+def _sae_run(config: SweepConfig, out: Path, layers: list[int], echo: Callable[[str], None], shard: Shard) -> Path:
+    """The Stage I run to take SAEs from, with one for every layer (trained first in `out` when it holds none,
+    unless the sweep is sharded: shards would all train them into the same folder at once)."""
     hook = config.tune.hook
     run = Path(config.saes_run) if config.saes_run is not None else out
     if config.saes_run is None and not run_sae_dirs(run, hook):
+        if shard.sharded:
+            raise ResaError(
+                f"{str(out)!r} has no {hook} SAEs and a sharded sweep ({shard.label}) does not train them: run "
+                f"train-saes --out {out} first (torchrun spreads it over GPUs), or give --saes RUN"
+            )
         stage1 = replace(config.saes, model=config.tune.model, hook=hook, layers=",".join(map(str, layers)))
         echo(f"{out} has no SAEs: training them first (Stage I, layers {_span(layers)})")
         train_saes(stage1, run)
         _release_memory()
     require_sae_dirs(run, hook, layers)
     return run.resolve()
+
+
+def _merge(
+    config: SweepConfig, run: Path, out: Path, layers: list[int], task_names: list[str], rows: list[LayerResult],
+    shard: Shard, wall: float,
+) -> list[LayerResult]:
+    """Under the sweep's file lock: every layer finished on disk (this process's `rows` as they are, the others
+    read back), written to scores.csv and to the manifest's 'sweep' record (under a launcher by rank 0 only;
+    `--shard` processes may run at any time, so each one does)."""
+    with FileLock(out / LOCK):
+        own = {row.layer: row for row in rows}
+        merged = [own.get(layer) or _finished_layer(config, run, out, layer, task_names) for layer in layers]
+        merged = [row for row in merged if row is not None]
+        if merged:
+            write_scores_csv(out / SCORES_CSV, merged)
+        if not (shard.launched and shard.index > 0):
+            _record(out, config, run, layers, merged, out / SCORES_CSV, wall, shard)
+    return merged
 
 
 def _span(layers: list[int]) -> str:
@@ -204,7 +257,7 @@ def _span(layers: list[int]) -> str:
 def _sweep_layer(config: SweepConfig, run: Path, layer: int, out: Path, task_names: list[str]) -> LayerResult:
     """Tune (or resume, or keep) and evaluate (or keep) one layer."""
     folder = out / f"layer-{layer}"
-    tune_config = replace(config.tune, sae=None, saes_run=str(run), layer=layer, resume=True)
+    tune_config = _layer_tune_config(config, run, layer)
     tuned_before = TUNE_STAGE in read_manifest(folder)["stages"]
     if tuned_before:
         changed = changed_settings(tune_config, folder)
@@ -223,6 +276,32 @@ def _sweep_layer(config: SweepConfig, run: Path, layer: int, out: Path, task_nam
         result = evaluate(replace(config.evaluation, model=str(folder), tasks=tuple(config.tasks)), folder / EVAL_DIR)
         _release_memory()
         _record_evaluation(folder, result)
+    return _layer_result(layer, folder, tuned, result, tuned_now=not tuned_before, evaluated_now=evaluated_now)
+
+
+def _layer_tune_config(config: SweepConfig, run: Path, layer: int) -> TuneConfig:
+    return replace(config.tune, sae=None, saes_run=str(run), layer=layer, resume=True)
+
+
+def _finished_layer(
+    config: SweepConfig, run: Path, out: Path, layer: int, task_names: list[str]
+) -> LayerResult | None:
+    """Layer `layer` as another process (or an earlier run) left it in `out`, if its tuning finished with this
+    sweep's settings and its evaluation with its tasks and settings; else None."""
+    folder = out / f"layer-{layer}"
+    tuned = read_manifest(folder)["stages"].get(TUNE_STAGE)
+    if tuned is None or changed_settings(_layer_tune_config(config, run, layer), folder):
+        return None
+    result = _finished_evaluation(folder / EVAL_DIR, config.evaluation, task_names)
+    if result is None:
+        return None
+    return _layer_result(layer, folder, tuned, result, tuned_now=False, evaluated_now=False)
+
+
+def _layer_result(
+    layer: int, folder: Path, tuned: dict[str, Any], result: EvalResult, *, tuned_now: bool, evaluated_now: bool
+) -> LayerResult:
+    """A layer's row from its tuning record (the `tune` stage of its manifest) and its evaluation."""
     return LayerResult(
         layer=layer,
         out=folder,
@@ -233,7 +312,7 @@ def _sweep_layer(config: SweepConfig, run: Path, layer: int, out: Path, task_nam
         scores=layer_scores(result),
         average=100 * result.average,
         eval_wall_s=result.wall_time_s,
-        tuned_now=not tuned_before,
+        tuned_now=tuned_now,
         evaluated_now=evaluated_now,
     )
 
@@ -303,7 +382,8 @@ def format_layer(row: LayerResult) -> str:
 
 
 def _record(
-    out: Path, config: SweepConfig, run: Path, layers: list[int], rows: list[LayerResult], path: Path, wall: float
+    out: Path, config: SweepConfig, run: Path, layers: list[int], rows: list[LayerResult], path: Path, wall: float,
+    shard: Shard,
 ) -> None:
     record_stage(out, STAGE, {
         # evaluation's model and tasks are set per layer (recorded below and per layer), not the config's defaults
@@ -316,5 +396,7 @@ def _record(
         "complete": len(rows) == len(layers),
         "scores_csv": run_relative(path, out),
         "wall_s_this_run": round(wall, 2),
+        # the writer's share: shard i of n swept layers[i::n] (a launcher's ranks or --shard processes)
+        "shard": {"index": shard.index, "count": shard.count, "launched": shard.launched},
         "per_layer": [{**asdict(row), "out": run_relative(row.out, out)} for row in rows],
     })
