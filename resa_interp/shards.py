@@ -81,7 +81,8 @@ def process_shard(option: str | None) -> Shard:
 def pin_rank_gpu() -> None:
     """Under a launcher, give each rank its own GPU: CUDA_VISIBLE_DEVICES becomes the LOCAL_RANK-th of the visible
     devices, so that 'cuda' (and a vLLM engine started from this process) means that GPU. It must run before
-    anything touches CUDA; nothing happens without LOCAL_RANK or with one rank."""
+    anything touches CUDA; nothing happens without LOCAL_RANK or with one rank. One rank per GPU: a rank beyond
+    the node's GPUs is left with none (CUDA cannot be asked how many there are without fixing the choice)."""
     local_rank = os.environ.get("LOCAL_RANK")
     if local_rank is None or not launcher_shard().sharded:
         return

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import shutil
 import signal
 import subprocess
@@ -22,7 +23,7 @@ from resa_interp.evaluation.sweep import sweep, sweep_config
 from resa_interp.evaluation.tasks import PAPER_ORDER
 from resa_interp.numbering import layer_of_paper_label, paper_label
 from resa_interp.sae.train import SAETrainConfig, parse_layers, train_saes
-from resa_interp.shards import Shard, parse_shard
+from resa_interp.shards import Shard, launcher_shard, on_its_own, parse_shard, pin_rank_gpu
 
 TABLE6 = Path(__file__).parent.parent / "analysis" / "paper_table6.csv"
 
@@ -353,3 +354,23 @@ def test_two_ranks_under_torchrun_give_the_unsharded_sweep(whole, tmp_path):
     assert record["complete"] and record["shard"] == {"index": 0, "count": 2, "launched": True}
     # tuned_now is the writer's (rank 0's) own work; layer 2 was read back from rank 1's folder
     assert [r["tuned_now"] for r in record["per_layer"]] == [True, False, True]
+
+
+def test_each_rank_gets_its_own_gpu_and_works_alone(monkeypatch):
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "CUDA_VISIBLE_DEVICES"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    pin_rank_gpu()  # no launcher: nothing changes
+    assert "CUDA_VISIBLE_DEVICES" not in os.environ and launcher_shard() == Shard()
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert launcher_shard() == Shard(3, 4, launched=True) and launcher_shard().label == "rank 3/4"
+    pin_rank_gpu()
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "1"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    pin_rank_gpu()
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "5"
+    # inside, the rank looks like a single process to accelerate and vLLM; outside, the launcher's variables are back
+    with on_its_own():
+        assert not {"RANK", "WORLD_SIZE", "LOCAL_RANK"} & set(os.environ) and launcher_shard() == Shard()
+    assert (os.environ["RANK"], os.environ["WORLD_SIZE"], os.environ["LOCAL_RANK"]) == ("3", "4", "1")
