@@ -132,3 +132,19 @@ def test_a_truncated_shard_is_refused(tiny_qwen2, tmp_path):
         handle.truncate(100)
     with pytest.raises(ResaError, match="layer-1.bin has 100 bytes"):
         ActivationCache(result.path)
+
+
+def test_cli_harvests_then_trains_with_the_cache_settings_as_defaults(cli, tiny_qwen2, tmp_path):
+    cache = tmp_path / "cache"
+    code, out, _ = cli(["cache-activations", "--model", tiny_qwen2, "--layers", "2", "--tokens", "1024", "--dtype",
+                        "float16", "--out", str(cache)])
+    assert code == 0 and "float16" in out
+    code, out, err = cli(["train-saes", "--model", tiny_qwen2, "--activations", str(cache), "--k", "8",
+                          "--batch-tokens", "256", "--out", str(tmp_path / "run")])
+    assert code == 0, err
+    stage = json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"]["train-saes"]
+    assert stage["layers"] == [2] and stage["tokens_per_layer"] == 1024
+    assert stage["config"]["n_examples"] == ActivationCache(cache).manifest["settings"]["n_examples"]
+    code, _, err = cli(["train-saes", "--model", tiny_qwen2, "--activations", str(cache), "--layers", "1",
+                        "--out", str(tmp_path / "bad")])
+    assert code == 2 and err.count("\n") == 1 and "not layer 1" in err
