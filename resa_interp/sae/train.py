@@ -453,6 +453,8 @@ class StageIResult:
     metrics: list[dict] = field(default_factory=list)
     tokens_per_layer: int = 0
     wall_seconds: float = 0.0
+    train_seconds: float = 0.0
+    """Of the wall time, the training itself (activations in, SAE steps; no loading, export or metrics)."""
 
 
 def _sae_metadata(cfg: SAETrainConfig, origin: dict, layer: int, tokens: int) -> dict:
@@ -663,7 +665,7 @@ def train_saes(
     """Finished layers -> their dead fraction over the training window."""
     dirs: dict[int, Path] = {layer: sae_dir(run, cfg.hook, layer) for layer in done}
     todo = [layer for layer in layers if layer not in done]
-    tokens_trained = 0
+    tokens_trained, train_seconds = 0, 0.0
     if cfg.mode == "pretrained":
 
         for layer in todo:
@@ -680,8 +682,10 @@ def train_saes(
             desc = f"SAEs {first}..{group[-1]}" if len(group) > 1 else first
             feed = cache.feed(group, device) if cache else ModelFeed(
                 subject, cfg.hook, group, data.train, data.prefix_len, cfg.seq_batch, 0 if cfg.keep_first else 1)
+            started = time.time()
             with tqdm(total=budget, desc=desc, unit="tok", unit_scale=True, dynamic_ncols=True) as progress:
                 trained = _train_group(cfg, feed, group, checkpoint, state, progress, done)
+            train_seconds += time.time() - started
             for layer, sae in trained.items():
                 tokens_trained = int(sae.tokens_seen)
                 meta = {**_sae_metadata(cfg, origin, layer, tokens_trained), "source_folds": sae.source_notes}
@@ -715,8 +719,9 @@ def train_saes(
             "layers": layers,
             "tokens_per_layer": tokens_trained,
             "wall_seconds": round(wall, 1),
+            "train_seconds": round(train_seconds, 1),
             "device": str(subject.device),
             "select_precision": str(_select_dtype(cfg, subject.device) or torch.float32).removeprefix("torch."),
         },
     )
-    return StageIResult(run, dict(sorted(dirs.items())), metrics, tokens_trained, wall)
+    return StageIResult(run, dict(sorted(dirs.items())), metrics, tokens_trained, wall, train_seconds)
