@@ -1,8 +1,9 @@
 """Stage I: TopK SAEs at every selected layer of a source model, all trained from ONE forward pass per batch.
 
-Data flow: CoT-free trigger texts -> one HF forward pass per batch of sequences (`model.harvest.Harvester`) ->
-per-layer shuffle buffers in memory -> each layer's SAE steps on minibatches (`sae.topk_kernel`) -> SAELens
-TopK SAE folders `RUN/saes/<hook_name>/` -> held-out quality (`sae.metrics`).
+Data flow: CoT-free trigger texts -> one HF forward pass per batch of sequences (`model.harvest.Harvester`), or
+the same batches read from an activation cache (`sae.activations`) -> per-layer shuffle buffers in memory ->
+each layer's SAE steps on minibatches (`sae.topk_kernel`) -> SAELens TopK SAE folders `RUN/saes/<hook_name>/` ->
+held-out quality (`sae.metrics`).
 
 Training works on inputs scaled to unit mean norm (one factor per layer, measured on the first buffer); the
 factor is folded into the saved weights, so the saved SAEs read raw activations and reconstruct them in raw
