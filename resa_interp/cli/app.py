@@ -16,7 +16,7 @@ from resa_interp.cli.evaluation import evaluate, sweep
 from resa_interp.cli.features import dashboard, features
 from resa_interp.cli.layers import select_layers
 from resa_interp.cli.model import attach, info
-from resa_interp.cli.sae import train_saes
+from resa_interp.cli.sae import cache_activations, train_saes
 from resa_interp.cli.tuning import tune
 from resa_interp.errors import ResaError
 
@@ -25,7 +25,8 @@ app = typer.Typer(
     help=(
         "SAE feature analysis of reasoning models (the Resa method).\n\n"
         "Stages: info (what a model looks like) -> train-saes -> features -> select-layers -> tune -> eval; "
-        "sweep (tune + eval at every layer) feeds select-layers; dashboard shows what a feature does; attach puts "
+        "sweep (tune + eval at every layer) feeds select-layers; cache-activations harvests Stage I's activations once "
+        "for any number of train-saes --activations runs; dashboard shows what a feature does; attach puts "
         "a tuned adapter on another model of the family. "
         "Every command works offline on the embedded default model (SmolLM2-135M-Instruct) when --model is "
         "not given."
@@ -37,6 +38,7 @@ app = typer.Typer(
 )
 for name, command in [
     ("info", info),
+    ("cache-activations", cache_activations),
     ("train-saes", train_saes),
     ("features", features),
     ("dashboard", dashboard),

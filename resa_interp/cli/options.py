@@ -89,6 +89,13 @@ MaxSeqLen = Annotated[
 Seed = Annotated[
     int | None, typer.Option("--seed", help="Seed of the command's random choices (same seed, same result on CPU).")
 ]
+ProblemColumn = Annotated[str | None, typer.Option("--problem-column", help="Question column of --dataset.")]
+AnswerColumn = Annotated[str | None, typer.Option("--answer-column", help="Answer column of --dataset.")]
+KeepFirst = Annotated[bool, typer.Option("--keep-first", help="Also train on the first (sink) position.")]
+Tokens = Annotated[
+    int | None, typer.Option("--tokens", help="Training tokens per SAE [default: 98304; with --activations, what the "
+                             "cache holds]; 0 = one epoch over the dataset.")
+]
 Threshold = Annotated[float | None, typer.Option("--threshold", help="A latent fires when its activation > this.")]
 Resume = Annotated[
     bool,

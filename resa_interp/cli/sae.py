@@ -7,22 +7,35 @@ from typing import Annotated
 import typer
 
 from resa_interp.cli.options import (
+    AnswerColumn,
     Dataset,
     Device,
     DryRun,
     Dtype,
     Hook,
+    KeepFirst,
     Layers,
     MaxSeqLen,
     Model,
     Out,
     Pack,
     Preset,
+    ProblemColumn,
     Resume,
     Seed,
     Source,
     Template,
+    Tokens,
+    renamed,
 )
+
+ModelDtype = renamed(Dtype, "--model-dtype")
+Activations = Annotated[
+    str | None,
+    typer.Option("--activations", help="Train from this activation cache (resa-interp cache-activations) instead of "
+                 "forward passes: model, hook, layers and data settings must be the cache's, and default to them; "
+                 "the model is loaded only for the held-out metrics."),
+]
 
 
 def train_saes(
@@ -53,9 +66,7 @@ def train_saes(
                      "--expansion-factor, as sparsify's num_latents does. At least --k. Fine-tuning keeps the "
                      "source's size [default: expansion factor x d_model]."),
     ] = None,
-    tokens: Annotated[
-        int | None, typer.Option(help="Training tokens per SAE [default: 98304]; 0 = one epoch over the dataset.")
-    ] = None,
+    tokens: Tokens = None,
     batch_tokens: Annotated[int | None, typer.Option(help="Tokens per optimizer step [default: 1024].")] = None,
     optimizer: Annotated[str | None, typer.Option(help="adam (default) | signum (the paper).")] = None,
     lr: Annotated[
@@ -67,11 +78,12 @@ def train_saes(
     template: Template = None,
     pack: Pack = None,
     max_seq_len: MaxSeqLen = None,
-    problem_column: Annotated[str | None, typer.Option(help="Question column of --dataset.")] = None,
-    answer_column: Annotated[str | None, typer.Option(help="Answer column of --dataset.")] = None,
-    keep_first: Annotated[bool, typer.Option("--keep-first", help="Also train on the first (sink) position.")] = False,
+    problem_column: ProblemColumn = None,
+    answer_column: AnswerColumn = None,
+    keep_first: KeepFirst = False,
     seed: Seed = None,
     preset: Preset = None,
+    activations: Activations = None,
     resume: Resume = False,
     device: Device = None,
     dtype: Dtype = None,
@@ -90,14 +102,19 @@ def train_saes(
 
     Example: resa-interp train-saes --layers 3,12,24 --out runs/demo
     """
+    from resa_interp.errors import check_choice
     from resa_interp.presets import with_preset
-    from resa_interp.sae import PRESETS, SAETrainConfig, plan_stage1, stage1_settings, train_saes
+    from resa_interp.sae import PRESETS, ActivationCache, SAETrainConfig, plan_stage1, stage1_settings, train_saes
     from resa_interp.sae.metrics import format_table
 
     # an --expansion-factor given alone replaces the preset's --latents (which would otherwise override it)
     drop = ("latents",) if expansion_factor is not None and latents is None else ()
+    if preset is not None:
+        check_choice("--preset", preset, PRESETS)
+    # with a cache, its data settings come after the preset's and before the options given
+    base = {**PRESETS.get(preset, {}), **(ActivationCache(activations).defaults() if activations else {})}
     cfg = with_preset(
-        SAETrainConfig, PRESETS, preset, drop,
+        SAETrainConfig, {"base": base}, "base", drop, activations=activations,
         model=model, dataset=dataset, layers=layers, hook=hook, mode=mode, source=source, source_hook=from_hook,
         k=k, expansion_factor=expansion_factor, latents=latents, batch_tokens=batch_tokens, optimizer=optimizer,
         lr=lr, group_size=group_size, template=template, pack=pack, max_seq_len=max_seq_len,
@@ -114,3 +131,52 @@ def train_saes(
     result = train_saes(cfg, out, resume=resume)
     typer.echo(format_table(result.metrics))
     typer.echo(f"SAEs: {out}/saes/  metrics: {out}/saes/metrics.json  figure: {out}/saes/metrics.html")
+
+
+def cache_activations(
+    out: Out,
+    model: Model = None,
+    dataset: Dataset = None,
+    layers: Layers = None,
+    hook: Hook = None,
+    tokens: Tokens = None,
+    template: Template = None,
+    pack: Pack = None,
+    max_seq_len: MaxSeqLen = None,
+    problem_column: ProblemColumn = None,
+    answer_column: AnswerColumn = None,
+    keep_first: KeepFirst = False,
+    seed: Seed = None,
+    preset: Preset = None,
+    device: Device = None,
+    model_dtype: ModelDtype = None,
+    dtype: Annotated[
+        str, typer.Option("--dtype", help="How the cache stores activations: bfloat16 (2 bytes a value), float16 or "
+                          "float32 (4 bytes; trains exactly the SAEs a forward pass trains).")
+    ] = "bfloat16",
+) -> None:
+    """Harvest Stage I's training activations once into an activation cache, for train-saes --activations.
+
+    One forward pass per batch, as train-saes runs it (same texts, order, batches, counted positions: every
+    position but each text's first), written to OUT/layer-L.bin (raw [tokens, d_model] rows, memory-mapped when
+    read) with OUT/manifest.json (model, data fingerprint, hook, layers, dtype, token counts, the data settings).
+    Disk: d_model x 2 bytes per token per layer in bfloat16. Then any number of SAE configs train from it without
+    the model: resa-interp train-saes --activations OUT --k 64 --out runs/k64. Written whole or not at all; an
+    interrupted harvest starts over.
+
+    Example: resa-interp cache-activations --layers 3,12,24 --tokens 200000 --out caches/demo
+    """
+    from resa_interp.presets import with_preset
+    from resa_interp.sae import PRESETS, SAETrainConfig
+    from resa_interp.sae import cache_activations as harvest
+
+    cfg = with_preset(
+        SAETrainConfig, PRESETS, preset, model=model, dataset=dataset, layers=layers, hook=hook, template=template,
+        pack=pack, max_seq_len=max_seq_len, problem_column=problem_column, answer_column=answer_column,
+        keep_first=keep_first or None, seed=seed, device=device, model_dtype=model_dtype,
+    )
+    if tokens is not None:
+        cfg.tokens = tokens or None
+    result = harvest(cfg, out, dtype)
+    typer.echo(f"cache: {result.path}  {len(result.layers)} layer(s) x {result.tokens_per_layer:,} tokens, "
+               f"{dtype}, {result.bytes / 2**20:.1f} MiB, {result.wall_seconds:.0f} s")

@@ -5,6 +5,8 @@ Takes a `SAETrainConfig` and a run folder; gives SAELens SAE folders `RUN/saes/<
 (`RUN/saes/metrics.json`) and a `StageIResult`. The training step is the fused kernel in `topk_kernel.py`.
 """
 
+from resa_interp.sae.activations import ActivationCache
+from resa_interp.sae.cache import CacheResult, cache_activations
 from resa_interp.sae.folders import SAES_DIR, check_sae_fits, load_sae, require_sae_dirs, run_sae_dirs, sae_dir
 from resa_interp.sae.metrics import evaluate_saes, read_metrics
 from resa_interp.sae.plan import Stage1Plan, plan_stage1, stage1_settings
@@ -14,12 +16,15 @@ from resa_interp.sae.train import PRESETS, SAETrainConfig, StageIResult, parse_l
 
 __all__ = [
     "PRESETS",
+    "ActivationCache",
+    "CacheResult",
     "SAES_DIR",
     "SAEReconstruction",
     "SAETrainConfig",
     "Stage1Plan",
     "StageIResult",
     "build_topk_sae",
+    "cache_activations",
     "check_sae_fits",
     "evaluate_saes",
     "load_sae",

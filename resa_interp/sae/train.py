@@ -1,8 +1,9 @@
 """Stage I: TopK SAEs at every selected layer of a source model, all trained from ONE forward pass per batch.
 
-Data flow: CoT-free trigger texts -> one HF forward pass per batch of sequences (`model.harvest.Harvester`) ->
-per-layer shuffle buffers in memory -> each layer's SAE steps on minibatches (`sae.topk_kernel`) -> SAELens
-TopK SAE folders `RUN/saes/<hook_name>/` -> held-out quality (`sae.metrics`).
+Data flow: CoT-free trigger texts -> one HF forward pass per batch of sequences (`model.harvest.Harvester`), or
+the same batches read from an activation cache (`sae.activations`) -> per-layer shuffle buffers in memory ->
+each layer's SAE steps on minibatches (`sae.topk_kernel`) -> SAELens TopK SAE folders `RUN/saes/<hook_name>/` ->
+held-out quality (`sae.metrics`).
 
 Training works on inputs scaled to unit mean norm (one factor per layer, measured on the first buffer); the
 factor is folded into the saved weights, so the saved SAEs read raw activations and reconstruct them in raw
@@ -30,17 +31,12 @@ from resa_interp.checkpoints import load_state, refuse_pickled, save_state
 from resa_interp.data.qa import SYNTHETIC, dataset_fingerprint, load_qa
 from resa_interp.data.templates import TEMPLATES, format_trigger
 from resa_interp.errors import ResaError, check_choice
-from resa_interp.model.harvest import (
-    EncodedText,
-    Harvester,
-    encode_packed,
-    encode_texts,
-    iter_batches,
-    shared_prefix_length,
-)
+from resa_interp.model.harvest import EncodedText, encode_packed, encode_texts, shared_prefix_length
 from resa_interp.model.hooks import HOOKS, hook_name
+from resa_interp.model.loading import resolve_device
 from resa_interp.model.subject import Subject, load_subject
 from resa_interp.runs import atomic_dir, record_stage, run_relative, sha256_text
+from resa_interp.sae.activations import ActivationCache, ActivationFeed, ModelFeed
 from resa_interp.sae.folders import SAES_DIR, load_sae, sae_dir
 from resa_interp.sae.metrics import evaluate_saes, write_metrics
 from resa_interp.sae.optimizers import Signum
@@ -138,6 +134,10 @@ class SAETrainConfig:
     """Pack the training texts as the authors' code does (sparsify's chunk_and_tokenize): joined with EOS and
     cut into chunks of exactly `max_seq_len` tokens (or the tokenizer's model_max_length when shorter), the
     remainder of every 2048 texts dropped. Off: one text per sequence, padded. Held-out texts stay unpacked."""
+    activations: str | None = None
+    """Train from this activation cache (`cache-activations`) instead of forward passes; the model is loaded only
+    for the held-out metrics at the end. The cache must hold this model, hook and layers and the same data
+    settings."""
 
     def latents_for(self, d_in: int) -> int:
         """The dictionary size for inputs of width `d_in`: `latents`, else `expansion_factor` * d_in (the one place
@@ -172,6 +172,8 @@ class SAETrainConfig:
         check_choice("select precision", self.select_precision, SELECT_PRECISIONS)
         if self.tokens is not None and self.tokens < self.batch_tokens:
             raise ResaError(f"--tokens {self.tokens} is smaller than one batch ({self.batch_tokens} tokens); raise it")
+        if self.activations and self.mode == "pretrained":
+            raise ResaError("--activations: --mode pretrained imports SAEs without training, so it reads no cache")
 
     def semantic_hash(self) -> str:
         """Hash of the fields that change results (a checkpoint is only resumed under the same hash)."""
@@ -452,21 +454,19 @@ class StageIResult:
     metrics: list[dict] = field(default_factory=list)
     tokens_per_layer: int = 0
     wall_seconds: float = 0.0
+    train_seconds: float = 0.0
+    """Of the wall time, the training itself (activations in, SAE steps; no loading, export or metrics)."""
 
 
-def _pad_id(tokenizer) -> int:
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-
-
-def _sae_metadata(cfg: SAETrainConfig, subject: Subject, layer: int, data: TriggerData, tokens: int) -> dict:
+def _sae_metadata(cfg: SAETrainConfig, origin: dict, layer: int, tokens: int) -> dict:
     return {
-        "model_name": subject.spec,
-        "model_path": str(subject.path),
+        "model_name": origin["model"],
+        "model_path": origin["model_path"],
         "hook_name": hook_name(cfg.hook, layer),
         "hook_layer": layer,
         "prepend_bos": False,
         "dataset_path": cfg.dataset,
-        "dataset_fingerprint": data.fingerprint,
+        "dataset_fingerprint": origin["dataset_fingerprint"],
         "template": cfg.template,
         "packed": cfg.pack,
         "context_size": cfg.max_seq_len,
@@ -525,17 +525,17 @@ class _Checkpoint:
 
 def _train_group(
     cfg: SAETrainConfig,
-    subject: Subject,
+    feed: ActivationFeed,
     layers: list[int],
-    data: TriggerData,
     checkpoint: _Checkpoint,
     state: dict | None,
     progress,
     done: dict[int, float],
 ) -> dict[int, LayerSAE]:
-    """Train the SAEs of `layers` together: one forward pass per batch feeds every layer's buffer."""
-    d_in = subject.facts.d_model
-    device = subject.device
+    """Train the SAEs of `layers` together: each batch of `feed` (one forward pass, or a read from a cache) feeds
+    every layer's buffer."""
+    d_in = feed.d_model
+    device = feed.device
     saes = {}
     for layer in layers:
         seed, select_dtype = cfg.seed * 1000 + layer, _select_dtype(cfg, device)
@@ -551,9 +551,6 @@ def _train_group(
         saes[layer] = sae
 
     budget = cfg.tokens if cfg.tokens is not None else math.inf
-    harvest = Harvester(subject.hf, cfg.hook, layers)
-    pad_id = _pad_id(subject.tokenizer)
-    exclude = 0 if cfg.keep_first else 1
     pending: dict[int, list[Tensor]] = {layer: [] for layer in layers}
     start, tokens_done, flushes, pending_tokens = 0, 0, 0, 0
     if state is not None and state.get("group") == layers:
@@ -599,24 +596,16 @@ def _train_group(
                 }
             )
 
-    prefix = harvest.run_prefix(data.train[0].ids[: data.prefix_len]) if data.prefix_len else None
-    shared = prefix.counted(exclude) if prefix else {layer: None for layer in layers}
-    batches = iter_batches(data.train, cfg.seq_batch, pad_id, exclude, start=start, prefix_len=data.prefix_len)
-    for first, batch in batches:
-        if tokens_done >= budget:
-            break
-        acts = harvest(batch.input_ids, batch.attention_mask, prefix=prefix)
-        mask = batch.train_mask.to(device)
-        rows = batch.input_ids.shape[0]
+    for first, chunks, n in feed.batches(start):
         for layer in layers:
-            if shared[layer] is not None:
-                pending[layer].append(shared[layer].repeat(rows, 1))
-            pending[layer].append(acts[layer][mask])
-        pending_tokens += int(mask.sum()) + (rows * shared[layers[0]].shape[0] if prefix else 0)
+            pending[layer].extend(chunks[layer])
+        pending_tokens += n
         if pending_tokens >= min(cfg.buffer_tokens, budget - tokens_done):
             flush(next_text=first + cfg.seq_batch, final=False)
+        if tokens_done >= budget:
+            break
     if pending_tokens and tokens_done < budget:
-        flush(next_text=len(data.train), final=True)
+        flush(next_text=-1, final=True)  # the last flush saves no checkpoint, so its resume point is never read
     if cfg.tokens is not None and tokens_done < cfg.tokens:
         log.warning("dataset exhausted after %d of %d tokens (one epoch)", tokens_done, cfg.tokens)
     return saes
@@ -642,20 +631,30 @@ def _export(sae_obj, path: Path) -> Path:
 def train_saes(
     cfg: SAETrainConfig, run: str | Path, subject: Subject | None = None, resume: bool = False
 ) -> StageIResult:
-    """Train (or import) one SAE per selected layer into `run`/saes, then measure their held-out quality."""
+    """Train (or import) one SAE per selected layer into `run`/saes, then measure their held-out quality. With
+    `cfg.activations` the SAEs train from that cache and the model is loaded only for the metrics."""
     from tqdm.auto import tqdm
 
     cfg.check()
     run = Path(run)
     t0 = time.time()
-    subject = subject or load_subject(cfg.model, dtype=cfg.model_dtype, device=cfg.device)
-    layers = parse_layers(cfg.layers, subject.facts.n_layers)
+    cache = ActivationCache(cfg.activations) if cfg.activations else None
+    if cache is None:
+        subject = subject or load_subject(cfg.model, dtype=cfg.model_dtype, device=cfg.device)
+        layers = parse_layers(cfg.layers, subject.facts.n_layers)
+        data = trigger_data(cfg, subject)
+        origin = {"model": subject.spec, "model_path": str(subject.path), "dataset_fingerprint": data.fingerprint}
+        device, d_model = subject.device, subject.facts.d_model
+    else:
+        layers = parse_layers(cfg.layers, cache.manifest["n_layers"])
+        cache.check(cfg, layers)
+        origin = {key: cache.manifest[key] for key in ("model", "model_path", "dataset_fingerprint")}
+        device, d_model = resolve_device(cfg.device), cache.d_model
     checkpoint = _Checkpoint(run, cfg.semantic_hash())
     state = checkpoint.load()
     if resume and state is None:
         raise ResaError(f"--resume: {run} has no interrupted Stage I run to continue")
-    data = trigger_data(cfg, subject)
-    plan = plan_memory(cfg, subject.facts.d_model, len(layers), subject.device)
+    plan = plan_memory(cfg, d_model, len(layers), device)
     print(plan.describe(len(layers)))
     if cfg.mode != "scratch":
         print(f"--from {cfg.source}: the {cfg.resolved_source_hook()} SAEs"
@@ -667,13 +666,13 @@ def train_saes(
     """Finished layers -> their dead fraction over the training window."""
     dirs: dict[int, Path] = {layer: sae_dir(run, cfg.hook, layer) for layer in done}
     todo = [layer for layer in layers if layer not in done]
-    tokens_trained = 0
+    tokens_trained, train_seconds = 0, 0.0
     if cfg.mode == "pretrained":
 
         for layer in todo:
             sae = load_source_sae(cfg.source, layer, cfg.resolved_source_hook())
             _check_source(sae, subject.facts.d_model, cfg.source)
-            for key, value in _sae_metadata(cfg, subject, layer, data, 0).items():
+            for key, value in _sae_metadata(cfg, origin, layer, 0).items():
                 setattr(sae.cfg.metadata, key, value)
             dirs[layer] = _export(sae, sae_dir(run, cfg.hook, layer))
     else:
@@ -682,11 +681,15 @@ def train_saes(
         for group in groups:
             first = hook_name(cfg.hook, group[0])
             desc = f"SAEs {first}..{group[-1]}" if len(group) > 1 else first
+            feed = cache.feed(group, device) if cache else ModelFeed(
+                subject, cfg.hook, group, data.train, data.prefix_len, cfg.seq_batch, 0 if cfg.keep_first else 1)
+            started = time.time()
             with tqdm(total=budget, desc=desc, unit="tok", unit_scale=True, dynamic_ncols=True) as progress:
-                trained = _train_group(cfg, subject, group, data, checkpoint, state, progress, done)
+                trained = _train_group(cfg, feed, group, checkpoint, state, progress, done)
+            train_seconds += time.time() - started
             for layer, sae in trained.items():
                 tokens_trained = int(sae.tokens_seen)
-                meta = {**_sae_metadata(cfg, subject, layer, data, tokens_trained), "source_folds": sae.source_notes}
+                meta = {**_sae_metadata(cfg, origin, layer, tokens_trained), "source_folds": sae.source_notes}
                 dirs[layer] = _export(sae.export(meta), sae_dir(run, cfg.hook, layer))
                 done[layer] = sae.dead_fraction(min(DEAD_WINDOW, max(tokens_trained, 1)))
             state = None
@@ -694,6 +697,12 @@ def train_saes(
                 checkpoint.save({"done": done, "group": None})
         checkpoint.clear()
 
+    if cache is not None:  # the metrics need the model and the held-out texts, which the cache does not hold
+        subject = subject or load_subject(cfg.model, dtype=cfg.model_dtype, device=cfg.device)
+        data = trigger_data(cfg, subject)
+        if data.fingerprint != origin["dataset_fingerprint"]:
+            log.warning("dataset %s changed since the cache was harvested; held-out metrics use today's texts",
+                        cfg.dataset)
     final = {layer: load_sae(dirs[layer], device=str(subject.device)) for layer in layers}
     metrics = evaluate_saes(subject, final, cfg.hook, data.heldout, keep_first=cfg.keep_first)
     for row in metrics:
@@ -706,14 +715,14 @@ def train_saes(
         "train-saes",
         {
             "config": dataclasses.asdict(cfg),
-            "model": subject.spec,
-            "model_path": str(subject.path),
-            "dataset_fingerprint": data.fingerprint,
+            **origin,
+            "activations": str(cache.path) if cache else None,
             "layers": layers,
             "tokens_per_layer": tokens_trained,
             "wall_seconds": round(wall, 1),
+            "train_seconds": round(train_seconds, 1),
             "device": str(subject.device),
             "select_precision": str(_select_dtype(cfg, subject.device) or torch.float32).removeprefix("torch."),
         },
     )
-    return StageIResult(run, dict(sorted(dirs.items())), metrics, tokens_trained, wall)
+    return StageIResult(run, dict(sorted(dirs.items())), metrics, tokens_trained, wall, train_seconds)
