@@ -13,6 +13,7 @@ import torch
 
 from resa_interp.errors import ResaError
 from resa_interp.features.extract import FeatureConfig, run_features
+from resa_interp.model.harvest import Harvester
 from resa_interp.model.hooks import hook_name
 from resa_interp.model.splice import spliced
 from resa_interp.model.subject import load_subject
@@ -38,21 +39,6 @@ PROMPT = "Problem: What is 12 * 7? <think> 84, so the product is 84 </think> <an
 def arch_model(request, tmp_path_factory) -> tuple[str, str]:
     arch = request.param
     return arch, str(build_tiny_model(tmp_path_factory.mktemp("arch") / arch, arch, random_norms=True))
-
-
-def _output(module: torch.nn.Module, run) -> torch.Tensor:
-    """Output of `module` (first element if a tuple) during `run()`, captured by a forward hook."""
-    seen = {}
-
-    def hook(_module, _inputs, out):
-        seen["x"] = (out[0] if isinstance(out, tuple) else out).detach()
-
-    handle = module.register_forward_hook(hook)
-    try:
-        run()
-    finally:
-        handle.remove()
-    return seen["x"]
 
 
 EXERCISED = {
@@ -103,7 +89,7 @@ def test_the_view_agrees_with_hf_and_takes_saes(arch_model):
         assert (logits - hf_logits).abs().max().item() < 1e-4
         for layer in range(subject.facts.n_layers):
             for hook in ("resid_post", "mlp_out"):
-                hf_act = _output(subject.hook_module(hook, layer), lambda: subject.hf(ids))
+                hf_act = Harvester(subject.hf, hook, [layer], stop_early=False)(ids)[layer]
                 assert (cache[hook_name(hook, layer)] - hf_act).abs().max().item() < 1e-4, (hook, layer)
         torch.manual_seed(0)
         sae = TopKSAE(TopKSAEConfig(d_in=64, d_sae=128, k=8,
@@ -183,6 +169,6 @@ def test_an_architecture_without_a_view_runs_on_hf(tmp_path, tiny_qwen2):
     ids = torch.tensor([subject.tokenizer(PROMPT)["input_ids"]])
     with torch.no_grad():
         hidden = subject.hf(ids, output_hidden_states=True).hidden_states
-        assert torch.equal(_output(subject.hook_module("resid_post", 0), lambda: subject.hf(ids)), hidden[1])
+        assert torch.equal(Harvester(subject.hf, "resid_post", [0])(ids)[0], hidden[1])
     with pytest.raises(ResaError, match="TransformerLens has no view of HeliumForCausalLM"):
         _ = subject.hooked

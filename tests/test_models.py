@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from resa_interp.errors import ResaError
+from resa_interp.model.harvest import Harvester
 from resa_interp.model.hooks import hook_name, parse_hook_name
 from resa_interp.model.loading import resolve_model_path
 from resa_interp.model.subject import load_subject
@@ -19,28 +20,13 @@ def _ids(subject, text=TEXT):
     return torch.tensor([subject.tokenizer(text)["input_ids"]])
 
 
-def _capture(module: torch.nn.Module, run) -> torch.Tensor:
-    """Output of `module` (first element if a tuple) while `run()` executes, captured by a forward hook."""
-    seen = {}
-
-    def hook(_m, _i, out):
-        seen["x"] = (out[0] if isinstance(out, tuple) else out).detach().clone()
-
-    handle = module.register_forward_hook(hook)
-    try:
-        run()
-    finally:
-        handle.remove()
-    return seen["x"]
-
-
 def _assert_hooks_match(subject, layers):
     ids = _ids(subject)
     with torch.no_grad():
         _, cache = subject.hooked.run_with_cache(ids)
         for layer in layers:
             for hook in ("resid_post", "mlp_out"):
-                hf_act = _capture(subject.hook_module(hook, layer), lambda: subject.hf(ids))
+                hf_act = Harvester(subject.hf, hook, [layer], stop_early=False)(ids)[layer]
                 tl_act = cache[hook_name(hook, layer)]
                 scale = hf_act.abs().max().item()
                 torch.testing.assert_close(tl_act, hf_act, rtol=1e-4, atol=1e-5 * max(scale, 1.0))
