@@ -123,3 +123,12 @@ def wait_for_all_ranks(shard: Shard, timeout: timedelta = timedelta(days=7)) -> 
         dist.barrier()
     finally:
         dist.destroy_process_group()
+
+
+def require_one_process(command: str) -> None:
+    """Refuse, in one line, to run `command` as one of several launcher ranks: it is single-process, and every rank
+    would do the whole job into the same output folder."""
+    launched = launcher_shard()
+    if launched.sharded:
+        raise ResaError(f"{command} under a launcher with {launched.count} ranks: it runs in one process (every rank "
+                        "would do the whole job into the same folder); run it without torchrun/accelerate launch")

@@ -126,3 +126,14 @@ def test_importing_the_package_pins_the_blas_branch():
     kept = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                           env={**env, "MKL_CBWR": "COMPATIBLE"}).stdout
     assert kept.strip() == "COMPATIBLE"  # a branch the user chose is never overridden
+
+
+def test_stage_one_refuses_to_run_as_one_of_several_ranks(cli, tiny_qwen2, tmp_path, monkeypatch):
+    """Stage I is one process: under torchrun every rank would train the whole run into the same folder."""
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    out = tmp_path / "run"
+    for command in (["train-saes"], ["train-saes", "--dry-run"]):
+        code, _, err = cli([*command, "--model", tiny_qwen2, "--layers", "1", "--out", str(out)])
+        assert code == 2 and "under a launcher with 2 ranks: it runs in one process" in err, err
+        assert err.count("\n") == 1 and not out.exists()

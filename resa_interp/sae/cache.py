@@ -17,6 +17,7 @@ from resa_interp.data.qa import SYNTHETIC
 from resa_interp.model.subject import Subject, load_subject
 from resa_interp.sae.activations import DATA_SETTINGS, ModelFeed, write_cache
 from resa_interp.sae.train import SAETrainConfig, parse_layers, trigger_data
+from resa_interp.shards import require_one_process
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ def cache_activations(cfg: SAETrainConfig, out: str | Path, dtype: str = "bfloat
     layer, None: one epoch) into the cache folder `out`, stored as `dtype`. Only the data settings of `cfg`
     (`activations.DATA_SETTINGS`) matter; the SAE settings are chosen later, by each run that trains from it."""
     cfg.check()
+    require_one_process("cache-activations")
     t0 = time.time()
     subject = subject or load_subject(cfg.model, dtype=cfg.model_dtype, device=cfg.device)
     layers = parse_layers(cfg.layers, subject.facts.n_layers)

@@ -19,6 +19,7 @@ from resa_interp.sae.folders import SAES_DIR
 from resa_interp.sae.metrics import METRICS_FILE
 from resa_interp.sae.pretrained import find_source_sae
 from resa_interp.sae.train import CHECKPOINT, PRESETS, MemoryPlan, SAETrainConfig, parse_layers, plan_memory
+from resa_interp.shards import require_one_process
 
 OPERATIONAL = ("group_size", "checkpoint_every")
 """Settings that change how a run is scheduled, not its result."""
@@ -76,6 +77,7 @@ class Stage1Plan:
 def plan_stage1(cfg: SAETrainConfig, run: str | Path) -> Stage1Plan:
     """The plan of `train_saes(cfg, run)`; raises the same one-line errors for bad layers or settings first."""
     cfg.check()
+    require_one_process("train-saes")
     shape = model_shape(cfg.model)
     n_layers, d_model = shape.n_layers, shape.d_model
     layers = parse_layers(cfg.layers, n_layers)

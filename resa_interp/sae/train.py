@@ -47,6 +47,7 @@ from resa_interp.sae.topk_kernel import (
     project_out_parallel_grad,
     reconstruction_loss,
 )
+from resa_interp.shards import require_one_process
 
 log = logging.getLogger(__name__)
 
@@ -636,6 +637,7 @@ def train_saes(
     from tqdm.auto import tqdm
 
     cfg.check()
+    require_one_process("train-saes")
     run = Path(run)
     t0 = time.time()
     cache = ActivationCache(cfg.activations) if cfg.activations else None
