@@ -477,3 +477,58 @@ def test_packed_training_reads_full_chunks_of_the_training_texts(tiny_qwen2, tmp
     assert result.tokens_per_layer == 512  # two steps of 256 counted positions, 127 per chunk
     meta = SAE.load_from_disk(str(result.sae_dirs[1])).cfg.metadata
     assert meta.packed is True and meta.context_size == 128
+
+
+def test_folders_hold_what_saelens_runner_records(tiny_qwen2, tmp_path):
+    """cfg.json carries SAELens' runner fields with true values, sparsity.safetensors holds log10 firing rates
+    that an independent count on the held-out texts reproduces, and SAELens' fold_W_dec_norm runs as a no-op."""
+    from sae_lens import SAE
+    from sae_lens.constants import SPARSITY_FILENAME
+    from safetensors import safe_open
+
+    from resa_interp.model.subject import load_subject
+    from resa_interp.sae.train import trigger_data
+
+    subject = load_subject(tiny_qwen2)
+    for keep_first in (False, True):
+        cfg = small_cfg(tiny_qwen2, layers="1", keep_first=keep_first)
+        path = train_saes(cfg, tmp_path / f"run{keep_first}", subject=subject).sae_dirs[1]
+        meta = json.loads((path / "cfg.json").read_text())["metadata"]
+        ids = subject.tokenizer("a")["input_ids"]
+        bos = subject.tokenizer.bos_token_id
+        assert meta["prepend_bos"] == (bos is not None and ids[0] == bos)
+        assert meta["seqpos_slice"] == ([None] if keep_first else [1, None])
+        assert (meta["context_size"], meta["model_class_name"], meta["exclude_special_tokens"]) == (
+            cfg.max_seq_len, "HookedTransformer", False)
+        assert meta["model_name"] == tiny_qwen2 and meta["model_path"] == tiny_qwen2
+
+        sae = SAE.load_from_disk(str(path))
+        with safe_open(str(path / SPARSITY_FILENAME), framework="pt") as f:
+            log_rate = f.get_tensor("sparsity")
+        # independent count: the model's own hidden states of every held-out text, encoded by the loaded SAE
+        counts, n = torch.zeros(sae.cfg.d_sae), 0
+        with torch.no_grad():
+            for text in trigger_data(cfg, subject).heldout:
+                states = subject.hf(torch.tensor([text.ids]), output_hidden_states=True).hidden_states[2]
+                x = states[0, 0 if keep_first else 1 :]
+                counts += (sae.encode(x) > 0).sum(0)
+                n += x.shape[0]
+        assert n > 0 and 0 < (counts > 0).sum() < sae.cfg.d_sae
+        assert torch.allclose(log_rate, torch.log10(counts / n + 1e-10), atol=1e-5)
+        assert meta["num_dead_features"] == int((counts == 0).sum())
+        assert meta["l0"] == pytest.approx(counts.sum().item() / n)
+
+        # the decoder rows are unit norm, so SAELens' fold (refused without rescale_acts_by_decoder_norm) is a no-op
+        assert sae.cfg.rescale_acts_by_decoder_norm
+        assert torch.allclose(sae.W_dec.norm(dim=-1), torch.ones(sae.cfg.d_sae), atol=1e-6)
+        x = torch.randn(32, sae.cfg.d_in) * 3
+        before = (sae.encode(x), sae.decode(sae.encode(x)))
+        sae.fold_W_dec_norm()
+        assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(before, (sae.encode(x), sae.decode(sae.encode(x)))))
+
+        # SAELens' save/load round trip keeps every weight
+        sae = SAE.load_from_disk(str(path))
+        sae.save_model(tmp_path / "again")
+        again = SAE.load_from_disk(str(tmp_path / "again"))
+        assert all(torch.equal(getattr(sae, k), getattr(again, k)) for k in ("W_enc", "b_enc", "W_dec", "b_dec"))
+        assert again.cfg.metadata.seqpos_slice == meta["seqpos_slice"]

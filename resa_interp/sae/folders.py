@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import torch
+
 from resa_interp.errors import ResaError
 from resa_interp.model.hooks import hook_name, parse_hook_name
+from resa_interp.runs import atomic_dir
 
 if TYPE_CHECKING:
     from sae_lens import SAE
@@ -14,6 +19,8 @@ if TYPE_CHECKING:
     from resa_interp.model.subject import Subject
 
 SAES_DIR = "saes"
+SPARSITY_EPS = 1e-10
+"""Added to firing rates before log10, as SAELens' trainer does, so a latent that never fired reads -10."""
 
 
 def sae_dir(run: str | Path, hook: str, layer: int) -> Path:
@@ -70,3 +77,25 @@ def check_sae_fits(sae: SAE, subject: Subject, hook: str, layer: int) -> None:
     recorded = sae.cfg.metadata.hook_name
     if recorded and recorded != hook_name(hook, layer):
         raise ResaError(f"SAE was trained at {recorded}, not at {hook_name(hook, layer)}; pass the matching layer/hook")
+
+
+def record_firing(path: str | Path, firing_counts: torch.Tensor, n_tokens: int, metadata: dict) -> Path:
+    """Rewrite an SAE folder as a whole with what SAELens' runner records at the end of training: `metadata` and
+    the `l0` and `num_dead_features` of `firing_counts` (tokens each latent fired on, out of `n_tokens`) in
+    cfg.json, and sparsity.safetensors beside the weights (log10 firing rate per latent, key "sparsity")."""
+    from sae_lens.constants import SAE_CFG_FILENAME, SPARSITY_FILENAME
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    cfg = json.loads((path / SAE_CFG_FILENAME).read_text())
+    counts = firing_counts.detach().double().cpu()
+    cfg["metadata"].update(metadata, l0=counts.sum().item() / max(n_tokens, 1),
+                           num_dead_features=int((counts == 0).sum()))
+    with atomic_dir(path) as tmp:
+        for item in path.iterdir():
+            if item.name not in (SAE_CFG_FILENAME, SPARSITY_FILENAME):
+                shutil.copy2(item, tmp / item.name)
+        (tmp / SAE_CFG_FILENAME).write_text(json.dumps(cfg))
+        rate = (counts / max(n_tokens, 1)).float()
+        save_file({"sparsity": torch.log10(rate + SPARSITY_EPS)}, str(tmp / SPARSITY_FILENAME))
+    return path

@@ -84,8 +84,10 @@ def evaluate_saes(
     heldout: Sequence[EncodedText],
     keep_first: bool = False,
     batch_size: int = 8,
+    firing: dict[int, torch.Tensor] | None = None,
 ) -> list[dict]:
-    """One row of quality metrics per layer, measured on held-out trigger texts."""
+    """One row of quality metrics per layer, measured on held-out trigger texts. When `firing` is given it is
+    filled with layer -> how many of the counted held-out tokens (`heldout_tokens`) each latent fired on."""
     device = subject.device
     exclude = 0 if keep_first else 1
     pad = subject.tokenizer.pad_token_id if subject.tokenizer.pad_token_id is not None else 0
@@ -95,7 +97,7 @@ def evaluate_saes(
     clean_prefix = harvest.run_prefix(prefix_ids, keep_logits=True) if n_prefix else None
     spliced_prefix: dict[int, Prefix] = {}
     stats = {
-        layer: {"all": _Sums(), "qa": _Sums(), "l0": 0.0, "fired": torch.zeros(sae.cfg.d_sae, dtype=torch.bool,
+        layer: {"all": _Sums(), "qa": _Sums(), "l0": 0.0, "fired": torch.zeros(sae.cfg.d_sae, dtype=torch.long,
                 device=device), "kl": [], "kl_qa": [], "ce_clean": [], "ce_spliced": []}
         for layer, sae in saes.items()
     }
@@ -116,7 +118,7 @@ def evaluate_saes(
             row["all"].add(x[mask], recon)
             row["qa"].add(x[qa], sae.decode(sae.encode(x[qa])))
             row["l0"] += (latents > 0).sum().item()
-            row["fired"] |= (latents > 0).any(0)
+            row["fired"] += (latents > 0).sum(0)
             with spliced(subject.hf, {(hook, layer): sae}, keep_first=exclude):
                 if n_prefix and layer not in spliced_prefix:
                     spliced_prefix[layer] = harvest.run_prefix(prefix_ids, keep_logits=True)
@@ -130,6 +132,8 @@ def evaluate_saes(
             row["ce_spliced"].append(ce_s[next_mask])
     rows = []
     for layer, row in stats.items():
+        if firing is not None:
+            firing[layer] = row["fired"].cpu()
         ce_clean = torch.cat(row["ce_clean"]).mean().item()
         ce_spliced = torch.cat(row["ce_spliced"]).mean().item()
         rows.append(
@@ -140,7 +144,7 @@ def evaluate_saes(
                 "explained_variance_qa": row["qa"].explained_variance(),
                 "mse": row["all"].sse / max(row["all"].n, 1),
                 "l0": row["l0"] / max(row["all"].n, 1),
-                "heldout_inactive_fraction": 1.0 - row["fired"].float().mean().item(),
+                "heldout_inactive_fraction": (row["fired"] == 0).float().mean().item(),
                 "kl_spliced": torch.cat(row["kl"]).mean().item(),
                 "kl_spliced_qa": torch.cat(row["kl_qa"]).mean().item(),
                 "ce_clean": ce_clean,

@@ -38,8 +38,11 @@ def build_topk_sae(
     b_dec: torch.Tensor,
     k: int,
     metadata: dict,
+    rescale_acts_by_decoder_norm: bool = False,
 ):
-    """A SAELens TopKSAE (inference) with the given weights in SAELens layout (W_enc [d_in, d_sae])."""
+    """A SAELens TopKSAE (inference) with the given weights in SAELens layout (W_enc [d_in, d_sae]). Pass
+    `rescale_acts_by_decoder_norm` only for unit-norm decoder rows: it then changes nothing, and lets SAELens'
+    `fold_W_dec_norm()` (which refuses TopK SAEs without it) run as the no-op it is."""
     from sae_lens import TopKSAE, TopKSAEConfig
     from sae_lens.saes.sae import SAEMetadata
 
@@ -52,7 +55,7 @@ def build_topk_sae(
         device="cpu",
         apply_b_dec_to_input=True,
         normalize_activations="none",
-        rescale_acts_by_decoder_norm=False,
+        rescale_acts_by_decoder_norm=rescale_acts_by_decoder_norm,
         metadata=SAEMetadata(**metadata),
     )
     sae = TopKSAE(cfg)

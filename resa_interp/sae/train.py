@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from resa_interp.checkpoints import load_state, refuse_pickled, save_state
+from resa_interp.data.packing import chunk_length
 from resa_interp.data.qa import SYNTHETIC, dataset_fingerprint, load_qa
 from resa_interp.data.templates import TEMPLATES, format_trigger
 from resa_interp.errors import ResaError, check_choice
@@ -37,7 +38,7 @@ from resa_interp.model.loading import resolve_device
 from resa_interp.model.subject import Subject, load_subject
 from resa_interp.runs import atomic_dir, record_stage, run_relative, sha256_text
 from resa_interp.sae.activations import ActivationCache, ActivationFeed, ModelFeed
-from resa_interp.sae.folders import SAES_DIR, load_sae, sae_dir
+from resa_interp.sae.folders import SAES_DIR, load_sae, record_firing, sae_dir
 from resa_interp.sae.metrics import evaluate_saes, write_metrics
 from resa_interp.sae.optimizers import Signum
 from resa_interp.sae.pretrained import build_topk_sae, load_source_sae, to_training_form
@@ -328,6 +329,7 @@ class LayerSAE(nn.Module):
             b_dec=self.b_dec.detach() / s,
             k=self.k,
             metadata=metadata,
+            rescale_acts_by_decoder_norm=True,  # the rows are unit norm (normalize_rows after every step)
         )
 
     def full_state(self) -> dict:
@@ -459,24 +461,31 @@ class StageIResult:
     """Of the wall time, the training itself (activations in, SAE steps; no loading, export or metrics)."""
 
 
+def prepends_bos(tokenizer) -> bool:
+    """Whether the tokenizer puts its BOS token first when it adds special tokens (SAELens' prepend_bos)."""
+    ids = tokenizer("a", add_special_tokens=True)["input_ids"]
+    return tokenizer.bos_token_id is not None and bool(ids) and ids[0] == tokenizer.bos_token_id
+
+
 def _sae_metadata(cfg: SAETrainConfig, origin: dict, layer: int, tokens: int) -> dict:
     return {
         "model_name": origin["model"],
         "model_path": origin["model_path"],
         "hook_name": hook_name(cfg.hook, layer),
         "hook_layer": layer,
-        "prepend_bos": False,
+        "model_class_name": "HookedTransformer",
         "dataset_path": cfg.dataset,
         "dataset_fingerprint": origin["dataset_fingerprint"],
         "template": cfg.template,
         "packed": cfg.pack,
-        "context_size": cfg.max_seq_len,
         "training_tokens": tokens,
         "mode": cfg.mode,
         "source": cfg.source,
         "source_hook": cfg.resolved_source_hook() if cfg.source else None,
         "seed": cfg.seed,
         "excluded_first_positions": 0 if cfg.keep_first else 1,
+        "seqpos_slice": [None] if cfg.keep_first else [1, None],
+        "exclude_special_tokens": False,
         "optimizer": cfg.optimizer,
         "lr": cfg.lr,
         "trainer": "resa-interp fused TopK (topk_kernel)",
@@ -706,8 +715,12 @@ def train_saes(
             log.warning("dataset %s changed since the cache was harvested; held-out metrics use today's texts",
                         cfg.dataset)
     final = {layer: load_sae(dirs[layer], device=str(subject.device)) for layer in layers}
-    metrics = evaluate_saes(subject, final, cfg.hook, data.heldout, keep_first=cfg.keep_first)
+    firing: dict[int, Tensor] = {}
+    metrics = evaluate_saes(subject, final, cfg.hook, data.heldout, keep_first=cfg.keep_first, firing=firing)
+    context = chunk_length(subject.tokenizer, cfg.max_seq_len) if cfg.pack else cfg.max_seq_len
     for row in metrics:
+        facts = {"prepend_bos": prepends_bos(subject.tokenizer), "context_size": context}
+        record_firing(dirs[row["layer"]], firing[row["layer"]], row["heldout_tokens"], facts)
         row["sae_path"] = run_relative(dirs[row["layer"]], run)
         row["dead_fraction_training"] = done.get(row["layer"])
     write_metrics(run, metrics)
