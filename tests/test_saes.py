@@ -143,11 +143,13 @@ def _run(cfg: dict, out: Path, mode: str = "fresh") -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def test_resume_after_a_real_interruption_equals_an_uninterrupted_run(tiny_qwen2, tmp_path):
+@pytest.mark.parametrize("seeds", [[], [5]], ids=["one-seed", "two-seeds"])
+def test_resume_after_a_real_interruption_equals_an_uninterrupted_run(tiny_qwen2, tmp_path, seeds):
     """A separate process is killed (SIGKILL) after its first checkpoint, then resumed."""
     from safetensors.torch import load_file
 
-    cfg = {**SMALL, "model": tiny_qwen2, "layers": "1,3", "tokens": 6144, "n_examples": 90, "checkpoint_every": 1}
+    cfg = {**SMALL, "model": tiny_qwen2, "layers": "1,3", "tokens": 6144, "n_examples": 90, "checkpoint_every": 1,
+           "seeds": seeds}
     proc = _run(cfg, tmp_path / "cut")
     saes = tmp_path / "cut" / "saes"
     deadline = time.time() + 240
@@ -160,10 +162,56 @@ def test_resume_after_a_real_interruption_equals_an_uninterrupted_run(tiny_qwen2
     assert _run(cfg, tmp_path / "cut", "resume").wait() == 0
     assert _run(cfg, tmp_path / "whole").wait() == 0
     for layer in (1, 3):
-        name = f"blocks.{layer}.hook_resid_post/sae_weights.safetensors"
-        cut, whole = load_file(tmp_path / "cut" / "saes" / name), load_file(tmp_path / "whole" / "saes" / name)
-        assert all(torch.equal(cut[key], whole[key]) for key in whole)
+        for folder in ["", *(f"seed-{s}/" for s in seeds)]:
+            name = f"{folder}blocks.{layer}.hook_resid_post/sae_weights.safetensors"
+            cut, whole = load_file(tmp_path / "cut" / "saes" / name), load_file(tmp_path / "whole" / "saes" / name)
+            assert all(torch.equal(cut[key], whole[key]) for key in whole)
     assert not list(saes.glob(".checkpoint*"))
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(folder / "sae_weights.safetensors")
+
+
+def test_seeds_train_on_the_same_batches_and_differ_only_in_their_initialisation(tiny_qwen2, tmp_path):
+    """Each seed's SAE is exactly what it would be without the others: the primary equals a one-seed run, a
+    further seed is unchanged when another seed is dropped, and two seeds give different SAEs."""
+    from resa_interp.sae import read_metrics, run_sae_dirs, run_seeds
+
+    three = train_saes(small_cfg(tiny_qwen2, layers="1,3", seeds=(1, 2)), tmp_path / "three")
+    one = train_saes(small_cfg(tiny_qwen2, layers="1,3"), tmp_path / "one")
+    two = train_saes(small_cfg(tiny_qwen2, layers="1,3", seeds=(2,)), tmp_path / "two")
+    assert run_seeds(three.run) == [1, 2] and run_seeds(one.run) == []
+    for layer in (1, 3):
+        primary, seed1, seed2 = (_weights(three.sae_dirs[layer]), _weights(three.seed_dirs[1][layer]),
+                                 _weights(three.seed_dirs[2][layer]))
+        assert all(torch.equal(primary[key], _weights(one.sae_dirs[layer])[key]) for key in primary)
+        assert all(torch.equal(seed2[key], _weights(two.seed_dirs[2][layer])[key]) for key in seed2)
+        assert not torch.equal(seed1["W_dec"], primary["W_dec"])
+        assert three.seed_dirs[1][layer] == three.run / "saes" / "seed-1" / f"blocks.{layer}.hook_resid_post"
+        recorded = json.loads((three.seed_dirs[1][layer] / "cfg.json").read_text())["metadata"]
+        assert recorded["seed"] == 1 and recorded["training_tokens"] == three.tokens_per_layer
+    assert run_sae_dirs(three.run, seed=2) == three.seed_dirs[2]
+    assert [row["layer"] for row in three.seed_metrics[1]] == [1, 3]
+    assert read_metrics(three.run, seed=1)[3]["explained_variance"] == three.seed_metrics[1][1]["explained_variance"]
+    assert read_metrics(three.run)[3] == read_metrics(one.run)[3]
+    manifest = json.loads((three.run / "manifest.json").read_text())
+    assert manifest["stages"]["train-saes"]["seeds"] == [0, 1, 2]
+
+
+def test_parse_seeds():
+    from resa_interp.sae.train import parse_seeds
+
+    assert parse_seeds(None, "3,1,2", None) == (3, (1, 2))
+    assert parse_seeds(4, None, 3) == (4, (5, 6))
+    assert parse_seeds(None, None, 1) == (0, ())
+    assert parse_seeds(7, None, None) == (7, None)
+    for args, message in [((None, "0,x", None), "--seeds '0,x'"), ((None, "1", 2), "give one of them"),
+                          ((2, "1,3", None), "--seeds starts with the run's seed"), ((None, None, 0), "--n-seeds 0")]:
+        with pytest.raises(ResaError, match=message):
+            parse_seeds(*args)
 
 
 def _sparsify_folder(root: Path, layer: int, d_in: int, latents: int, k: int, seed: int = 0,
@@ -236,6 +284,8 @@ def test_pretrained_and_finetune_modes(tiny_qwen2, tmp_path):
         ({"source_hook": "attn_out", "mode": "finetune", "source": "x"}, "--from-hook 'attn_out'"),
         ({"latents": 4}, "--latents 4: needs a positive number of latents, at least --k 8"),
         ({"latents": 0, "k": 0}, "--latents 0: needs a positive number"),
+        ({"seeds": (1, 0)}, "--seeds 0,1,0: every seed must be different"),
+        ({"seeds": (1,), "mode": "finetune", "source": "x"}, "--seeds with --mode finetune"),
     ],
 )
 def test_bad_configs(tiny_qwen2, tmp_path, overrides, message):

@@ -89,6 +89,15 @@ MaxSeqLen = Annotated[
 Seed = Annotated[
     int | None, typer.Option("--seed", help="Seed of the command's random choices (same seed, same result on CPU).")
 ]
+Seeds = Annotated[
+    str | None,
+    typer.Option("--seeds", help="Train one SAE per layer for each of these seeds, e.g. 0,1,2, all on the same batches "
+                 "of one forward pass (they differ only in initialisation); the first is the run's seed and its SAEs "
+                 "are OUT/saes/<hook_name>/, the others go to OUT/saes/seed-<s>/<hook_name>/."),
+]
+NSeeds = Annotated[
+    int | None, typer.Option("--n-seeds", help="Same as --seeds with --seed and the N-1 seeds after it.")
+]
 ProblemColumn = Annotated[str | None, typer.Option("--problem-column", help="Question column of --dataset.")]
 AnswerColumn = Annotated[str | None, typer.Option("--answer-column", help="Answer column of --dataset.")]
 KeepFirst = Annotated[bool, typer.Option("--keep-first", help="Also train on the first (sink) position.")]

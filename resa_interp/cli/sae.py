@@ -17,12 +17,14 @@ from resa_interp.cli.options import (
     Layers,
     MaxSeqLen,
     Model,
+    NSeeds,
     Out,
     Pack,
     Preset,
     ProblemColumn,
     Resume,
     Seed,
+    Seeds,
     Source,
     Template,
     Tokens,
@@ -82,6 +84,8 @@ def train_saes(
     answer_column: AnswerColumn = None,
     keep_first: KeepFirst = False,
     seed: Seed = None,
+    seeds: Seeds = None,
+    n_seeds: NSeeds = None,
     preset: Preset = None,
     activations: Activations = None,
     resume: Resume = False,
@@ -106,7 +110,9 @@ def train_saes(
     from resa_interp.presets import with_preset
     from resa_interp.sae import PRESETS, ActivationCache, SAETrainConfig, plan_stage1, stage1_settings, train_saes
     from resa_interp.sae.metrics import format_table
+    from resa_interp.sae.train import parse_seeds
 
+    seed, more_seeds = parse_seeds(seed, seeds, n_seeds)
     # an --expansion-factor given alone replaces the preset's --latents (which would otherwise override it)
     drop = ("latents",) if expansion_factor is not None and latents is None else ()
     if preset is not None:
@@ -119,7 +125,7 @@ def train_saes(
         k=k, expansion_factor=expansion_factor, latents=latents, batch_tokens=batch_tokens, optimizer=optimizer,
         lr=lr, group_size=group_size, template=template, pack=pack, max_seq_len=max_seq_len,
         problem_column=problem_column, answer_column=answer_column,
-        keep_first=keep_first or None, seed=seed, device=device, model_dtype=dtype,
+        keep_first=keep_first or None, seed=seed, seeds=more_seeds, device=device, model_dtype=dtype,
     )
     if tokens is not None:
         cfg.tokens = tokens or None
@@ -130,7 +136,11 @@ def train_saes(
         return
     result = train_saes(cfg, out, resume=resume)
     typer.echo(format_table(result.metrics))
+    for extra, rows in result.seed_metrics.items():
+        typer.echo(f"seed {extra}:\n{format_table(rows)}")
     typer.echo(f"SAEs: {out}/saes/  metrics: {out}/saes/metrics.json  figure: {out}/saes/metrics.html")
+    if result.seed_dirs:
+        typer.echo(f"further seeds: {', '.join(f'{out}/saes/seed-{s}/' for s in result.seed_dirs)}")
 
 
 def cache_activations(

@@ -23,14 +23,26 @@ SPARSITY_EPS = 1e-10
 """Added to firing rates before log10, as SAELens' trainer does, so a latent that never fired reads -10."""
 
 
-def sae_dir(run: str | Path, hook: str, layer: int) -> Path:
-    """`RUN/saes/blocks.{layer}.hook_{hook}`: where a run keeps the SAE for one hookpoint."""
-    return Path(run) / SAES_DIR / hook_name(hook, layer)
+SEED_PREFIX = "seed-"
+"""RUN/saes/seed-<s>/ holds the SAEs of a multi-seed run's further seeds, laid out as RUN/saes/ is."""
 
 
-def run_sae_dirs(run: str | Path, hook: str = "resid_post") -> dict[int, Path]:
-    """Layer -> SAE folder for every finished SAE of `hook` in a run (sorted by layer)."""
+def saes_root(run: str | Path, seed: int | None = None) -> Path:
+    """`RUN/saes`, or `RUN/saes/seed-<seed>` for a further seed of a multi-seed run."""
     root = Path(run) / SAES_DIR
+    return root if seed is None else root / f"{SEED_PREFIX}{seed}"
+
+
+def sae_dir(run: str | Path, hook: str, layer: int, seed: int | None = None) -> Path:
+    """`RUN/saes/blocks.{layer}.hook_{hook}`: where a run keeps the SAE for one hookpoint (under
+    `RUN/saes/seed-<seed>/` for a further seed)."""
+    return saes_root(run, seed) / hook_name(hook, layer)
+
+
+def run_sae_dirs(run: str | Path, hook: str = "resid_post", seed: int | None = None) -> dict[int, Path]:
+    """Layer -> SAE folder for every finished SAE of `hook` in a run (sorted by layer); with `seed`, those of that
+    further seed."""
+    root = saes_root(run, seed)
     found = {}
     if root.is_dir():
         for child in root.iterdir():
@@ -39,6 +51,15 @@ def run_sae_dirs(run: str | Path, hook: str = "resid_post") -> dict[int, Path]:
                 if kind == hook:
                     found[layer] = child
     return dict(sorted(found.items()))
+
+
+def run_seeds(run: str | Path) -> list[int]:
+    """The further seeds a multi-seed run holds SAEs for (`RUN/saes/seed-<s>/`), sorted; [] for a one-seed run."""
+    root = saes_root(run)
+    if not root.is_dir():
+        return []
+    names = [p.name.removeprefix(SEED_PREFIX) for p in root.glob(f"{SEED_PREFIX}*") if p.is_dir()]
+    return sorted(int(n) for n in names if n.lstrip("-").isdigit())
 
 
 def require_sae_dirs(run: str | Path, hook: str, layers: list[int]) -> dict[int, Path]:

@@ -16,7 +16,7 @@ from resa_interp.figures import save_figure
 from resa_interp.model.harvest import EncodedText, Harvester, Prefix, make_batch, shared_prefix_length
 from resa_interp.model.splice import spliced
 from resa_interp.runs import atomic_write_json
-from resa_interp.sae.folders import SAES_DIR
+from resa_interp.sae.folders import saes_root
 
 if TYPE_CHECKING:
     from sae_lens import SAE
@@ -190,16 +190,18 @@ def metrics_figure(rows: Sequence[dict]):
     return fig
 
 
-def write_metrics(run: str | Path, rows: Sequence[dict]) -> Path:
-    """RUN/saes/metrics.json plus the figure RUN/saes/metrics.html/.png."""
-    path = atomic_write_json(Path(run) / SAES_DIR / METRICS_FILE, list(rows))
-    save_figure(metrics_figure(rows), Path(run) / SAES_DIR / "metrics")
+def write_metrics(run: str | Path, rows: Sequence[dict], seed: int | None = None) -> Path:
+    """RUN/saes/metrics.json plus the figure RUN/saes/metrics.html/.png (under RUN/saes/seed-<seed>/ for a further
+    seed of a multi-seed run)."""
+    root = saes_root(run, seed)
+    path = atomic_write_json(root / METRICS_FILE, list(rows))
+    save_figure(metrics_figure(rows), root / "metrics")
     return path
 
 
-def read_metrics(run: str | Path) -> dict[int, dict]:
-    """Layer -> metrics row of a run (empty when it has none)."""
+def read_metrics(run: str | Path, seed: int | None = None) -> dict[int, dict]:
+    """Layer -> metrics row of a run, or of one further seed of a multi-seed run (empty when it has none)."""
     import json
 
-    path = Path(run) / SAES_DIR / METRICS_FILE
+    path = saes_root(run, seed) / METRICS_FILE
     return {row["layer"]: row for row in json.loads(path.read_text())} if path.exists() else {}

@@ -124,6 +124,10 @@ class SAETrainConfig:
     """Save a resumable checkpoint every N flushed buffers (0 = never)."""
     seed: int = 0
     """Seed for data order, initialisation and shuffling."""
+    seeds: tuple[int, ...] = ()
+    """More SAEs per layer that differ from `seed`'s only in their initialisation seed (--seeds 0,1,2 gives seed 0
+    and seeds (1, 2)): every batch of the one forward pass, shuffled once, steps them all. `seed`'s SAE stays at
+    RUN/saes/<hook_name>/, the others go to RUN/saes/seed-<s>/<hook_name>/ (`features` matches them)."""
     device: str = "cpu"
     """Where the model and SAEs run: cpu, cuda, auto."""
     model_dtype: str = "float32"
@@ -153,6 +157,11 @@ class SAETrainConfig:
                             f"--k {self.k}; raise it or give --latents")
         return n
 
+    @property
+    def all_seeds(self) -> tuple[int, ...]:
+        """Every SAE seed of the run, `seed` first."""
+        return (self.seed, *self.seeds)
+
     def resolved_source_hook(self) -> str:
         """The hookpoint the --from SAEs were trained at (`source_hook`, else `hook`)."""
         return self.source_hook or self.hook
@@ -174,6 +183,11 @@ class SAETrainConfig:
         check_choice("select precision", self.select_precision, SELECT_PRECISIONS)
         if self.tokens is not None and self.tokens < self.batch_tokens:
             raise ResaError(f"--tokens {self.tokens} is smaller than one batch ({self.batch_tokens} tokens); raise it")
+        if self.seed in self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ResaError(f"--seeds {','.join(map(str, self.all_seeds))}: every seed must be different")
+        if self.seeds and self.mode != "scratch":
+            raise ResaError(f"--seeds with --mode {self.mode}: SAEs that start from --from weights do not depend on "
+                            "their seed; train several seeds with --mode scratch")
         if self.activations and self.mode == "pretrained":
             raise ResaError("--activations: --mode pretrained imports SAEs without training, so it reads no cache")
 
@@ -213,6 +227,29 @@ def check_latents(latents: int, k: int) -> None:
     """Refuse a dictionary size that is not a positive number of latents at least k, in one line."""
     if latents <= 0 or latents < k:
         raise ResaError(f"--latents {latents}: needs a positive number of latents, at least --k {k}")
+
+
+def parse_seeds(seed: int | None, seeds: str | None, n_seeds: int | None) -> tuple[int | None, tuple[int, ...] | None]:
+    """(`seed`, further `seeds`) from --seed, --seeds 'S,S,...' (the first becomes `seed`) or --n-seeds N (`seed`
+    and the N-1 seeds after it); (seed, None) when neither is given."""
+    if seeds is not None and n_seeds is not None:
+        raise ResaError("--seeds and --n-seeds: give one of them")
+    if seeds is not None:
+        try:
+            values = [int(p) for p in seeds.split(",") if p.strip()]
+        except ValueError:
+            values = []
+        if not values:
+            raise ResaError(f"--seeds {seeds!r}: accepted a list of integers like 0,1,2")
+        if seed is not None and seed != values[0]:
+            raise ResaError(f"--seed {seed} and --seeds {seeds}: --seeds starts with the run's seed; give one of them")
+        return values[0], tuple(values[1:])
+    if n_seeds is not None:
+        if n_seeds < 1:
+            raise ResaError(f"--n-seeds {n_seeds}: needs at least 1 seed")
+        first = seed or 0
+        return first, tuple(range(first + 1, first + n_seeds))
+    return seed, None
 
 
 def parse_layers(spec: str, n_layers: int) -> list[int]:
@@ -354,14 +391,17 @@ class MemoryPlan:
     step: int
     group_size: int
     available: int | None
+    seeds: int = 1
+    """SAEs per layer (one per seed), all beside the layer's one buffer."""
 
     def describe(self, n_layers: int) -> str:
         """One line for the log."""
         gib = 1024**3
-        total = self.group_size * (self.per_layer_sae + self.per_layer_buffer) + self.step
+        total = self.group_size * (self.seeds * self.per_layer_sae + self.per_layer_buffer) + self.step
         avail = f" of {self.available / gib:.1f} GiB available" if self.available else ""
+        seeds = f" x {self.seeds} seeds" if self.seeds > 1 else ""
         return (
-            f"memory plan: {self.per_layer_sae / gib:.2f} GiB per SAE (weights, grads, optimizer) + "
+            f"memory plan: {self.per_layer_sae / gib:.2f} GiB per SAE{seeds} (weights, grads, optimizer) + "
             f"{self.per_layer_buffer / gib:.2f} GiB activation buffer per layer + {self.step / gib:.2f} GiB per step; "
             f"{self.group_size} of {n_layers} layers per forward pass = {total / gib:.2f} GiB{avail}"
         )
@@ -396,8 +436,9 @@ def plan_memory(cfg: SAETrainConfig, d_in: int, n_layers: int, device: torch.dev
     elif available is None:
         group = n_layers
     else:
-        group = max(1, min(n_layers, int((MEMORY_HEADROOM * available - step) // (per_sae + per_buffer))))
-    return MemoryPlan(per_sae, per_buffer, step, max(1, min(group, n_layers)), available)
+        per_layer = len(cfg.all_seeds) * per_sae + per_buffer
+        group = max(1, min(n_layers, int((MEMORY_HEADROOM * available - step) // per_layer)))
+    return MemoryPlan(per_sae, per_buffer, step, max(1, min(group, n_layers)), available, len(cfg.all_seeds))
 
 
 # --------------------------------------------------------------------------------------------- data
@@ -455,6 +496,10 @@ class StageIResult:
     run: Path
     sae_dirs: dict[int, Path]
     metrics: list[dict] = field(default_factory=list)
+    seed_dirs: dict[int, dict[int, Path]] = field(default_factory=dict)
+    """Further seeds (`SAETrainConfig.seeds`): seed -> layer -> SAE folder."""
+    seed_metrics: dict[int, list[dict]] = field(default_factory=dict)
+    """Further seeds: seed -> their held-out metrics rows."""
     tokens_per_layer: int = 0
     wall_seconds: float = 0.0
     train_seconds: float = 0.0
@@ -541,31 +586,36 @@ def _train_group(
     state: dict | None,
     progress,
     done: dict[int, float],
-) -> dict[int, LayerSAE]:
-    """Train the SAEs of `layers` together: each batch of `feed` (one forward pass, or a read from a cache) feeds
-    every layer's buffer."""
+) -> dict[tuple[int, int], LayerSAE]:
+    """Train the SAEs of `layers` together, one per (layer, seed) of `cfg.all_seeds`: each batch of `feed` (one
+    forward pass, or a read from a cache) feeds every layer's buffer, and every seed's SAE of a layer steps on the
+    same shuffled minibatches."""
     d_in = feed.d_model
     device = feed.device
-    saes = {}
+    saes: dict[tuple[int, int], LayerSAE] = {}
     for layer in layers:
-        seed, select_dtype = cfg.seed * 1000 + layer, _select_dtype(cfg, device)
+        select_dtype = _select_dtype(cfg, device)
         if cfg.mode == "finetune":
             source = load_source_sae(cfg.source, layer, cfg.resolved_source_hook())
             _check_source(source, d_in, cfg.source)
-            sae = LayerSAE.from_source(source.to(device), cfg.source, seed, select_dtype)
+            sae = LayerSAE.from_source(source.to(device), cfg.source, cfg.seed * 1000 + layer, select_dtype)
             log.info("layer %d: starting from %s (%d latents, k %d); %s", layer, source.cfg.metadata.source_path,
                      source.cfg.d_sae, source.cfg.k, "; ".join(sae.source_notes) or "nothing to fold")
+            saes[layer, cfg.seed] = sae
         else:
-            sae = LayerSAE(d_in, cfg.latents_for(d_in), cfg.k, seed, select_dtype).to(device)
+            for seed in cfg.all_seeds:
+                saes[layer, seed] = LayerSAE(d_in, cfg.latents_for(d_in), cfg.k, seed * 1000 + layer,
+                                             select_dtype).to(device)
+    for sae in saes.values():
         sae.make_optimizer(cfg.optimizer, cfg.lr)
-        saes[layer] = sae
 
     budget = cfg.tokens if cfg.tokens is not None else math.inf
     pending: dict[int, list[Tensor]] = {layer: [] for layer in layers}
     start, tokens_done, flushes, pending_tokens = 0, 0, 0, 0
     if state is not None and state.get("group") == layers:
-        for layer, sae in saes.items():
-            sae.load_full_state(state["saes"][layer])
+        for key, sae in saes.items():
+            sae.load_full_state(state["saes"][key])
+        for layer in layers:
             pending[layer] = [state["pending"][layer].to(device)]
         start, tokens_done, flushes = state["next_text"], state["tokens_done"], state["flushes"]
         pending_tokens = pending[layers[0]][0].shape[0]
@@ -581,12 +631,14 @@ def _train_group(
         take = available if last else available - available % cfg.batch_tokens
         perm = torch.randperm(pending_tokens, generator=torch.Generator().manual_seed(cfg.seed + 7919 * flushes))
         perm = perm.to(device)
-        for layer, sae in saes.items():
+        for layer in layers:
             acts = torch.cat(pending[layer]).float()[perm]
-            if sae.tokens_seen.item() == 0 and not sae.initialised:
-                sae.data_init(acts[:take], from_pretrained=cfg.mode == "finetune")
-            for i in range(0, take, cfg.batch_tokens):
-                ev = sae.step(acts[i : min(i + cfg.batch_tokens, take)])
+            for seed in cfg.all_seeds:
+                sae = saes[layer, seed]
+                if sae.tokens_seen.item() == 0 and not sae.initialised:
+                    sae.data_init(acts[:take], from_pretrained=cfg.mode == "finetune")
+                for i in range(0, take, cfg.batch_tokens):
+                    ev = sae.step(acts[i : min(i + cfg.batch_tokens, take)])
             pending[layer] = [] if last else [acts[take:]]
             progress.set_postfix(layer=layer, ev=f"{ev:.3f}", refresh=False)
         tokens_done += take
@@ -598,7 +650,7 @@ def _train_group(
                 {
                     "done": done,
                     "group": layers,
-                    "saes": {layer: sae.full_state() for layer, sae in saes.items()},
+                    "saes": {key: sae.full_state() for key, sae in saes.items()},
                     "pending": {layer: torch.cat(acts).cpu() for layer, acts in pending.items()},
                     "next_text": next_text,
                     "tokens_done": tokens_done,
@@ -673,10 +725,14 @@ def train_saes(
               f"{'fine-tuned' if cfg.mode == 'finetune' else 'imported'} at {cfg.hook}; their size and k replace "
               f"--latents/--k")
 
-    done: dict[int, float] = dict(state["done"]) if state else {}
-    """Finished layers -> their dead fraction over the training window."""
-    dirs: dict[int, Path] = {layer: sae_dir(run, cfg.hook, layer) for layer in done}
-    todo = [layer for layer in layers if layer not in done]
+    done: dict[tuple[int, int], float] = dict(state["done"]) if state else {}
+    """Finished (layer, seed) SAEs -> their dead fraction over the training window."""
+
+    def folder(key: tuple[int, int]) -> Path:
+        return sae_dir(run, cfg.hook, key[0], None if key[1] == cfg.seed else key[1])
+
+    dirs: dict[tuple[int, int], Path] = {key: folder(key) for key in done}
+    todo = [layer for layer in layers if any((layer, seed) not in done for seed in cfg.all_seeds)]
     tokens_trained, train_seconds = 0, 0.0
     if cfg.mode == "pretrained":
 
@@ -685,24 +741,27 @@ def train_saes(
             _check_source(sae, subject.facts.d_model, cfg.source)
             for key, value in _sae_metadata(cfg, origin, layer, 0).items():
                 setattr(sae.cfg.metadata, key, value)
-            dirs[layer] = _export(sae, sae_dir(run, cfg.hook, layer))
+            dirs[layer, cfg.seed] = _export(sae, folder((layer, cfg.seed)))
     else:
         groups = [todo[i : i + plan.group_size] for i in range(0, len(todo), plan.group_size)]
         budget = cfg.tokens
         for group in groups:
             first = hook_name(cfg.hook, group[0])
             desc = f"SAEs {first}..{group[-1]}" if len(group) > 1 else first
+            if len(cfg.all_seeds) > 1:
+                desc += f" x {len(cfg.all_seeds)} seeds"
             feed = cache.feed(group, device) if cache else ModelFeed(
                 subject, cfg.hook, group, data.train, data.prefix_len, cfg.seq_batch, 0 if cfg.keep_first else 1)
             started = time.time()
             with tqdm(total=budget, desc=desc, unit="tok", unit_scale=True, dynamic_ncols=True) as progress:
                 trained = _train_group(cfg, feed, group, checkpoint, state, progress, done)
             train_seconds += time.time() - started
-            for layer, sae in trained.items():
+            for (layer, seed), sae in trained.items():
                 tokens_trained = int(sae.tokens_seen)
-                meta = {**_sae_metadata(cfg, origin, layer, tokens_trained), "source_folds": sae.source_notes}
-                dirs[layer] = _export(sae.export(meta), sae_dir(run, cfg.hook, layer))
-                done[layer] = sae.dead_fraction(min(DEAD_WINDOW, max(tokens_trained, 1)))
+                meta = {**_sae_metadata(cfg, origin, layer, tokens_trained), "seed": seed,
+                        "source_folds": sae.source_notes}
+                dirs[layer, seed] = _export(sae.export(meta), folder((layer, seed)))
+                done[layer, seed] = sae.dead_fraction(min(DEAD_WINDOW, max(tokens_trained, 1)))
             state = None
             if group is not groups[-1]:
                 checkpoint.save({"done": done, "group": None})
@@ -714,16 +773,19 @@ def train_saes(
         if data.fingerprint != origin["dataset_fingerprint"]:
             log.warning("dataset %s changed since the cache was harvested; held-out metrics use today's texts",
                         cfg.dataset)
-    final = {layer: load_sae(dirs[layer], device=str(subject.device)) for layer in layers}
-    firing: dict[int, Tensor] = {}
-    metrics = evaluate_saes(subject, final, cfg.hook, data.heldout, keep_first=cfg.keep_first, firing=firing)
     context = chunk_length(subject.tokenizer, cfg.max_seq_len) if cfg.pack else cfg.max_seq_len
-    for row in metrics:
-        facts = {"prepend_bos": prepends_bos(subject.tokenizer), "context_size": context}
-        record_firing(dirs[row["layer"]], firing[row["layer"]], row["heldout_tokens"], facts)
-        row["sae_path"] = run_relative(dirs[row["layer"]], run)
-        row["dead_fraction_training"] = done.get(row["layer"])
-    write_metrics(run, metrics)
+    facts = {"prepend_bos": prepends_bos(subject.tokenizer), "context_size": context}
+    metrics: dict[int, list[dict]] = {}
+    for seed in cfg.all_seeds:
+        final = {layer: load_sae(dirs[layer, seed], device=str(subject.device)) for layer in layers}
+        firing: dict[int, Tensor] = {}
+        metrics[seed] = evaluate_saes(subject, final, cfg.hook, data.heldout, keep_first=cfg.keep_first,
+                                      firing=firing)
+        for row in metrics[seed]:
+            record_firing(dirs[row["layer"], seed], firing[row["layer"]], row["heldout_tokens"], facts)
+            row["sae_path"] = run_relative(dirs[row["layer"], seed], run)
+            row["dead_fraction_training"] = done.get((row["layer"], seed))
+        write_metrics(run, metrics[seed], None if seed == cfg.seed else seed)
     wall = time.time() - t0
     record_stage(
         run,
@@ -733,6 +795,7 @@ def train_saes(
             **origin,
             "activations": str(cache.path) if cache else None,
             "layers": layers,
+            "seeds": list(cfg.all_seeds),
             "tokens_per_layer": tokens_trained,
             "wall_seconds": round(wall, 1),
             "train_seconds": round(train_seconds, 1),
@@ -740,4 +803,14 @@ def train_saes(
             "select_precision": str(_select_dtype(cfg, subject.device) or torch.float32).removeprefix("torch."),
         },
     )
-    return StageIResult(run, dict(sorted(dirs.items())), metrics, tokens_trained, wall, train_seconds)
+    extra = [seed for seed in metrics if seed != cfg.seed]
+    return StageIResult(
+        run,
+        {layer: dirs[layer, cfg.seed] for layer in layers},
+        metrics[cfg.seed],
+        {seed: {layer: dirs[layer, seed] for layer in layers} for seed in extra},
+        {seed: metrics[seed] for seed in extra},
+        tokens_trained,
+        wall,
+        train_seconds,
+    )
