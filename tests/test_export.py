@@ -88,7 +88,8 @@ def test_hf_folder_loads_in_saelens_like_the_run(tiny_run, tmp_path, cli):
     multi = tmp_path / "multi"
     shutil.copytree(run, multi)
     shutil.copytree(multi / "saes" / "blocks.1.hook_resid_post", multi / "saes" / "seed-1" / "blocks.1.hook_resid_post")
-    shutil.copytree(multi / "saes" / "blocks.2.hook_resid_post", multi / "saes" / ".checkpoint-3" / "blocks.2.x")
+    # what a killed atomic_dir leaves behind: a finished-looking SAE folder under a temporary name
+    shutil.copytree(multi / "saes" / "blocks.2.hook_resid_post", multi / "saes" / ".blocks.2.hook_resid_post.x.tmp")
     out = tmp_path / "hub"
     code, stdout, err = cli(["export", "--run", str(multi), "--to", "hf", str(out), "--repo", "resa/tiny-saes"])
     assert code == 0, err
@@ -153,10 +154,10 @@ def test_card_front_matter_and_quality_table(tiny_run, tmp_path):
 
     hubbed = tmp_path / "hubbed"
     shutil.copytree(run, hubbed)
-    manifest_path = hubbed / "manifest.json"
-    doc = json.loads(manifest_path.read_text())
-    doc["stages"]["train-saes"]["model"] = "HuggingFaceTB/SmolLM2-135M-Instruct"
-    manifest_path.write_text(json.dumps(doc))
+    for cfg_path in (hubbed / "saes").glob("*/cfg.json"):
+        cfg = json.loads(cfg_path.read_text())
+        cfg["metadata"]["model_name"] = "HuggingFaceTB/SmolLM2-135M-Instruct"
+        cfg_path.write_text(json.dumps(cfg))
     export_hub(hubbed, tmp_path / "hub2")
     assert _front_matter((tmp_path / "hub2" / "README.md").read_text())["base_model"] == (
         "HuggingFaceTB/SmolLM2-135M-Instruct")
@@ -274,7 +275,11 @@ def test_errors(tiny_run, tmp_path, cli):
         (["--run", str(run), "--to", "hf", str(busy)], "exists and is not empty"),
         (["--run", str(run), "--to", "neuronpedia", str(busy)], "exists and is not empty"),
         (["--run", str(no_dashboard), "--to", "neuronpedia", out], "no dashboard data at"),
+        (["--run", str(run), "--to", "neuronpedia", out, "--dashboard", str(run / "manifest.json")],
+         "is not a dashboard.json of this version"),
     ]
+    code, stdout, _ = cli(["--help"])
+    assert code == 0 and re.search(r"^\s+export\s+Export a run", stdout, re.M), "export is not a registered command"
     for args, needle in cases:
         code, stdout, err = cli(["export", *args])
         assert code == 2 and needle in err and err.count("\n") == 1, (args, code, err, stdout)

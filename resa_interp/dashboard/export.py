@@ -252,15 +252,19 @@ def read_dashboards(path: str | Path) -> DashboardSet:
         raise ResaError(f"no dashboard data at {str(path)!r}; build it with: resa-interp dashboard --run RUN "
                         "--out RUN/dashboard (or pass --dashboard FILE)")
     doc = json.loads(path.read_text())
-    features = [
-        FeatureDashboard(**{
-            **f, "contexts": [Context(**c) for c in f["contexts"]],
-            "logits_positive": [tuple(p) for p in f["logits_positive"]],
-            "logits_negative": [tuple(p) for p in f["logits_negative"]],
-        })
-        for f in doc.pop("features")
-    ]
-    return DashboardSet(**{**doc, "sinks": {int(k): v for k, v in doc["sinks"].items()}}, features=features)
+    try:
+        features = [
+            FeatureDashboard(**{
+                **f, "contexts": [Context(**c) for c in f["contexts"]],
+                "logits_positive": [tuple(p) for p in f["logits_positive"]],
+                "logits_negative": [tuple(p) for p in f["logits_negative"]],
+            })
+            for f in doc.pop("features")
+        ]
+        return DashboardSet(**{**doc, "sinks": {int(k): v for k, v in doc["sinks"].items()}}, features=features)
+    except (KeyError, TypeError) as exc:
+        raise ResaError(f"{str(path)!r} is not a dashboard.json of this version ({type(exc).__name__}: {exc}); "
+                        "rebuild it with resa-interp dashboard") from exc
 
 
 # ------------------------------------------------------------------------------------ rows from the dashboard
@@ -378,7 +382,7 @@ def export_neuronpedia(run: str | Path, out: str | Path, cfg: NeuronpediaConfig 
             )])
             _dump(folder / "sourceset.jsonl", [SourceSet(
                 modelId=model_id, name=source_set, creatorId=creator, createdAt=created, creatorName=cfg.creator_name,
-                releaseName=release, description=f"{dset.hook} TopK SAEs (resa-interp)", visibility="PUBLIC",
+                releaseName=release, description=f"{dset.hook} SAEs (resa-interp)", visibility="PUBLIC",
             )])
             _dump(folder / "source.jsonl", [Source(
                 modelId=model_id, setName=source_set, visibility="PUBLIC", dataset=dset.dataset, id=source,

@@ -95,7 +95,7 @@ def model_card(run: str | Path, cfgs: dict[str, dict], quality: dict[str, dict],
     train = manifest.get("config", {})
     first = next(iter(cfgs.values()))
     meta = first.get("metadata", {})
-    model = manifest.get("model") or meta.get("model_name")
+    model = meta.get("model_name") or manifest.get("model")
     base = hub_id(model)
     dataset = train.get("dataset") or meta.get("dataset_path")
     tokens = manifest.get("tokens_per_layer", meta.get("training_tokens"))
@@ -120,7 +120,7 @@ def model_card(run: str | Path, cfgs: dict[str, dict], quality: dict[str, dict],
         f"seed {meta.get('seed')}, mode {meta.get('mode')}",
     ]
     card = [
-        *front, "", f"# TopK SAEs for {model} (resa-interp)", "",
+        *front, "", f"# SAEs for {model} (resa-interp)", "",
         "Sparse autoencoders trained by resa-interp's Stage I (the Resa method) on CoT-free trigger text; each "
         "folder is an SAELens SAE (cfg.json, sae_weights.safetensors, sparsity.safetensors: log10 firing rates).",
         "", "## Load", "", "```python", "from sae_lens import SAE", "",
