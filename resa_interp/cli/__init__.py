@@ -2,9 +2,9 @@
 
 Takes command-line arguments; builds each stage's config dataclass and calls the stage (`model.py`: info, attach;
 `sae.py`: train-saes; `features.py`: features, dashboard; `layers.py`: select-layers; `tuning.py`: tune;
-`evaluation.py`: eval, sweep). Options that several commands share are declared once in `options.py`. Command
-functions import their stage when they run, so that `--help` and one-line input errors answer without loading
-torch and transformers.
+`evaluation.py`: eval, sweep; `export.py`: export). Options that several commands share are declared once in
+`options.py`. Command functions import their stage when they run, so that `--help` and one-line input errors
+answer without loading torch and transformers.
 """
 
 from resa_interp.cli.app import app, main

@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from resa_interp.cli.evaluation import evaluate, sweep
+from resa_interp.cli.export import export
 from resa_interp.cli.features import dashboard, features
 from resa_interp.cli.layers import select_layers
 from resa_interp.cli.model import attach, info
@@ -27,9 +28,9 @@ app = typer.Typer(
         "Stages: info (what a model looks like) -> train-saes -> features -> select-layers -> tune -> eval; "
         "sweep (tune + eval at every layer) feeds select-layers; cache-activations harvests Stage I's activations once "
         "for any number of train-saes --activations runs; dashboard shows what a feature does; attach puts "
-        "a tuned adapter on another model of the family. "
-        "Every command works offline on the embedded default model (SmolLM2-135M-Instruct) when --model is "
-        "not given."
+        "a tuned adapter on another model of the family; export writes a run's SAEs as a hub repo folder, or its "
+        "dashboards for Neuronpedia. Every command works offline on the embedded default model "
+        "(SmolLM2-135M-Instruct) when --model is not given."
     ),
     no_args_is_help=True,
     add_completion=False,
@@ -47,6 +48,7 @@ for name, command in [
     ("attach", attach),
     ("eval", evaluate),
     ("sweep", sweep),
+    ("export", export),
 ]:
     app.command(name)(command)
 

@@ -155,6 +155,14 @@ def _model_config(spec: str | None) -> PretrainedConfig:
         raise ResaError(f"model {spec!r}: its config could not be read ({reason})") from exc
 
 
+def hub_id(spec: str | None) -> str | None:
+    """The hub repo id a model spec names: the spec itself when it has the form org/name and is no local path;
+    None for a local folder or file, a .gguf and the embedded alias."""
+    if spec is None or spec.endswith(".gguf") or Path(spec).expanduser().exists() or not _HUB_ID.match(spec):
+        return None
+    return spec
+
+
 def _download(repo_id: str) -> Path:
     from huggingface_hub import snapshot_download
 
