@@ -173,6 +173,6 @@ def peers(what: str) -> Iterator[None]:
     except RuntimeError as err:  # torch.distributed.DistError and the backends' errors derive from it
         shard = launcher_shard()
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ResaError(f"{shard.label}: another rank failed or stopped answering while {what} ({first[:200]}); "
-                        f"the run stopped: fix that rank's error above, then rerun with the same number of ranks, "
-                        f"which resumes from the last checkpoint") from None
+        raise ResaError(f"{shard.label}: another rank died or stopped answering while {what} ({first[:200]}); "
+                        "the run stopped; rerun it with the same number of ranks once that rank's cause is fixed "
+                        f"(it resumes from the last checkpoint; {TIMEOUT_VARIABLE} sets the wait in seconds)") from None
