@@ -20,9 +20,10 @@ from safetensors.torch import load_file
 from resa_interp.errors import ResaError
 from resa_interp.sae.train import SAETrainConfig, train_saes
 
-CFG = dict(expansion_factor=4, k=8, tokens=3072, batch_tokens=256, buffer_tokens=512, seq_batch=8, heldout=4,
-           n_examples=60, lr=3e-3, layers="1,2,3", seeds=[1], checkpoint_every=1)
-"""Three layers over two ranks (1 and 3 on rank 0, 2 on rank 1), two seeds, a checkpoint after every flush."""
+CFG = dict(expansion_factor=4, k=8, tokens=None, batch_tokens=256, buffer_tokens=512, seq_batch=4, heldout=4,
+           n_examples=29, lr=3e-3, layers="1,2,3", seeds=[1], checkpoint_every=1)
+"""Three layers over two ranks (1 and 3 on rank 0, 2 on rank 1), two seeds, a checkpoint after every flush, one
+epoch over 25 texts: the last batch has one row, so rank 1's slice of it is empty."""
 
 RUNNER = """
 import json, sys
@@ -130,7 +131,8 @@ def test_a_silent_rank_fails_the_run_in_one_line_and_the_ranks_resume(tiny_qwen2
     lines = [line for line in err.splitlines() if line.startswith("error: ")]
     assert len(lines) == 1 and "rank 0/2: another rank died or stopped answering while" in lines[0], err[-3000:]
     assert not (run / "manifest.json").exists()
-    with pytest.raises(ResaError, match="written by 2 launcher rank"):
+    with pytest.raises(ResaError, match="written by 2 launcher ranks, this is one process: resume it with "
+                                        "--nproc-per-node 2"):
         train_saes(SAETrainConfig(**cfg), run)
     resumed = _torchrun(cfg, run)
     _, err = resumed.communicate(timeout=300)

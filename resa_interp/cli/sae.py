@@ -102,7 +102,9 @@ def train_saes(
     SAEs go to OUT/saes/<hook_name>/. --preset paper: R1-Distill-Qwen-1.5B, STILL, layers 1-26 (the paper's
     2nd-27th), resid_post, 65,536 latents, k=32, signum 2.5e-4, one epoch, packed 2048-token chunks. Defaults:
     device cpu, dtype float32, seed 0. The resolved settings are printed first, each one that differs from the
-    paper's marked; --dry-run stops after them and the plan.
+    paper's marked; --dry-run stops after them and the plan. Under torchrun (or accelerate launch) the ranks
+    share the layers: each runs the model on its slice of every batch and trains its layers' SAEs, one GPU each;
+    the SAEs are those of one process (README, Scaling out).
 
     Example: resa-interp train-saes --layers 3,12,24 --out runs/demo
     """

@@ -568,8 +568,10 @@ class _Checkpoint:
             return None
         ranks = len(list(saved[-1].glob(f"{RANK_STATE}-*")))
         if ranks != (self.shard.count if self.shard.sharded else 0):
-            raise ResaError(f"{saved[-1]} was written by {ranks or 'a single process, not'} launcher rank(s); resume "
-                            f"it with {'--nproc-per-node ' + str(ranks) if ranks else 'one process'}, or delete it "
+            by, how = (f"{ranks} launcher ranks", f"--nproc-per-node {ranks}") if ranks else ("one process",
+                                                                                               "no launcher")
+            this = self.shard.label if self.shard.sharded else "one process"
+            raise ResaError(f"{saved[-1]} was written by {by}, this is {this}: resume it with {how}, or delete it "
                             "to start over")
         state = load_state(saved[-1] / f"{RANK_STATE}-{self.shard.index}" if ranks else saved[-1])
         if not isinstance(state, dict) or state.get("cfg_hash") != self.cfg_hash:
