@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TypeVar
 
+import torch
 import torch.distributed as dist
 
 from resa_interp.errors import ResaError
@@ -132,3 +133,46 @@ def require_one_process(command: str) -> None:
     if launched.sharded:
         raise ResaError(f"{command} under a launcher with {launched.count} ranks: it runs in one process (every rank "
                         "would do the whole job into the same folder); run it without torchrun/accelerate launch")
+
+
+TIMEOUT_VARIABLE = "RESA_DIST_TIMEOUT"
+"""Seconds a rank waits in a collective (and for the others to start) before it gives up; default 600."""
+
+
+def collective_timeout() -> timedelta:
+    """The collectives' timeout: RESA_DIST_TIMEOUT seconds, else 10 minutes."""
+    text = os.environ.get(TIMEOUT_VARIABLE, "600")
+    if not text.isdigit() or int(text) < 1:
+        raise ResaError(f"{TIMEOUT_VARIABLE}={text!r}: expected a whole number of seconds, at least 1")
+    return timedelta(seconds=int(text))
+
+
+@contextlib.contextmanager
+def process_group(shard: Shard, device: torch.device) -> Iterator[None]:
+    """Inside: torch.distributed joins the launcher's ranks (NCCL for a CUDA device, else gloo; the launcher's
+    MASTER_ADDR:MASTER_PORT; `collective_timeout`), taken down after. Nothing happens for a single process or when
+    a process group is already initialised (by accelerate, say), which is then left as it is."""
+    if not shard.sharded or dist.is_initialized():
+        yield
+        return
+    with peers("setting up the process group"):
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=shard.index,
+                                world_size=shard.count, timeout=collective_timeout())
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def peers(what: str) -> Iterator[None]:
+    """Around a collective: the error of a rank that died, or stopped answering within the timeout, becomes one
+    line that names this rank and the step (the launcher then stops the others)."""
+    try:
+        yield
+    except RuntimeError as err:  # torch.distributed.DistError and the backends' errors derive from it
+        shard = launcher_shard()
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ResaError(f"{shard.label}: another rank died or stopped answering while {what} ({first[:200]}); "
+                        "the run stopped; rerun it with the same number of ranks once that rank's cause is fixed "
+                        f"(it resumes from the last checkpoint; {TIMEOUT_VARIABLE} sets the wait in seconds)") from None

@@ -128,12 +128,21 @@ def test_importing_the_package_pins_the_blas_branch():
     assert kept.strip() == "COMPATIBLE"  # a branch the user chose is never overridden
 
 
-def test_stage_one_refuses_to_run_as_one_of_several_ranks(cli, tiny_qwen2, tmp_path, monkeypatch):
-    """Stage I is one process: under torchrun every rank would train the whole run into the same folder."""
-    monkeypatch.setenv("RANK", "1")
+def test_stage_one_under_a_launcher(cli, tiny_qwen2, tmp_path, monkeypatch):
+    """train-saes spreads the layers over the ranks (the plan says which rank trains which, rank 1 prints nothing)
+    and refuses more ranks than layers in one line; cache-activations stays one process (every rank would
+    harvest the whole cache into the same folder)."""
+    monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "2")
     out = tmp_path / "run"
-    for command in (["train-saes"], ["train-saes", "--dry-run"]):
-        code, _, err = cli([*command, "--model", tiny_qwen2, "--layers", "1", "--out", str(out)])
-        assert code == 2 and "under a launcher with 2 ranks: it runs in one process" in err, err
-        assert err.count("\n") == 1 and not out.exists()
+    dry = ["train-saes", "--dry-run", "--model", tiny_qwen2, "--layers", "1-3", "--out", str(out)]
+    code, text, _ = cli(dry)
+    assert code == 0 and "2 launcher ranks" in text and "the SAEs of layers 1,3 on rank 0; 2 on rank 1" in text
+    assert "2 of 2 layers per forward pass" in text and "on each of 2 ranks" in text
+    monkeypatch.setenv("RANK", "1")
+    assert cli(dry)[:2] == (0, "")
+    code, _, err = cli(["train-saes", "--model", tiny_qwen2, "--layers", "1", "--out", str(out)])
+    assert code == 2 and "train-saes with 2 ranks and 1 layer(s)" in err and err.count("\n") == 1, err
+    code, _, err = cli(["cache-activations", "--model", tiny_qwen2, "--layers", "1", "--out", str(out)])
+    assert code == 2 and "under a launcher with 2 ranks: it runs in one process" in err, err
+    assert err.count("\n") == 1 and not out.exists()

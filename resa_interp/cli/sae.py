@@ -102,7 +102,9 @@ def train_saes(
     SAEs go to OUT/saes/<hook_name>/. --preset paper: R1-Distill-Qwen-1.5B, STILL, layers 1-26 (the paper's
     2nd-27th), resid_post, 65,536 latents, k=32, signum 2.5e-4, one epoch, packed 2048-token chunks. Defaults:
     device cpu, dtype float32, seed 0. The resolved settings are printed first, each one that differs from the
-    paper's marked; --dry-run stops after them and the plan.
+    paper's marked; --dry-run stops after them and the plan. Under torchrun (or accelerate launch) the ranks
+    share the layers: each runs the model on its slice of every batch and trains its layers' SAEs, one GPU each;
+    the SAEs are those of one process (README, Scaling out).
 
     Example: resa-interp train-saes --layers 3,12,24 --out runs/demo
     """
@@ -111,7 +113,11 @@ def train_saes(
     from resa_interp.sae import PRESETS, ActivationCache, SAETrainConfig, plan_stage1, stage1_settings, train_saes
     from resa_interp.sae.metrics import format_table
     from resa_interp.sae.train import parse_seeds
+    from resa_interp.shards import launcher_shard, pin_rank_gpu
 
+    pin_rank_gpu()  # before anything touches CUDA
+    # under a launcher the ranks share one terminal: rank 0 alone prints the settings, the plan and the summary
+    talks = launcher_shard().index == 0
     seed, more_seeds = parse_seeds(seed, seeds, n_seeds)
     # an --expansion-factor given alone replaces the preset's --latents (which would otherwise override it)
     drop = ("latents",) if expansion_factor is not None and latents is None else ()
@@ -129,12 +135,16 @@ def train_saes(
     )
     if tokens is not None:
         cfg.tokens = tokens or None
-    typer.echo(stage1_settings(cfg, preset).format())
+    if talks:
+        typer.echo(stage1_settings(cfg, preset).format())
     plan = plan_stage1(cfg, out)
-    typer.echo(plan.format())
+    if talks:
+        typer.echo(plan.format())
     if dry_run:
         return
     result = train_saes(cfg, out, resume=resume)
+    if not talks:
+        return
     typer.echo(format_table(result.metrics))
     for extra, rows in result.seed_metrics.items():
         typer.echo(f"seed {extra}:\n{format_table(rows)}")

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from resa_interp.errors import ResaError, check_choice
-from resa_interp.model.harvest import EncodedText, Harvester, iter_batches
+from resa_interp.model.harvest import EncodedText, Harvester, Prefix, TextBatch, iter_batches
 from resa_interp.model.hooks import hook_name
 from resa_interp.model.loading import model_shape, resolve_model_path
 from resa_interp.runs import MANIFEST, atomic_dir, atomic_write_json, library_versions
@@ -93,12 +93,22 @@ class ModelFeed:
         rows_of = iter_batches(self.texts, self.seq_batch, pad_id(self.subject.tokenizer), self.exclude, start=start,
                                prefix_len=self.prefix_len)
         for first, batch in rows_of:
-            acts = harvest(batch.input_ids, batch.attention_mask, prefix=prefix)
-            mask = batch.train_mask.to(self.device)
+            acts = self.counted(harvest, batch, prefix)
             rows = batch.input_ids.shape[0]
-            chunks = {layer: ([shared[layer].repeat(rows, 1)] if shared else []) + [acts[layer][mask]]
-                      for layer in self.layers}
-            yield first, chunks, int(mask.sum()) + (rows * shared[self.layers[0]].shape[0] if shared else 0)
+            chunks = {layer: ([shared[layer].repeat(rows, 1)] if shared else []) + [acts[layer]]
+                      for layer in self.kept}
+            yield first, chunks, batch.n_tokens + (rows * shared[self.layers[0]].shape[0] if shared else 0)
+
+    @property
+    def kept(self) -> list[int]:
+        """The layers whose activations `batches` delivers (all of `layers`)."""
+        return self.layers
+
+    def counted(self, harvest: Harvester, batch: TextBatch, prefix: Prefix | None) -> dict[int, Tensor]:
+        """Layer -> the batch's counted activations [n, d], row after row (one forward pass)."""
+        acts = harvest(batch.input_ids, batch.attention_mask, prefix=prefix)
+        mask = batch.train_mask.to(self.device)
+        return {layer: acts[layer][mask] for layer in self.kept}
 
 
 # --------------------------------------------------------------------------------------------- the cache

@@ -18,8 +18,9 @@ from resa_interp.presets import SettingsReport, settings_report, with_preset
 from resa_interp.sae.folders import SAES_DIR
 from resa_interp.sae.metrics import METRICS_FILE
 from resa_interp.sae.pretrained import find_source_sae
+from resa_interp.sae.ranks import layer_owners, most_per_rank
 from resa_interp.sae.train import CHECKPOINT, PRESETS, MemoryPlan, SAETrainConfig, parse_layers, plan_memory
-from resa_interp.shards import require_one_process
+from resa_interp.shards import launcher_shard
 
 OPERATIONAL = ("group_size", "checkpoint_every")
 """Settings that change how a run is scheduled, not its result."""
@@ -53,9 +54,12 @@ class Stage1Plan:
     packed: bool
     seq_len: int
     """Chunk length when packed, else the truncation length."""
+    rank_of_layer: dict[int, int]
+    """Layer -> the launcher rank that trains it (all 0 in one process)."""
 
     def format(self) -> str:
         """The plan, one fact per line."""
+        ranks = len(set(self.rank_of_layer.values()))
         width = "from --from" if self.d_sae is None else f"{self.d_sae:,} latents, k {self.k}"
         tokens = "one epoch over the dataset" if self.tokens is None else f"{self.tokens:,} tokens per SAE"
         steps = "" if self.steps is None else f", {self.steps:,} optimizer steps each"
@@ -68,19 +72,25 @@ class Stage1Plan:
             f"  data: {self.dataset}, {rows}",
             f"  layers: {describe_layers(self.layers)}",
             f"  hooks: {self.hook_names[0]}" + (f" .. {self.hook_names[-1]}" if len(self.hook_names) > 1 else ""),
-            f"  {self.memory.describe(len(self.layers))}",
+            f"  {self.memory.describe(most_per_rank(self.rank_of_layer))}{f' on each of {ranks} ranks' * (ranks > 1)}",
             "  outputs: " + ", ".join(self.outputs),
         ]
+        if ranks > 1:
+            trains = [",".join(str(layer) for layer, rank in self.rank_of_layer.items() if rank == r)
+                      for r in range(ranks)]
+            lines.insert(-2, f"  {ranks} launcher ranks, each harvesting its slice of every batch; the SAEs of layers "
+                         + "; ".join(f"{layers} on rank {r}" for r, layers in enumerate(trains)))
         return "\n".join(lines)
 
 
 def plan_stage1(cfg: SAETrainConfig, run: str | Path) -> Stage1Plan:
     """The plan of `train_saes(cfg, run)`; raises the same one-line errors for bad layers or settings first."""
     cfg.check()
-    require_one_process("train-saes")
     shape = model_shape(cfg.model)
     n_layers, d_model = shape.n_layers, shape.d_model
     layers = parse_layers(cfg.layers, n_layers)
+    shard = launcher_shard()
+    owners = layer_owners(layers, shard)  # more ranks than layers is refused here, before any weights load
     device = resolve_device(cfg.device)
     if cfg.mode != "scratch":  # a --from without these SAEs is refused now, not after the model has loaded
         for layer in layers:
@@ -100,7 +110,8 @@ def plan_stage1(cfg: SAETrainConfig, run: str | Path) -> Stage1Plan:
         k=None if d_sae is None else cfg.k,
         tokens=cfg.tokens,
         steps=steps,
-        memory=plan_memory(cfg, d_model, len(layers), torch.device(device)),
+        memory=plan_memory(cfg, d_model, most_per_rank(owners), torch.device(device)),
+        rank_of_layer=owners,
         dataset=cfg.dataset,
         packed=cfg.pack,
         seq_len=cfg.max_seq_len,

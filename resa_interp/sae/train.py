@@ -42,13 +42,14 @@ from resa_interp.sae.folders import SAES_DIR, load_sae, record_firing, sae_dir
 from resa_interp.sae.metrics import evaluate_saes, write_metrics
 from resa_interp.sae.optimizers import Signum
 from resa_interp.sae.pretrained import build_topk_sae, load_source_sae, to_training_form
+from resa_interp.sae.ranks import RoutedFeed, barrier, gather_objects, layer_owners, most_per_rank
 from resa_interp.sae.topk_kernel import (
     fast_select_dtype,
     normalize_rows,
     project_out_parallel_grad,
     reconstruction_loss,
 )
-from resa_interp.shards import require_one_process
+from resa_interp.shards import ONLY, Shard, launcher_shard, process_group
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,8 @@ OPTIMIZERS = ("adam", "signum")
 SELECT_PRECISIONS = {"auto": None, "bfloat16": torch.bfloat16, "float32": None}
 R1_DISTILL = "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"
 CHECKPOINT = ".checkpoint"
+RANK_STATE = "rank"
+"""A checkpoint of several launcher ranks holds each rank's state in rank-R/."""
 PICKLED_CHECKPOINT = ".checkpoint.pt"
 """Where versions before safetensors checkpoints kept a pickle (refused, never read)."""
 DEAD_WINDOW = 1_000_000
@@ -541,11 +544,14 @@ def _sae_metadata(cfg: SAETrainConfig, origin: dict, layer: int, tokens: int) ->
 class _Checkpoint:
     """Resumable state of a run: RUN/saes/.checkpoint-N/, tensors in safetensors and the rest in JSON
     (`checkpoints.save_state`). Each save is a new folder renamed in whole, and older ones are removed only after
-    it: whenever the process dies, a complete checkpoint is on disk."""
+    it: whenever the process dies, a complete checkpoint is on disk. Across launcher ranks each rank writes its own
+    state to .checkpoint-N.ranks/rank-R/, and rank 0 renames the folder to .checkpoint-N once all ranks have
+    written theirs; it resumes only under the same number of ranks."""
 
-    def __init__(self, run: Path, cfg_hash: str):
+    def __init__(self, run: Path, cfg_hash: str, shard: Shard = ONLY):
         self.root = run / SAES_DIR
         self.cfg_hash = cfg_hash
+        self.shard = shard
 
     def saved(self) -> list[Path]:
         """Complete checkpoint folders, oldest first."""
@@ -554,10 +560,20 @@ class _Checkpoint:
 
     def load(self) -> dict | None:
         refuse_pickled(self.root / PICKLED_CHECKPOINT, "delete it to start this run over, or use another --out")
+        if self.shard.index == 0:  # a save that ranks never finished (no rank writes before rank 0 has loaded)
+            for staged in self.root.glob(f"{CHECKPOINT}-*.ranks"):
+                shutil.rmtree(staged, ignore_errors=True)
         saved = self.saved()
         if not saved:
             return None
-        state = load_state(saved[-1])
+        ranks = len(list(saved[-1].glob(f"{RANK_STATE}-*")))
+        if ranks != (self.shard.count if self.shard.sharded else 0):
+            by, how = (f"{ranks} launcher ranks", f"--nproc-per-node {ranks}") if ranks else ("one process",
+                                                                                               "no launcher")
+            this = self.shard.label if self.shard.sharded else "one process"
+            raise ResaError(f"{saved[-1]} was written by {by}, this is {this}: resume it with {how}, or delete it "
+                            "to start over")
+        state = load_state(saved[-1] / f"{RANK_STATE}-{self.shard.index}" if ranks else saved[-1])
         if not isinstance(state, dict) or state.get("cfg_hash") != self.cfg_hash:
             raise ResaError(
                 f"{self.root.parent} holds an interrupted Stage I run with a different configuration; "
@@ -568,10 +584,19 @@ class _Checkpoint:
     def save(self, state: dict) -> None:
         saved = self.saved()
         number = int(saved[-1].name.rsplit("-", 1)[1]) + 1 if saved else 0
-        with atomic_dir(self.root / f"{CHECKPOINT}-{number}") as tmp:
+        final = self.root / f"{CHECKPOINT}-{number}"
+        staged = final.with_name(f"{final.name}.ranks") if self.shard.sharded else final
+        with atomic_dir(staged / f"{RANK_STATE}-{self.shard.index}" if self.shard.sharded else final) as tmp:
             save_state(tmp, {**state, "cfg_hash": self.cfg_hash})
-        for old in saved:
-            shutil.rmtree(old, ignore_errors=True)
+        if self.shard.sharded:
+            barrier("writing a checkpoint")
+            if self.shard.index == 0:
+                os.replace(staged, final)
+        if self.shard.index == 0:
+            for old in saved:
+                shutil.rmtree(old, ignore_errors=True)
+        if self.shard.sharded:
+            barrier("writing a checkpoint")  # the next save numbers its folder from what is on disk now
 
     def clear(self) -> None:
         for folder in self.saved():
@@ -589,7 +614,8 @@ def _train_group(
 ) -> dict[tuple[int, int], LayerSAE]:
     """Train the SAEs of `layers` together, one per (layer, seed) of `cfg.all_seeds`: each batch of `feed` (one
     forward pass, or a read from a cache) feeds every layer's buffer, and every seed's SAE of a layer steps on the
-    same shuffled minibatches."""
+    same shuffled minibatches. Across launcher ranks `layers` are this rank's (maybe none: it still harvests its
+    rows for the others) and every rank goes through the same batches, flushes and checkpoints."""
     d_in = feed.d_model
     device = feed.device
     saes: dict[tuple[int, int], LayerSAE] = {}
@@ -618,7 +644,7 @@ def _train_group(
         for layer in layers:
             pending[layer] = [state["pending"][layer].to(device)]
         start, tokens_done, flushes = state["next_text"], state["tokens_done"], state["flushes"]
-        pending_tokens = pending[layers[0]][0].shape[0]
+        pending_tokens = state["pending_tokens"]
         progress.update(tokens_done)
         log.info("resuming layers %s at %d tokens", layers, tokens_done)
 
@@ -653,6 +679,7 @@ def _train_group(
                     "saes": {key: sae.full_state() for key, sae in saes.items()},
                     "pending": {layer: torch.cat(acts).cpu() for layer, acts in pending.items()},
                     "next_text": next_text,
+                    "pending_tokens": pending_tokens,
                     "tokens_done": tokens_done,
                     "flushes": flushes,
                 }
@@ -694,12 +721,23 @@ def train_saes(
     cfg: SAETrainConfig, run: str | Path, subject: Subject | None = None, resume: bool = False
 ) -> StageIResult:
     """Train (or import) one SAE per selected layer into `run`/saes, then measure their held-out quality. With
-    `cfg.activations` the SAEs train from that cache and the model is loaded only for the metrics."""
+    `cfg.activations` the SAEs train from that cache and the model is loaded only for the metrics. As one of
+    several launcher ranks (torchrun, accelerate launch) the rank trains its share of the layers (`sae.ranks`)
+    and writes their SAE folders; rank 0 waits for all, measures them all and writes the manifest, the other
+    ranks return a result without metrics."""
+    cfg.check()
+    shard = launcher_shard()
+    if shard.sharded and cfg.mode == "pretrained":
+        raise ResaError(f"--mode pretrained under {shard.count} launcher ranks: importing SAEs trains nothing to "
+                        "spread; run it in one process")
+    with process_group(shard, resolve_device(cfg.device)):
+        return _stage1(cfg, Path(run), subject, resume, shard)
+
+
+def _stage1(cfg: SAETrainConfig, run: Path, subject: Subject | None, resume: bool, shard: Shard) -> StageIResult:
     from tqdm.auto import tqdm
 
-    cfg.check()
-    require_one_process("train-saes")
-    run = Path(run)
+    talks = shard.index == 0
     t0 = time.time()
     cache = ActivationCache(cfg.activations) if cfg.activations else None
     if cache is None:
@@ -713,13 +751,15 @@ def train_saes(
         cache.check(cfg, layers)
         origin = {key: cache.manifest[key] for key in ("model", "model_path", "dataset_fingerprint")}
         device, d_model = resolve_device(cfg.device), cache.d_model
-    checkpoint = _Checkpoint(run, cfg.semantic_hash())
+    owners = layer_owners(layers, shard)
+    checkpoint = _Checkpoint(run, cfg.semantic_hash(), shard)
     state = checkpoint.load()
     if resume and state is None:
         raise ResaError(f"--resume: {run} has no interrupted Stage I run to continue")
-    plan = plan_memory(cfg, d_model, len(layers), device)
-    print(plan.describe(len(layers)))
-    if cfg.mode != "scratch":
+    plan = plan_memory(cfg, d_model, most_per_rank(owners), device)
+    if talks:
+        print(plan.describe(most_per_rank(owners)) + (f" on each of {shard.count} ranks" if shard.sharded else ""))
+    if talks and cfg.mode != "scratch":
         print(f"--from {cfg.source}: the {cfg.resolved_source_hook()} SAEs"
               f"{' (--from-hook)' if cfg.resolved_source_hook() != cfg.hook else ''}, "
               f"{'fine-tuned' if cfg.mode == 'finetune' else 'imported'} at {cfg.hook}; their size and k replace "
@@ -743,18 +783,26 @@ def train_saes(
                 setattr(sae.cfg.metadata, key, value)
             dirs[layer, cfg.seed] = _export(sae, folder((layer, cfg.seed)))
     else:
-        groups = [todo[i : i + plan.group_size] for i in range(0, len(todo), plan.group_size)]
+        # the ranks go through the same groups, each of them training its own layers of a group
+        size = min(gather_objects(plan.group_size, "planning")) if shard.sharded else plan.group_size
+        groups = [todo[i : i + size * shard.count] for i in range(0, len(todo), size * shard.count)]
         budget = cfg.tokens
         for group in groups:
             first = hook_name(cfg.hook, group[0])
             desc = f"SAEs {first}..{group[-1]}" if len(group) > 1 else first
             if len(cfg.all_seeds) > 1:
                 desc += f" x {len(cfg.all_seeds)} seeds"
-            feed = cache.feed(group, device) if cache else ModelFeed(
-                subject, cfg.hook, group, data.train, data.prefix_len, cfg.seq_batch, 0 if cfg.keep_first else 1)
+            mine = [layer for layer in group if owners[layer] == shard.index]
+            if cache:
+                feed = cache.feed(mine, device)
+            else:
+                harvest = dict(subject=subject, hook=cfg.hook, layers=group, texts=data.train,
+                               prefix_len=data.prefix_len, seq_batch=cfg.seq_batch, exclude=0 if cfg.keep_first else 1)
+                feed = RoutedFeed(**harvest, owners=owners, shard=shard) if shard.sharded else ModelFeed(**harvest)
             started = time.time()
-            with tqdm(total=budget, desc=desc, unit="tok", unit_scale=True, dynamic_ncols=True) as progress:
-                trained = _train_group(cfg, feed, group, checkpoint, state, progress, done)
+            with tqdm(total=budget, desc=desc, unit="tok", unit_scale=True, dynamic_ncols=True,
+                      disable=not talks) as progress:
+                trained = _train_group(cfg, feed, mine, checkpoint, state, progress, done)
             train_seconds += time.time() - started
             for (layer, seed), sae in trained.items():
                 tokens_trained = int(sae.tokens_seen)
@@ -762,10 +810,19 @@ def train_saes(
                         "source_folds": sae.source_notes}
                 dirs[layer, seed] = _export(sae.export(meta), folder((layer, seed)))
                 done[layer, seed] = sae.dead_fraction(min(DEAD_WINDOW, max(tokens_trained, 1)))
+            if shard.sharded:  # every rank learns which SAEs are finished (theirs are on disk by now)
+                for finished, tokens in gather_objects((done, tokens_trained), "collecting finished layers"):
+                    done.update(finished)
+                    tokens_trained = max(tokens_trained, tokens)
+                dirs.update({key: folder(key) for key in done})
             state = None
             if group is not groups[-1]:
                 checkpoint.save({"done": done, "group": None})
-        checkpoint.clear()
+        if talks:
+            checkpoint.clear()
+    if not talks:  # rank 0 measures every layer's SAEs and writes the run's records
+        return StageIResult(run, {layer: dirs[layer, cfg.seed] for layer in layers}, tokens_per_layer=tokens_trained,
+                            wall_seconds=time.time() - t0, train_seconds=train_seconds)
 
     if cache is not None:  # the metrics need the model and the held-out texts, which the cache does not hold
         subject = subject or load_subject(cfg.model, dtype=cfg.model_dtype, device=cfg.device)
@@ -796,6 +853,8 @@ def train_saes(
             "activations": str(cache.path) if cache else None,
             "layers": layers,
             "seeds": list(cfg.all_seeds),
+            "world_size": shard.count,
+            "rank_of_layer": {str(layer): rank for layer, rank in owners.items()},
             "tokens_per_layer": tokens_trained,
             "wall_seconds": round(wall, 1),
             "train_seconds": round(train_seconds, 1),
