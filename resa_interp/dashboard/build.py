@@ -37,6 +37,7 @@ from resa_interp.data.templates import END_THINK, R1_SYSTEM_PROMPT, THINK, forma
 from resa_interp.errors import ResaError
 from resa_interp.features.extract import span_value
 from resa_interp.features.selection import REASONING, model_spec, select_features
+from resa_interp.interventions.measure import AblationEffect, ablation_effects
 from resa_interp.model.harvest import EncodedText, Harvester, encode_texts, iter_batches, shared_prefix_length
 from resa_interp.model.hooks import hook_name
 from resa_interp.model.subject import load_subject
@@ -138,6 +139,9 @@ class FeatureDashboard:
     """Activation at every token of the features prompt."""
     marker_activations: dict[str, list[float]]
     """Marker -> activation at each occurrence in the prompt (by the features run's marker rule)."""
+    ablation: AblationEffect | None = None
+    """What ablating this latent alone (the SAE's error term kept) does on the prompt: the mean change of log p at
+    its `<think>`/`</think>` tokens and at the others, and the KL from the clean model (`interventions`)."""
 
     @property
     def anchor(self) -> str:
@@ -431,6 +435,8 @@ def build_dashboards(
     text, position, weight = corpus.index()
     prompt_ids, prompt_markers, prompt_excluded, rule = _prompt(sel.doc, subject.tokenizer)
     prompt_latents = _prompt_latents(subject, saes, sel.features, sel.hook, prompt_ids)
+    prompt_marker_positions = {p for spans in prompt_markers.values() for s, e in spans for p in range(s, e)}
+    ablations = ablation_effects(subject, sel.hook, saes, sel.features, prompt_ids, prompt_marker_positions)
     tokens = _Tokens(subject.tokenizer)
     reasoning = {row["layer"]: set(row["features"]) for row in (sel.doc or {}).get("layers", [])}
     sink_rule = (
@@ -471,6 +477,7 @@ def build_dashboards(
                         m: [round(float(span_value(prompt_values, s, e, rule)[0]), 6) for s, e in prompt_markers[m]]
                         for m in (THINK, END_THINK)
                     },
+                    ablation=ablations[(lay, fid)],
                 ))
                 bar.update(1)
     return out

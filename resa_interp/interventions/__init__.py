@@ -7,7 +7,15 @@ samples and figures into an output folder, and gives small result dataclasses fo
 """
 
 from resa_interp.interventions.hook import MODES, Intervention, LatentEdit, edit_latents, residual_delta
-from resa_interp.interventions.measure import Estimate, Generation, TextEffect, bootstrap, text_effect
+from resa_interp.interventions.measure import (
+    AblationEffect,
+    Estimate,
+    Generation,
+    TextEffect,
+    ablation_effects,
+    bootstrap,
+    text_effect,
+)
 from resa_interp.interventions.steer import (
     SteerConfig,
     SteerResult,
@@ -21,6 +29,7 @@ from resa_interp.interventions.trace import Trace, TraceRun, run_trace, trace_te
 
 __all__ = [
     "MODES",
+    "AblationEffect",
     "Estimate",
     "Generation",
     "Intervention",
@@ -30,6 +39,7 @@ __all__ = [
     "TextEffect",
     "Trace",
     "TraceRun",
+    "ablation_effects",
     "bootstrap",
     "edit_latents",
     "load_chosen",

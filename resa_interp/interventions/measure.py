@@ -14,15 +14,20 @@ independent).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from resa_interp.data.templates import END_THINK
+from resa_interp.interventions.hook import Intervention, LatentEdit
 from resa_interp.model.subject import Subject
+
+if TYPE_CHECKING:
+    from sae_lens import SAE
 
 MEASURES = " ".join((__doc__ or "").split())
 """What the measurements are (this module's description, one line), written into effects.json."""
@@ -140,3 +145,30 @@ def split_generation(subject: Subject, new_ids: Sequence[int], gold: str | None 
     correct = grade(answer, gold) if grade is not None and gold is not None else None
     return Generation(text, reasoning, True, answer, correct)
 
+
+
+@dataclass(frozen=True)
+class AblationEffect:
+    """What ablating one latent alone does to one text (the dashboard's summary of `TextEffect`)."""
+
+    dlogp_marker: float
+    dlogp_other: float
+    kl: float
+    max_kl: float
+    """The largest KL at any position."""
+
+
+def ablation_effects(subject: Subject, hook: str, saes: Mapping[int, SAE], latents: Mapping[int, Sequence[int]],
+                     ids: Sequence[int], markers: set[int], keep_first: int = 1
+                     ) -> dict[tuple[int, int], AblationEffect]:
+    """(layer, latent) -> the effect of ablating that latent alone on text `ids`: one forward pass per latent,
+    cheap enough for every feature a dashboard shows."""
+    clean = log_probs(subject, [ids])[0]
+    out = {}
+    for layer, chosen in latents.items():
+        for latent in chosen:
+            with Intervention(subject.hf, hook, saes, {layer: LatentEdit((int(latent),))}, keep_first):
+                edited = log_probs(subject, [ids])[0]
+            e = text_effect(clean, edited, ids, markers, keep_first)
+            out[(layer, int(latent))] = AblationEffect(e.dlogp_marker, e.dlogp_other, e.kl, max(e.kl_per_position))
+    return out
