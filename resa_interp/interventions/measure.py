@@ -24,6 +24,7 @@ from torch import Tensor
 
 from resa_interp.data.templates import END_THINK
 from resa_interp.interventions.hook import Intervention, LatentEdit
+from resa_interp.model.harvest import cache_kwarg
 from resa_interp.model.subject import Subject
 
 if TYPE_CHECKING:
@@ -107,13 +108,21 @@ def text_effect(
 
 @torch.inference_mode()
 def greedy(subject: Subject, prompt_ids: Sequence[int], max_new_tokens: int) -> list[int]:
-    """Greedy continuation of `prompt_ids` (KV-cached; runs whatever context the caller opened)."""
-    ids = torch.tensor([list(prompt_ids)], device=subject.device)
-    tokenizer = subject.tokenizer
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    out = subject.hf.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                              do_sample=False, pad_token_id=pad)
-    return out[0, ids.shape[1]:].tolist()
+    """Greedy continuation of `prompt_ids`, KV-cached, stopping after EOS (runs whatever context the caller
+    opened; a plain loop: `generate` was minutes per token on CPU here)."""
+    model, eos = subject.hf, subject.tokenizer.eos_token_id
+    step = torch.tensor([list(prompt_ids)], device=subject.device)
+    cache, new = None, []
+    for _ in range(max_new_tokens):
+        kwargs = {cache_kwarg(model): cache} if cache is not None else {}
+        out = model(input_ids=step, use_cache=True, **kwargs)
+        cache = getattr(out, "cache", None) or out.past_key_values
+        token = int(out.logits[0, -1].argmax())
+        new.append(token)
+        if token == eos:
+            break
+        step = torch.tensor([[token]], device=subject.device)
+    return new
 
 
 @dataclass
