@@ -228,6 +228,8 @@ def test_steer_and_trace_end_to_end(cli, tiny_run, tmp_path):
 
 def test_steer_and_trace_errors(cli, tiny_run, tmp_path):
     run, _ = tiny_run
+    (tmp_path / "bad.jsonl").write_text("{not json\n")
+    (tmp_path / "nomark.jsonl").write_text(json.dumps({"text": "no markers here"}) + "\n")
     base = ["steer", "--run", str(run), "--out", str(tmp_path / "o")]
     cases = [
         (base + ["--mode", "zero"], "--mode 'zero'"),
@@ -235,6 +237,8 @@ def test_steer_and_trace_errors(cli, tiny_run, tmp_path):
         (base + ["--latents", "1:999"], "has 32 latents"),
         (base + ["--texts", "nope.jsonl"], "--texts 'nope.jsonl'"),
         (base + ["--texts", "r1-prompt", "--generate", "2"], "--generate needs questions"),
+        (base + ["--texts", str(tmp_path / "bad.jsonl")], "not JSONL"),
+        (base + ["--texts", str(tmp_path / "nomark.jsonl")], "text 0 has no <think> or </think>"),
         (base + ["--layers", "0"], "no chosen latents at layer(s) 0"),
         (["steer", "--run", str(tmp_path), "--out", str(tmp_path / "o")], "has no resid_post SAEs"),
         (["trace", "--run", str(run), "--out", str(tmp_path / "o")], "exactly one of --text"),

@@ -145,9 +145,12 @@ def load_texts(spec: str, subject: Subject, n: int, seed: int = 0) -> list[Steer
     elif spec == "trigger":
         pairs = [(format_trigger(e.problem, e.answer), e.problem, e.answer) for e in synthetic_qa(n, seed=seed)]
     else:
-        first = json.loads(Path(spec).read_text().splitlines()[0] or "{}")
-        if isinstance(first, dict) and "text" in first:
+        try:
             rows = [json.loads(line) for line in Path(spec).read_text().splitlines() if line.strip()][:n]
+        except json.JSONDecodeError as exc:
+            raise ResaError(f"--texts {spec}: not JSONL ({exc}); accepted rows with 'text', or 'problem' and "
+                            "'answer'") from None
+        if rows and all(isinstance(row, dict) and "text" in row for row in rows):
             pairs = [(str(row["text"]), None, None) for row in rows]
         else:
             pairs = [(format_trigger(e.problem, e.answer), e.problem, e.answer) for e in load_qa(spec, limit=n)]
