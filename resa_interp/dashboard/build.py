@@ -20,6 +20,10 @@ Logit effects: the decoder direction through the unembedding, W_dec[f] · diag(g
 model's final norm folded in (as TransformerLens' fold_ln does for SAEDashboard and Neuronpedia) and the norm's
 division by the activation's RMS ignored (a direction alone has no scale); W_U is the HF lm_head's weight,
 equal to the HookedTransformer's `W_U` because no weight processing is applied.
+
+Ablation effect: each latent ablated alone on the features prompt, the SAE's error term kept
+(`interventions.measure.ablation_effects`, one forward pass per latent): the mean change of log p at the
+prompt's `<think>`/`</think>` tokens and at the others, and the mean and largest KL from the clean model.
 """
 
 from __future__ import annotations
