@@ -109,7 +109,7 @@ def text_effect(
 @torch.inference_mode()
 def greedy(subject: Subject, prompt_ids: Sequence[int], max_new_tokens: int) -> list[int]:
     """Greedy continuation of `prompt_ids`, KV-cached, stopping after EOS (runs whatever context the caller
-    opened; a plain loop: `generate` was minutes per token on CPU here)."""
+    opened, e.g. an `Intervention`, whose hooks see each step's absolute positions)."""
     model, eos = subject.hf, subject.tokenizer.eos_token_id
     step = torch.tensor([list(prompt_ids)], device=subject.device)
     cache, new = None, []
