@@ -18,6 +18,7 @@ from resa_interp.data.synthetic import synthetic_qa
 from resa_interp.data.templates import format_trigger, marker_spans
 from resa_interp.features.extract import FeatureConfig, run_features
 from resa_interp.model.harvest import encode_texts, shared_prefix_length
+from resa_interp.model.hooks import hook_module
 from resa_interp.model.subject import load_subject
 from resa_interp.sae.folders import load_sae, sae_dir
 from resa_interp.sae.pretrained import build_topk_sae
@@ -190,3 +191,38 @@ def test_errors(cli, tiny_run, tmp_path):
     for args, needle in cases:
         code, out, err = cli(base + args)
         assert code == 2 and needle in err and err.count("\n") == 1, (args, code, err, out)
+
+
+def test_ablation_effect_next_to_the_marker_activations(tiny_run):
+    """Each feature's ablation effect equals ablating it by hand: a hook that subtracts activation x decoder row
+    from the layer's output after position 0, and the mean change of log p at the prompt's marker tokens."""
+    run, subject = tiny_run
+    dset = build_dashboards(run, cfg=DashboardConfig(texts=2), subject=subject, progress=False)
+    ids = json.loads((run / "features.json").read_text())["prompts"][0]["token_ids"]
+    markers = {p for spans in dset.prompt_markers.values() for s, e in spans for p in range(s, e)}
+    targets = torch.tensor(ids[1:])
+
+    def logp():
+        with torch.no_grad():
+            return torch.log_softmax(subject.hf(torch.tensor([ids])).logits[0].float(), -1)[:-1].gather(
+                1, targets[:, None])[:, 0]
+
+    clean = logp()
+    for f in dset.features:
+        sae = load_sae(sae_dir(run, "resid_post", f.layer))
+        acts = sae.encode(_clean_acts(subject, ids, f.layer))[:, f.feature].detach()
+        change = -acts[:, None] * sae.W_dec[f.feature].detach()
+        change[0] = 0
+
+        def hook(_m, _i, out, change=change):
+            return (out[0] + change, *out[1:]) if isinstance(out, tuple) else out + change
+
+        handle = hook_module(subject.hf, "resid_post", f.layer).register_forward_hook(hook)
+        try:
+            edited = logp()
+        finally:
+            handle.remove()
+        at = [p for p in range(1, len(ids) - 1) if p + 1 in markers]
+        assert f.ablation.dlogp_marker == pytest.approx(float((edited - clean)[at].mean()), abs=1e-5)
+        assert f.ablation.kl >= 0 and f.ablation.max_kl >= f.ablation.kl
+    assert any(abs(f.ablation.dlogp_marker) > 1e-4 for f in dset.features), "some ablation must move the markers"

@@ -15,6 +15,7 @@ import typer
 from resa_interp.cli.evaluation import evaluate, sweep
 from resa_interp.cli.export import export
 from resa_interp.cli.features import dashboard, features
+from resa_interp.cli.interventions import steer, trace
 from resa_interp.cli.layers import select_layers
 from resa_interp.cli.model import attach, info
 from resa_interp.cli.sae import cache_activations, train_saes
@@ -27,7 +28,8 @@ app = typer.Typer(
         "SAE feature analysis of reasoning models (the Resa method).\n\n"
         "Stages: info (what a model looks like) -> train-saes -> features -> select-layers -> tune -> eval; "
         "sweep (tune + eval at every layer) feeds select-layers; cache-activations harvests Stage I's activations once "
-        "for any number of train-saes --activations runs; dashboard shows what a feature does; attach puts "
+        "for any number of train-saes --activations runs; steer edits features against a random control "
+        "and trace shows where they fire; dashboard shows what a feature does; attach puts "
         "a tuned adapter on another model of the family; export writes a run's SAEs as a hub repo folder, or its "
         "dashboards for Neuronpedia. Every command works offline on the embedded default model "
         "(SmolLM2-135M-Instruct) when --model is not given."
@@ -42,6 +44,8 @@ for name, command in [
     ("cache-activations", cache_activations),
     ("train-saes", train_saes),
     ("features", features),
+    ("steer", steer),
+    ("trace", trace),
     ("dashboard", dashboard),
     ("select-layers", select_layers),
     ("tune", tune),

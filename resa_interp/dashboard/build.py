@@ -20,11 +20,14 @@ Logit effects: the decoder direction through the unembedding, W_dec[f] · diag(g
 model's final norm folded in (as TransformerLens' fold_ln does for SAEDashboard and Neuronpedia) and the norm's
 division by the activation's RMS ignored (a direction alone has no scale); W_U is the HF lm_head's weight,
 equal to the HookedTransformer's `W_U` because no weight processing is applied.
+
+Ablation effect: each latent ablated alone on the features prompt, the SAE's error term kept
+(`interventions.measure.ablation_effects`, one forward pass per latent): the mean change of log p at the
+prompt's `<think>`/`</think>` tokens and at the others, and the mean and largest KL from the clean model.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -37,19 +40,18 @@ from resa_interp.data.qa import load_qa
 from resa_interp.data.templates import END_THINK, R1_SYSTEM_PROMPT, THINK, format_trigger, marker_spans
 from resa_interp.errors import ResaError
 from resa_interp.features.extract import span_value
+from resa_interp.features.selection import REASONING, model_spec, select_features
+from resa_interp.interventions.measure import AblationEffect, ablation_effects
 from resa_interp.model.harvest import EncodedText, Harvester, encode_texts, iter_batches, shared_prefix_length
 from resa_interp.model.hooks import hook_name
 from resa_interp.model.subject import load_subject
 from resa_interp.runs import record_stage
-from resa_interp.sae.folders import check_sae_fits, load_sae, run_sae_dirs
+from resa_interp.sae.folders import check_sae_fits, load_sae
 
 if TYPE_CHECKING:
     from sae_lens import SAE
 
     from resa_interp.model.subject import Subject
-
-REASONING = "reasoning"
-
 
 @dataclass
 class DashboardConfig:
@@ -141,6 +143,9 @@ class FeatureDashboard:
     """Activation at every token of the features prompt."""
     marker_activations: dict[str, list[float]]
     """Marker -> activation at each occurrence in the prompt (by the features run's marker rule)."""
+    ablation: AblationEffect | None = None
+    """What ablating this latent alone (the SAE's error term kept) does on the prompt: the mean change of log p at
+    its `<think>`/`</think>` tokens and at the others, and the KL from the clean model (`interventions`)."""
 
     @property
     def anchor(self) -> str:
@@ -178,81 +183,6 @@ class DashboardSet:
     def to_dict(self) -> dict:
         """Plain-dict form for JSON."""
         return asdict(self)
-
-
-# --------------------------------------------------------------------------------------------- selection
-
-
-@dataclass(frozen=True)
-class Selection:
-    """Which latents of which layers, and the run's features.json (None if it has none)."""
-
-    hook: str
-    features: dict[int, list[int]]
-    sae_dirs: dict[int, Path]
-    doc: dict | None
-
-
-def parse_ids(spec: str) -> list[int]:
-    """'3,17,200' -> [3, 17, 200] (one-line error otherwise)."""
-    try:
-        ids = [int(p) for p in spec.split(",") if p.strip()]
-    except ValueError:
-        raise ResaError(f"--features {spec!r}: accepted 'reasoning' or latent ids like 3,17,200") from None
-    if not ids:
-        raise ResaError(f"--features {spec!r}: no latent ids given")
-    return ids
-
-
-def select_features(
-    run: str | Path, layer: int | None, features: str = REASONING, hook: str | None = None
-) -> Selection:
-    """Resolve --layer/--features against the run: its SAEs, and its features.json for 'reasoning'."""
-    run = Path(run)
-    doc_path = run / "features.json"
-    doc = json.loads(doc_path.read_text()) if doc_path.is_file() else None
-    hook = hook or (doc or {}).get("hook", "resid_post")
-    dirs = run_sae_dirs(run, hook)
-    if not dirs:
-        raise ResaError(
-            f"run {str(run)!r} has no {hook} SAEs (no {run}/saes/blocks.*.hook_{hook}/); "
-            f"train them with: resa-interp train-saes --out {run}"
-        )
-    if layer is not None and layer not in dirs:
-        raise ResaError(f"--layer {layer}: run {str(run)!r} has no {hook} SAE there; it has layers {_ranges(dirs)}")
-    if features.strip() == REASONING:
-        if doc is None:
-            raise ResaError(
-                f"run {str(run)!r} has no features.json; run `resa-interp features --out {run}` first, "
-                "or pass --layer L --features ids"
-            )
-        chosen = {
-            row["layer"]: list(row["features"])
-            for row in doc["layers"]
-            if row["features"] and (layer is None or row["layer"] == layer) and row["layer"] in dirs
-        }
-        if not chosen:
-            where = f"at layer {layer}" if layer is not None else "at any layer"
-            raise ResaError(f"{doc_path} lists no reasoning features {where}; pass --layer L --features ids")
-        return Selection(hook, chosen, {lay: dirs[lay] for lay in chosen}, doc)
-    ids = parse_ids(features)
-    if layer is None:
-        raise ResaError(f"--features {features!r}: latent ids need --layer (one of {_ranges(dirs)})")
-    d_sae = json.loads((dirs[layer] / "cfg.json").read_text())["d_sae"]
-    bad = [i for i in ids if not 0 <= i < d_sae]
-    if bad:
-        raise ResaError(f"--features {bad[0]}: layer {layer}'s SAE has {d_sae} latents (ids 0..{d_sae - 1})")
-    return Selection(hook, {layer: sorted(set(ids))}, {layer: dirs[layer]}, doc)
-
-
-def _ranges(layers) -> str:
-    layers = sorted(layers)
-    parts, start = [], layers[0]
-    for a, b in zip(layers, layers[1:] + [None]):
-        if b != a + 1:
-            parts.append(str(start) if start == a else f"{start}-{a}")
-            start = b
-    return ",".join(parts)
 
 
 # --------------------------------------------------------------------------------------------- harvest
@@ -465,15 +395,6 @@ def _trigger_corpus(subject: Subject, sae: SAE, cfg: DashboardConfig) -> tuple[C
     return Corpus(texts, shared_prefix_length(texts), markers), dataset, template
 
 
-def _model_spec(sae: SAE, doc: dict | None) -> str | None:
-    """The model the SAEs were trained on: its recorded folder when it exists here, else its spec."""
-    meta = sae.cfg.metadata
-    path = getattr(meta, "model_path", None) or (doc or {}).get("model_path")
-    if path and Path(path).exists():
-        return path
-    return getattr(meta, "model_name", None) or (doc or {}).get("model")
-
-
 @torch.inference_mode()
 def _prompt_latents(
     subject: Subject, saes: dict[int, SAE], features: dict[int, list[int]], hook: str, ids: list[int]
@@ -509,7 +430,7 @@ def build_dashboards(
     saes = {lay: load_sae(sel.sae_dirs[lay], device=device) for lay in sorted(sel.features)}
     first = next(iter(saes.values()))
     if subject is None:
-        subject = load_subject(model or _model_spec(first, sel.doc), device=device)
+        subject = load_subject(model or model_spec(first, sel.doc), device=device)
     for lay, sae in saes.items():
         check_sae_fits(sae, subject, sel.hook, lay)
     threshold = cfg.threshold if cfg.threshold is not None else float((sel.doc or {}).get("threshold", 0.0))
@@ -518,6 +439,8 @@ def build_dashboards(
     text, position, weight = corpus.index()
     prompt_ids, prompt_markers, prompt_excluded, rule = _prompt(sel.doc, subject.tokenizer)
     prompt_latents = _prompt_latents(subject, saes, sel.features, sel.hook, prompt_ids)
+    prompt_marker_positions = {p for spans in prompt_markers.values() for s, e in spans for p in range(s, e)}
+    ablations = ablation_effects(subject, sel.hook, saes, sel.features, prompt_ids, prompt_marker_positions)
     tokens = _Tokens(subject.tokenizer)
     reasoning = {row["layer"]: set(row["features"]) for row in (sel.doc or {}).get("layers", [])}
     sink_rule = (
@@ -558,6 +481,7 @@ def build_dashboards(
                         m: [round(float(span_value(prompt_values, s, e, rule)[0]), 6) for s, e in prompt_markers[m]]
                         for m in (THINK, END_THINK)
                     },
+                    ablation=ablations[(lay, fid)],
                 ))
                 bar.update(1)
     return out

@@ -82,6 +82,16 @@ def _marker_table(f: FeatureDashboard) -> str:
     return f'<table><tr><th class="l">marker</th>{head}</tr>{rows}</table>'
 
 
+def _ablation_table(f: FeatureDashboard) -> str:
+    if f.ablation is None:
+        return ""
+    a = f.ablation
+    rows = (("Δ log p at markers", a.dlogp_marker), ("Δ log p elsewhere", a.dlogp_other), ("mean KL", a.kl),
+            ("max KL", a.max_kl))
+    cells = "".join(f'<tr><td class="l">{name}</td><td>{v:+.4f}</td></tr>' for name, v in rows)
+    return f"<b>ablated alone, on the prompt</b><table>{cells}</table>"
+
+
 def histogram_figure(f: FeatureDashboard):
     """Plotly bar chart of the latent's non-zero activations over the data."""
     import plotly.graph_objects as go
@@ -111,7 +121,8 @@ def feature_html(dset: DashboardSet, f: FeatureDashboard) -> str:
 mean when firing {f.mean_when_firing:.3f} · <a href="#index">index</a></p>
 <div class="row"><div>{hist}</div>
 <div><b>logit effects</b>{_logit_table(f)}</div>
-<div><b>activation at the prompt's markers</b> ({html.escape(dset.marker_rule)} rule){_marker_table(f)}</div></div>
+<div><b>activation at the prompt's markers</b> ({html.escape(dset.marker_rule)} rule){_marker_table(f)}
+{_ablation_table(f)}</div></div>
 <p><b>prompt</b> (markers underlined)</p><div class="ctx">{_prompt(dset, f, scale)}</div>
 <p><b>top-activating contexts</b> (value, then the window; the peak token outlined)</p>{contexts}
 </section>"""

@@ -117,7 +117,7 @@ class _StopForward(Exception):
     pass
 
 
-def _cache_kwarg(model: nn.Module) -> str:
+def cache_kwarg(model: nn.Module) -> str:
     """transformers >= 5.2x calls the KV-cache argument `cache`; earlier releases `past_key_values`."""
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
@@ -176,7 +176,7 @@ class Harvester:
             cache = copy.deepcopy(prefix.cache)
             cache.batch_repeat_interleave(n)
             kwargs = {
-                _cache_kwarg(self.model): cache,
+                cache_kwarg(self.model): cache,
                 "use_cache": True,
                 "position_ids": torch.arange(p, p + input_ids.shape[1], device=device).expand(n, -1),
             }

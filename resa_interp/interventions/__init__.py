@@ -1,0 +1,54 @@
+"""Interventions: do the features matter? Edit SAE latents inside the running model (the SAE's error term kept),
+measure what changes against a frequency-matched random control (`steer`), and trace where latents fire over a
+text (`trace`).
+
+Reads a run's SAEs (and its features.json for the default latents, the reasoning features); writes effects,
+samples and figures into an output folder, and gives small result dataclasses for notebooks.
+"""
+
+from resa_interp.interventions.hook import MODES, Intervention, LatentEdit, edit_latents, residual_delta
+from resa_interp.interventions.measure import (
+    AblationEffect,
+    Estimate,
+    Generation,
+    TextEffect,
+    ablation_effects,
+    bootstrap,
+    text_effect,
+)
+from resa_interp.interventions.steer import (
+    SteerConfig,
+    SteerResult,
+    load_chosen,
+    matched_controls,
+    parse_latents,
+    run_steer,
+    steer,
+)
+from resa_interp.interventions.trace import Trace, TraceRun, run_trace, trace_text
+
+__all__ = [
+    "MODES",
+    "AblationEffect",
+    "Estimate",
+    "Generation",
+    "Intervention",
+    "LatentEdit",
+    "SteerConfig",
+    "SteerResult",
+    "TextEffect",
+    "Trace",
+    "TraceRun",
+    "ablation_effects",
+    "bootstrap",
+    "edit_latents",
+    "load_chosen",
+    "matched_controls",
+    "parse_latents",
+    "residual_delta",
+    "run_steer",
+    "run_trace",
+    "steer",
+    "text_effect",
+    "trace_text",
+]
