@@ -42,6 +42,7 @@ from resa_interp.sae.folders import SAES_DIR, load_sae, record_firing, sae_dir
 from resa_interp.sae.metrics import evaluate_saes, write_metrics
 from resa_interp.sae.optimizers import Signum
 from resa_interp.sae.pretrained import build_topk_sae, load_source_sae, to_training_form
+from resa_interp.sae.saelens_trainer import ARCHITECTURES, TRAINERS, SAELensLayer, trainer_label
 from resa_interp.sae.topk_kernel import (
     fast_select_dtype,
     normalize_rows,
@@ -136,6 +137,15 @@ class SAETrainConfig:
     """Pack the training texts as the authors' code does (sparsify's chunk_and_tokenize): joined with EOS and
     cut into chunks of exactly `max_seq_len` tokens (or the tokenizer's model_max_length when shorter), the
     remainder of every 2048 texts dropped. Off: one text per sequence, padded. Held-out texts stay unpacked."""
+    trainer: str = "fused"
+    """'fused' (our TopK kernel, the default and fastest) or 'saelens' (SAELens' own training SAEs and trainer step,
+    `sae.saelens_trainer`; from scratch only, Adam)."""
+    architecture: str = "topk"
+    """SAE architecture with --trainer saelens: topk, batchtopk, jumprelu, matryoshka (batchtopk), standard or gated
+    (the fused trainer is TopK only)."""
+    sparsity_coefficient: float | None = None
+    """--trainer saelens, jumprelu/standard/gated: the sparsity penalty's coefficient (l0 for jumprelu, l1 for
+    standard and gated); None = SAELens' default. The k-architectures use `k`."""
     activations: str | None = None
     """Train from this activation cache (`cache-activations`) instead of forward passes; the model is loaded only
     for the held-out metrics at the end. The cache must hold this model, hook and layers and the same data
@@ -174,6 +184,14 @@ class SAETrainConfig:
         check_choice("select precision", self.select_precision, SELECT_PRECISIONS)
         if self.tokens is not None and self.tokens < self.batch_tokens:
             raise ResaError(f"--tokens {self.tokens} is smaller than one batch ({self.batch_tokens} tokens); raise it")
+        check_choice("--trainer", self.trainer, TRAINERS)
+        check_choice("--architecture", self.architecture, ARCHITECTURES)
+        if self.trainer == "fused" and self.architecture != "topk":
+            raise ResaError(f"--architecture {self.architecture}: the fused trainer is topk only; add --trainer "
+                            "saelens")
+        if self.trainer == "saelens" and (self.mode != "scratch" or self.optimizer != "adam"):
+            raise ResaError(f"--trainer saelens trains from scratch with SAELens' Adam, not --mode {self.mode} / "
+                            f"--optimizer {self.optimizer}; use --trainer fused for those")
         if self.activations and self.mode == "pretrained":
             raise ResaError("--activations: --mode pretrained imports SAEs without training, so it reads no cache")
 
@@ -488,7 +506,7 @@ def _sae_metadata(cfg: SAETrainConfig, origin: dict, layer: int, tokens: int) ->
         "exclude_special_tokens": False,
         "optimizer": cfg.optimizer,
         "lr": cfg.lr,
-        "trainer": "resa-interp fused TopK (topk_kernel)",
+        "trainer": trainer_label(cfg),
         "select_precision": cfg.select_precision,
     }
 
@@ -555,6 +573,8 @@ def _train_group(
             sae = LayerSAE.from_source(source.to(device), cfg.source, seed, select_dtype)
             log.info("layer %d: starting from %s (%d latents, k %d); %s", layer, source.cfg.metadata.source_path,
                      source.cfg.d_sae, source.cfg.k, "; ".join(sae.source_notes) or "nothing to fold")
+        elif cfg.trainer == "saelens":
+            sae = SAELensLayer(cfg, d_in, cfg.latents_for(d_in), seed, device, DEAD_WINDOW)
         else:
             sae = LayerSAE(d_in, cfg.latents_for(d_in), cfg.k, seed, select_dtype).to(device)
         sae.make_optimizer(cfg.optimizer, cfg.lr)
