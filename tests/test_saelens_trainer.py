@@ -142,8 +142,21 @@ def test_features_run_on_saelens_trained_saes(tiny_qwen2, tmp_path, architecture
         ({"trainer": "fused", "architecture": "gated"}, "the fused trainer is topk only; add --trainer saelens"),
         ({"optimizer": "signum"}, "--trainer saelens trains from scratch with SAELens' Adam"),
         ({"mode": "finetune", "source": "x"}, "not --mode finetune"),
+        ({"sparsity_coefficient": 5.0}, "--architecture topk is sparse by --k; the coefficient is for jumprelu"),
     ],
 )
 def test_bad_trainer_settings_are_one_line(tiny_qwen2, tmp_path, overrides, message):
     with pytest.raises(ResaError, match=message):
         train_saes(SAETrainConfig(model=tiny_qwen2, **{**SMALL, **overrides}), tmp_path)
+
+
+def test_cli_plans_and_refuses_in_one_line(cli, tiny_qwen2, tmp_path):
+    args = ["train-saes", "--model", tiny_qwen2, "--layers", "1", "--out", str(tmp_path), "--dry-run"]
+    code, out, err = cli([*args, "--trainer", "saelens", "--architecture", "jumprelu", "--sparsity-coefficient", "3"])
+    assert code == 0, err
+    assert "1 SAELens jumprelu SAE(s), 512 latents, sparsity by its penalty" in out
+    code, out, _ = cli(args)
+    assert "1 fused TopK SAE(s), 512 latents, k 32" in out
+    code, _, err = cli([*args, "--architecture", "gated"])
+    assert code == 2 and err.strip() == ("error: --architecture gated: the fused trainer is topk only; add --trainer "
+                                         "saelens")

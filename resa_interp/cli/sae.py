@@ -75,6 +75,21 @@ def train_saes(
     group_size: Annotated[
         int | None, typer.Option(help="Layers per shared forward pass [default: as many as fit in memory].")
     ] = None,
+    trainer: Annotated[
+        str | None,
+        typer.Option(help="fused (default: our TopK kernel, the fastest) | saelens (SAELens' own training SAEs and "
+                     "trainer step on the same activations; from scratch, Adam)."),
+    ] = None,
+    architecture: Annotated[
+        str | None,
+        typer.Option(help="With --trainer saelens: topk (default) | batchtopk | jumprelu | matryoshka | standard | "
+                     "gated. The k-architectures use --k; jumprelu, standard and gated --sparsity-coefficient."),
+    ] = None,
+    sparsity_coefficient: Annotated[
+        float | None,
+        typer.Option(help="With --trainer saelens: the l0 (jumprelu) or l1 (standard, gated) penalty's coefficient "
+                     "[default: SAELens' default, 1.0]."),
+    ] = None,
     template: Template = None,
     pack: Pack = None,
     max_seq_len: MaxSeqLen = None,
@@ -89,7 +104,7 @@ def train_saes(
     dtype: Dtype = None,
     dry_run: DryRun = False,
 ) -> None:
-    """Stage I: train TopK SAEs at every selected layer from one shared forward pass per batch.
+    """Stage I: train SAEs (TopK by default) at every selected layer from one shared forward pass per batch.
 
     Trigger data is CoT-free: the R1 system prompt, the question, and only the final answer between
     <think> and </think>. Prints the memory plan, shows progress with tokens/s, checkpoints and resumes
@@ -98,7 +113,9 @@ def train_saes(
     SAEs go to OUT/saes/<hook_name>/. --preset paper: R1-Distill-Qwen-1.5B, STILL, layers 1-26 (the paper's
     2nd-27th), resid_post, 65,536 latents, k=32, signum 2.5e-4, one epoch, packed 2048-token chunks. Defaults:
     device cpu, dtype float32, seed 0. The resolved settings are printed first, each one that differs from the
-    paper's marked; --dry-run stops after them and the plan.
+    paper's marked; --dry-run stops after them and the plan. --trainer saelens --architecture A trains SAELens'
+    own A SAEs (topk, batchtopk, jumprelu, matryoshka, standard, gated) on the same activations instead of the
+    fused TopK kernel.
 
     Example: resa-interp train-saes --layers 3,12,24 --out runs/demo
     """
@@ -117,7 +134,8 @@ def train_saes(
         SAETrainConfig, {"base": base}, "base", drop, activations=activations,
         model=model, dataset=dataset, layers=layers, hook=hook, mode=mode, source=source, source_hook=from_hook,
         k=k, expansion_factor=expansion_factor, latents=latents, batch_tokens=batch_tokens, optimizer=optimizer,
-        lr=lr, group_size=group_size, template=template, pack=pack, max_seq_len=max_seq_len,
+        lr=lr, group_size=group_size, trainer=trainer, architecture=architecture,
+        sparsity_coefficient=sparsity_coefficient, template=template, pack=pack, max_seq_len=max_seq_len,
         problem_column=problem_column, answer_column=answer_column,
         keep_first=keep_first or None, seed=seed, device=device, model_dtype=dtype,
     )

@@ -42,7 +42,7 @@ from resa_interp.sae.folders import SAES_DIR, load_sae, record_firing, sae_dir
 from resa_interp.sae.metrics import evaluate_saes, write_metrics
 from resa_interp.sae.optimizers import Signum
 from resa_interp.sae.pretrained import build_topk_sae, load_source_sae, to_training_form
-from resa_interp.sae.saelens_trainer import ARCHITECTURES, TRAINERS, SAELensLayer, trainer_label
+from resa_interp.sae.saelens_trainer import ARCHITECTURES, K_ARCHITECTURES, TRAINERS, SAELensLayer, trainer_label
 from resa_interp.sae.topk_kernel import (
     fast_select_dtype,
     normalize_rows,
@@ -192,6 +192,9 @@ class SAETrainConfig:
         if self.trainer == "saelens" and (self.mode != "scratch" or self.optimizer != "adam"):
             raise ResaError(f"--trainer saelens trains from scratch with SAELens' Adam, not --mode {self.mode} / "
                             f"--optimizer {self.optimizer}; use --trainer fused for those")
+        if self.sparsity_coefficient is not None and self.architecture in K_ARCHITECTURES:
+            raise ResaError(f"--sparsity-coefficient: --architecture {self.architecture} is sparse by --k; the "
+                            "coefficient is for jumprelu, standard and gated")
         if self.activations and self.mode == "pretrained":
             raise ResaError("--activations: --mode pretrained imports SAEs without training, so it reads no cache")
 
