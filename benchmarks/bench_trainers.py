@@ -5,7 +5,9 @@ Every trainer is the one train-saes builds (`LayerSAE`, `SAELensLayer`) with the
 lr, Adam, seed), initialised on the same first buffer and stepped on the same shuffled batches, one batch of each
 trainer in turn so load on the machine hits all alike. Reported per trainer: training tokens/s (median step) and
 the explained variance of its saved form (export: raw units, SAELens' inference SAE) on held-out rows at equal
-tokens, both also as ratios to the fused kernel measured in this same run.
+tokens, both also as ratios to the fused kernel measured in this same run; for SAELens also the explained variance
+of its training SAE (batchtopk's saved form is a JumpReLU SAE at the threshold it learned by moving average, which
+needs many steps to settle).
 
 Activations: an activation cache (`resa-interp cache-activations`, e.g. the embedded SmolLM2-135M at one layer)
 with --cache DIR --layer L, else a Gaussian mixture of width 576 (SmolLM2's d_model).
@@ -51,6 +53,14 @@ def explained_variance(sae, x: torch.Tensor) -> float:
     return 1 - ((x - recon).pow(2).sum() / (x - x.mean(0)).pow(2).sum()).item()
 
 
+def training_form_ev(trainer, x: torch.Tensor) -> float | None:
+    """Explained variance of a SAELens trainer's training SAE itself on `x` (scaled as in training; batch top-k
+    over the held-out rows as one batch), where its saved form differs (a learned JumpReLU threshold)."""
+    if not isinstance(trainer, SAELensLayer):
+        return None
+    return explained_variance(trainer.sae, trainer.trainer.activation_scaler(x))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cache", default=None, help="activation cache folder [default: a Gaussian mixture]")
@@ -91,12 +101,13 @@ def main() -> None:
             trainer.step(batch)
             times[name].append(time.perf_counter() - start)
     meta = {"hook_name": "bench"}
-    results = {name: (args.batch / statistics.median(times[name]), explained_variance(t.export(meta), heldout))
-               for name, t in trainers.items()}
-    base_speed, base_ev = results["fused topk"]
-    print(f"\n{'trainer':<18} {'tok/s':>9} {'x fused':>8} {'EV':>7} {'x fused':>8}")
-    for name, (speed, ev) in results.items():
-        print(f"{name:<18} {speed:>9.0f} {speed / base_speed:>8.2f} {ev:>7.3f} {ev / base_ev:>8.2f}")
+    results = {name: (args.batch / statistics.median(times[name]), explained_variance(t.export(meta), heldout),
+                      training_form_ev(t, heldout)) for name, t in trainers.items()}
+    base_speed, base_ev, _ = results["fused topk"]
+    print(f"\n{'trainer':<18} {'tok/s':>9} {'x fused':>8} {'EV':>7} {'x fused':>8} {'EV training form':>17}")
+    for name, (speed, ev, ev_train) in results.items():
+        train_form = "-" if ev_train is None else f"{ev_train:.3f}"
+        print(f"{name:<18} {speed:>9.0f} {speed / base_speed:>8.2f} {ev:>7.3f} {ev / base_ev:>8.2f} {train_form:>17}")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 Data flow: CoT-free trigger texts -> one HF forward pass per batch of sequences (`model.harvest.Harvester`), or
 the same batches read from an activation cache (`sae.activations`) -> per-layer shuffle buffers in memory ->
-each layer's SAE steps on minibatches (`sae.topk_kernel`) -> SAELens TopK SAE folders `RUN/saes/<hook_name>/` ->
+each layer's SAE steps on minibatches (`sae.topk_kernel`; or SAELens' own trainer and architectures,
+`sae.saelens_trainer`, with --trainer saelens) -> SAELens SAE folders `RUN/saes/<hook_name>/` ->
 held-out quality (`sae.metrics`).
 
 Training works on inputs scaled to unit mean norm (one factor per layer, measured on the first buffer); the
