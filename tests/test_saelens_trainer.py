@@ -4,6 +4,8 @@ and `features` runs on the SAEs it writes."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -12,6 +14,7 @@ from resa_interp.errors import ResaError
 from resa_interp.features.extract import FeatureConfig, extract_features, run_features
 from resa_interp.model.subject import load_subject
 from resa_interp.sae.activations import ModelFeed
+from resa_interp.sae.cache import cache_activations
 from resa_interp.sae.folders import load_sae
 from resa_interp.sae.saelens_trainer import ARCHITECTURES, SAELensLayer
 from resa_interp.sae.train import DEAD_WINDOW, SAETrainConfig, train_saes, trigger_data
@@ -160,3 +163,15 @@ def test_cli_plans_and_refuses_in_one_line(cli, tiny_qwen2, tmp_path):
     code, _, err = cli([*args, "--architecture", "gated"])
     assert code == 2 and err.strip() == ("error: --architecture gated: the fused trainer is topk only; add --trainer "
                                          "saelens")
+
+
+def test_saelens_trains_the_same_saes_from_a_float32_cache_as_from_forward_passes(tiny_qwen2, tmp_path):
+    from safetensors.torch import load_file
+
+    cfg = SAETrainConfig(model=tiny_qwen2, architecture="batchtopk", **SMALL)
+    cache = cache_activations(cfg, tmp_path / "cache", "float32")
+    direct = train_saes(cfg, tmp_path / "direct").sae_dirs[LAYER]
+    cached = train_saes(dataclasses.replace(cfg, activations=str(cache.path)), tmp_path / "cached").sae_dirs[LAYER]
+    a, b = load_file(direct / "sae_weights.safetensors"), load_file(cached / "sae_weights.safetensors")
+    assert a.keys() == b.keys() == {"W_enc", "b_enc", "W_dec", "b_dec", "threshold"}
+    assert all(torch.equal(a[key], b[key]) for key in a)
