@@ -2,17 +2,18 @@
 (`--trainer saelens`) with its topk and batchtopk SAEs.
 
 Every trainer is the one train-saes builds (`LayerSAE`, `SAELensLayer`) with the same settings (latents, k, batch,
-lr, Adam, seed), initialised on the same first buffer and stepped on the same shuffled batches, one batch of each
-trainer in turn so load on the machine hits all alike. Reported per trainer: training tokens/s (median step) and
-the explained variance of its saved form (export: raw units, SAELens' inference SAE) on held-out rows at equal
-tokens, both also as ratios to the fused kernel measured in this same run; for SAELens also the explained variance
-of its training SAE (batchtopk's saved form is a JumpReLU SAE at the threshold it learned by moving average, which
-needs many steps to settle).
+Adam, seed; the lr of each can be set, since their inputs are scaled differently), initialised on the same first
+buffer and stepped on the same shuffled batches, one batch of each trainer in turn so load on the machine hits all
+alike. Reported per trainer: training tokens/s (median step) and the explained variance of its saved form (export:
+raw units, SAELens' inference SAE) on held-out rows at equal tokens, both also as ratios to the fused kernel
+measured in this same run; for SAELens also the explained variance of its training SAE (batchtopk's saved form is a
+JumpReLU SAE at the threshold it learned by moving average, which needs many steps to settle).
 
 Activations: an activation cache (`resa-interp cache-activations`, e.g. the embedded SmolLM2-135M at one layer)
 with --cache DIR --layer L, else a Gaussian mixture of width 576 (SmolLM2's d_model).
 
     python benchmarks/bench_trainers.py [--cache DIR --layer L] [--tokens 65536] [--latents 4608] [--k 32]
+        [--lr 2e-3] [--saelens-lr 3e-4]
 """
 
 from __future__ import annotations
@@ -29,9 +30,9 @@ from resa_interp.sae.train import DEAD_WINDOW, LayerSAE, SAETrainConfig
 
 
 def mixture(n: int, d: int, seed: int = 0, components: int = 64) -> torch.Tensor:
-    """A Gaussian mixture: `components` random centres (norm ~3) plus unit-variance isotropic noise scaled by 0.5."""
+    """A Gaussian mixture: `components` random centres (norm ~12 at d 576) plus isotropic noise of std 0.5."""
     gen = torch.Generator().manual_seed(seed)
-    centres = torch.randn(components, d, generator=gen) * 3 / d**0.5 * 4
+    centres = torch.randn(components, d, generator=gen) * 12 / d**0.5
     which = torch.randint(0, components, (n,), generator=gen)
     return centres[which] + torch.randn(n, d, generator=gen) * 0.5
 
@@ -70,7 +71,8 @@ def main() -> None:
     parser.add_argument("--latents", type=int, default=4608)
     parser.add_argument("--k", type=int, default=32)
     parser.add_argument("--batch", type=int, default=1024)
-    parser.add_argument("--lr", type=float, default=2e-3, help="for every trainer [default: train-saes' 2e-3]")
+    parser.add_argument("--lr", type=float, default=2e-3, help="the fused kernel's [default: train-saes' 2e-3]")
+    parser.add_argument("--saelens-lr", type=float, default=None, help="SAELens' trainers' [default: --lr]")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -79,20 +81,20 @@ def main() -> None:
     data = data[torch.randperm(n, generator=torch.Generator().manual_seed(0))]
     train, heldout = data[: args.tokens], data[args.tokens :]
     d_in, device = data.shape[1], torch.device("cpu")
+    saelens_lr = args.saelens_lr or args.lr
     source = f"{args.cache} layer {args.layer}" if args.cache else "Gaussian mixture"
-    print(f"{source}: d_in {d_in}, {args.latents} latents, k {args.k}, batch {args.batch}, Adam lr {args.lr}, "
+    print(f"{source}: d_in {d_in}, {args.latents} latents, k {args.k}, batch {args.batch}, Adam lr {args.lr} "
+          f"(SAELens {saelens_lr}), "
           f"{args.tokens} training tokens, {args.heldout} held out, {args.threads} threads")
-
-    def config(**overrides) -> SAETrainConfig:
-        return SAETrainConfig(k=args.k, latents=args.latents, batch_tokens=args.batch, lr=args.lr, **overrides)
 
     fused = LayerSAE(d_in, args.latents, args.k, seed=0)
     trainers = {"fused topk": fused}
     for architecture in ("topk", "batchtopk"):
-        trainers[f"saelens {architecture}"] = SAELensLayer(config(trainer="saelens", architecture=architecture),
-                                                           d_in, args.latents, 0, device, DEAD_WINDOW)
+        cfg = SAETrainConfig(k=args.k, latents=args.latents, batch_tokens=args.batch, lr=saelens_lr,
+                             trainer="saelens", architecture=architecture)
+        trainers[f"saelens {architecture}"] = SAELensLayer(cfg, d_in, args.latents, 0, device, DEAD_WINDOW)
     for trainer in trainers.values():
-        trainer.make_optimizer("adam", args.lr)
+        trainer.make_optimizer("adam", args.lr if trainer is fused else saelens_lr)
         trainer.data_init(train, from_pretrained=False)
     times: dict[str, list[float]] = {name: [] for name in trainers}
     for batch in train.split(args.batch):
