@@ -116,7 +116,11 @@ def test_features_run_on_saelens_trained_saes(tiny_qwen2, tmp_path, architecture
     cfg = SAETrainConfig(model=tiny_qwen2, architecture=architecture, **{**SMALL, "layers": "2"})
     result = train_saes(cfg, tmp_path / "run")
     sae = load_sae(result.sae_dirs[2])
-    assert sae.cfg.metadata.trainer == f"sae_lens {sae_lens.__version__} {architecture}"
+    meta = sae.cfg.metadata
+    assert meta.trainer == f"sae_lens {sae_lens.__version__} {architecture}"
+    assert (meta.hook_name, meta.training_tokens, meta.seqpos_slice, meta.model_path) == (
+        "blocks.2.hook_resid_post", 1536, [1, None], tiny_qwen2)
+    assert meta.l0 == pytest.approx(result.metrics[0]["l0"]) and (result.sae_dirs[2] / "sparsity.safetensors").is_file()
     assert sae.cfg.architecture() == ("jumprelu" if architecture == "jumprelu" else "gated")
     assert result.metrics[0]["explained_variance"] > 0.2
     prompt = "<think></think> <think></think>"
