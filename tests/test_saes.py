@@ -143,13 +143,17 @@ def _run(cfg: dict, out: Path, mode: str = "fresh") -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-@pytest.mark.parametrize("seeds", [[], [5]], ids=["one-seed", "two-seeds"])
-def test_resume_after_a_real_interruption_equals_an_uninterrupted_run(tiny_qwen2, tmp_path, seeds):
-    """A separate process is killed (SIGKILL) after its first checkpoint, then resumed."""
+@pytest.mark.parametrize("variant", [{"seeds": [5]}, {"trainer": "saelens", "architecture": "batchtopk", "lr": 1e-3}],
+                         ids=["fused-two-seeds", "saelens"])
+def test_resume_after_a_real_interruption_equals_an_uninterrupted_run(tiny_qwen2, tmp_path, variant):
+    """A separate process is killed (SIGKILL) after its first checkpoint, then resumed (the fused kernel with two
+    seeds, and SAELens' trainer with its optimizer, scheduler, scale factor and batch top-k threshold in the
+    checkpoint)."""
     from safetensors.torch import load_file
 
+    seeds = variant.get("seeds", [])
     cfg = {**SMALL, "model": tiny_qwen2, "layers": "1,3", "tokens": 6144, "n_examples": 90, "checkpoint_every": 1,
-           "seeds": seeds}
+           **variant}
     proc = _run(cfg, tmp_path / "cut")
     saes = tmp_path / "cut" / "saes"
     deadline = time.time() + 240

@@ -77,6 +77,21 @@ def train_saes(
     group_size: Annotated[
         int | None, typer.Option(help="Layers per shared forward pass [default: as many as fit in memory].")
     ] = None,
+    trainer: Annotated[
+        str | None,
+        typer.Option(help="fused (default: our TopK kernel, the fastest) | saelens (SAELens' own training SAEs and "
+                     "trainer step on the same activations; from scratch, Adam)."),
+    ] = None,
+    architecture: Annotated[
+        str | None,
+        typer.Option(help="With --trainer saelens: topk (default) | batchtopk | jumprelu | matryoshka | standard | "
+                     "gated. The k-architectures use --k; jumprelu, standard and gated --sparsity-coefficient."),
+    ] = None,
+    sparsity_coefficient: Annotated[
+        float | None,
+        typer.Option(help="With --trainer saelens: the l0 (jumprelu) or l1 (standard, gated) penalty's coefficient "
+                     "[default: SAELens' default, 1.0]."),
+    ] = None,
     template: Template = None,
     pack: Pack = None,
     max_seq_len: MaxSeqLen = None,
@@ -93,7 +108,7 @@ def train_saes(
     dtype: Dtype = None,
     dry_run: DryRun = False,
 ) -> None:
-    """Stage I: train TopK SAEs at every selected layer from one shared forward pass per batch.
+    """Stage I: train SAEs (TopK by default) at every selected layer from one shared forward pass per batch.
 
     Trigger data is CoT-free: the R1 system prompt, the question, and only the final answer between
     <think> and </think>. Prints the memory plan, shows progress with tokens/s, checkpoints and resumes
@@ -104,7 +119,9 @@ def train_saes(
     device cpu, dtype float32, seed 0. The resolved settings are printed first, each one that differs from the
     paper's marked; --dry-run stops after them and the plan. Under torchrun (or accelerate launch) the ranks
     share the layers: each runs the model on its slice of every batch and trains its layers' SAEs, one GPU each;
-    the SAEs are those of one process (README, Scaling out).
+    the SAEs are those of one process (README, Scaling out). --trainer saelens --architecture A trains SAELens'
+    own A SAEs (topk, batchtopk, jumprelu, matryoshka, standard, gated) on the same activations instead of the
+    fused TopK kernel.
 
     Example: resa-interp train-saes --layers 3,12,24 --out runs/demo
     """
@@ -129,7 +146,8 @@ def train_saes(
         SAETrainConfig, {"base": base}, "base", drop, activations=activations,
         model=model, dataset=dataset, layers=layers, hook=hook, mode=mode, source=source, source_hook=from_hook,
         k=k, expansion_factor=expansion_factor, latents=latents, batch_tokens=batch_tokens, optimizer=optimizer,
-        lr=lr, group_size=group_size, template=template, pack=pack, max_seq_len=max_seq_len,
+        lr=lr, group_size=group_size, trainer=trainer, architecture=architecture,
+        sparsity_coefficient=sparsity_coefficient, template=template, pack=pack, max_seq_len=max_seq_len,
         problem_column=problem_column, answer_column=answer_column,
         keep_first=keep_first or None, seed=seed, seeds=more_seeds, device=device, model_dtype=dtype,
     )

@@ -3,7 +3,8 @@ from scratch, fine-tuned from a pretrained SAE, or imported as they are; their f
 
 Takes a `SAETrainConfig` and a run folder; gives SAELens SAE folders `RUN/saes/<hook_name>/`, held-out quality
 (`RUN/saes/metrics.json`) and a `StageIResult`; a multi-seed run keeps its further seeds' SAEs in
-`RUN/saes/seed-<s>/`. The training step is the fused kernel in `topk_kernel.py`.
+`RUN/saes/seed-<s>/`. The training step is the fused kernel in `topk_kernel.py`, or SAELens' own trainer for its
+six architectures (`saelens_trainer.py`, `--trainer saelens`).
 """
 
 from resa_interp.sae.activations import ActivationCache

@@ -19,6 +19,7 @@ from resa_interp.sae.folders import SAES_DIR
 from resa_interp.sae.metrics import METRICS_FILE
 from resa_interp.sae.pretrained import find_source_sae
 from resa_interp.sae.ranks import layer_owners, most_per_rank
+from resa_interp.sae.saelens_trainer import K_ARCHITECTURES
 from resa_interp.sae.train import CHECKPOINT, PRESETS, MemoryPlan, SAETrainConfig, parse_layers, plan_memory
 from resa_interp.shards import launcher_shard
 
@@ -45,6 +46,8 @@ class Stage1Plan:
     d_sae: int | None
     """Latents per SAE; None when they come from --from (known once the source is read)."""
     k: int | None
+    sae_kind: str
+    """Trainer and architecture: 'fused TopK' or 'SAELens <architecture>'."""
     tokens: int | None
     """Training tokens per SAE; None: one epoch over the dataset (counted when it is loaded)."""
     steps: int | None
@@ -60,7 +63,8 @@ class Stage1Plan:
     def format(self) -> str:
         """The plan, one fact per line."""
         ranks = len(set(self.rank_of_layer.values()))
-        width = "from --from" if self.d_sae is None else f"{self.d_sae:,} latents, k {self.k}"
+        sparsity = f"k {self.k}" if self.k is not None else "sparsity by its penalty"
+        width = "from --from" if self.d_sae is None else f"{self.d_sae:,} latents, {sparsity}"
         tokens = "one epoch over the dataset" if self.tokens is None else f"{self.tokens:,} tokens per SAE"
         steps = "" if self.steps is None else f", {self.steps:,} optimizer steps each"
         rows = (f"packed into chunks of {self.seq_len:,} tokens" if self.packed
@@ -68,7 +72,7 @@ class Stage1Plan:
         lines = [
             f"plan: {self.model} ({self.architecture}, {self.n_layers} decoder layers, d_model {self.d_model}) "
             f"on {self.device}",
-            f"  {len(self.layers)} SAE(s), {width}; {tokens}{steps}",
+            f"  {len(self.layers)} {self.sae_kind} SAE(s), {width}; {tokens}{steps}",
             f"  data: {self.dataset}, {rows}",
             f"  layers: {describe_layers(self.layers)}",
             f"  hooks: {self.hook_names[0]}" + (f" .. {self.hook_names[-1]}" if len(self.hook_names) > 1 else ""),
@@ -107,7 +111,8 @@ def plan_stage1(cfg: SAETrainConfig, run: str | Path) -> Stage1Plan:
         layers=layers,
         hook_names=[hook_name(cfg.hook, layer) for layer in layers],
         d_sae=d_sae,
-        k=None if d_sae is None else cfg.k,
+        k=None if d_sae is None or cfg.architecture not in K_ARCHITECTURES else cfg.k,
+        sae_kind="fused TopK" if cfg.trainer == "fused" else f"SAELens {cfg.architecture}",
         tokens=cfg.tokens,
         steps=steps,
         memory=plan_memory(cfg, d_model, most_per_rank(owners), torch.device(device)),

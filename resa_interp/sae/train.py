@@ -2,7 +2,8 @@
 
 Data flow: CoT-free trigger texts -> one HF forward pass per batch of sequences (`model.harvest.Harvester`), or
 the same batches read from an activation cache (`sae.activations`) -> per-layer shuffle buffers in memory ->
-each layer's SAE steps on minibatches (`sae.topk_kernel`) -> SAELens TopK SAE folders `RUN/saes/<hook_name>/` ->
+each layer's SAE steps on minibatches (`sae.topk_kernel`; or SAELens' own trainer and architectures,
+`sae.saelens_trainer`, with --trainer saelens) -> SAELens SAE folders `RUN/saes/<hook_name>/` ->
 held-out quality (`sae.metrics`).
 
 Training works on inputs scaled to unit mean norm (one factor per layer, measured on the first buffer); the
@@ -43,6 +44,7 @@ from resa_interp.sae.metrics import evaluate_saes, write_metrics
 from resa_interp.sae.optimizers import Signum
 from resa_interp.sae.pretrained import build_topk_sae, load_source_sae, to_training_form
 from resa_interp.sae.ranks import RoutedFeed, barrier, gather_objects, layer_owners, most_per_rank
+from resa_interp.sae.saelens_trainer import ARCHITECTURES, K_ARCHITECTURES, TRAINERS, SAELensLayer, trainer_label
 from resa_interp.sae.topk_kernel import (
     fast_select_dtype,
     normalize_rows,
@@ -143,6 +145,15 @@ class SAETrainConfig:
     """Pack the training texts as the authors' code does (sparsify's chunk_and_tokenize): joined with EOS and
     cut into chunks of exactly `max_seq_len` tokens (or the tokenizer's model_max_length when shorter), the
     remainder of every 2048 texts dropped. Off: one text per sequence, padded. Held-out texts stay unpacked."""
+    trainer: str = "fused"
+    """'fused' (our TopK kernel, the default and fastest) or 'saelens' (SAELens' own training SAEs and trainer step,
+    `sae.saelens_trainer`; from scratch only, Adam)."""
+    architecture: str = "topk"
+    """SAE architecture with --trainer saelens: topk, batchtopk, jumprelu, matryoshka (batchtopk), standard or gated
+    (the fused trainer is TopK only)."""
+    sparsity_coefficient: float | None = None
+    """--trainer saelens, jumprelu/standard/gated: the sparsity penalty's coefficient (l0 for jumprelu, l1 for
+    standard and gated); None = SAELens' default. The k-architectures use `k`."""
     activations: str | None = None
     """Train from this activation cache (`cache-activations`) instead of forward passes; the model is loaded only
     for the held-out metrics at the end. The cache must hold this model, hook and layers and the same data
@@ -191,6 +202,17 @@ class SAETrainConfig:
         if self.seeds and self.mode != "scratch":
             raise ResaError(f"--seeds with --mode {self.mode}: SAEs that start from --from weights do not depend on "
                             "their seed; train several seeds with --mode scratch")
+        check_choice("--trainer", self.trainer, TRAINERS)
+        check_choice("--architecture", self.architecture, ARCHITECTURES)
+        if self.trainer == "fused" and self.architecture != "topk":
+            raise ResaError(f"--architecture {self.architecture}: the fused trainer is topk only; add --trainer "
+                            "saelens")
+        if self.trainer == "saelens" and (self.mode != "scratch" or self.optimizer != "adam"):
+            raise ResaError(f"--trainer saelens trains from scratch with SAELens' Adam, not --mode {self.mode} / "
+                            f"--optimizer {self.optimizer}; use --trainer fused for those")
+        if self.sparsity_coefficient is not None and self.architecture in K_ARCHITECTURES:
+            raise ResaError(f"--sparsity-coefficient: --architecture {self.architecture} is sparse by --k; the "
+                            "coefficient is for jumprelu, standard and gated")
         if self.activations and self.mode == "pretrained":
             raise ResaError("--activations: --mode pretrained imports SAEs without training, so it reads no cache")
 
@@ -536,7 +558,7 @@ def _sae_metadata(cfg: SAETrainConfig, origin: dict, layer: int, tokens: int) ->
         "exclude_special_tokens": False,
         "optimizer": cfg.optimizer,
         "lr": cfg.lr,
-        "trainer": "resa-interp fused TopK (topk_kernel)",
+        "trainer": trainer_label(cfg),
         "select_precision": cfg.select_precision,
     }
 
@@ -628,6 +650,10 @@ def _train_group(
             log.info("layer %d: starting from %s (%d latents, k %d); %s", layer, source.cfg.metadata.source_path,
                      source.cfg.d_sae, source.cfg.k, "; ".join(sae.source_notes) or "nothing to fold")
             saes[layer, cfg.seed] = sae
+        elif cfg.trainer == "saelens":
+            for seed in cfg.all_seeds:
+                saes[layer, seed] = SAELensLayer(cfg, d_in, cfg.latents_for(d_in), seed * 1000 + layer, device,
+                                                 DEAD_WINDOW)
         else:
             for seed in cfg.all_seeds:
                 saes[layer, seed] = LayerSAE(d_in, cfg.latents_for(d_in), cfg.k, seed * 1000 + layer,
