@@ -33,6 +33,7 @@ from pathlib import Path
 
 from resa_interp.dashboard.build import Context, DashboardSet, FeatureDashboard
 from resa_interp.errors import ResaError
+from resa_interp.interventions.measure import AblationEffect
 from resa_interp.model.loading import hub_id
 from resa_interp.runs import atomic_dir
 from resa_interp.sae.hub import check_export_target
@@ -258,6 +259,7 @@ def read_dashboards(path: str | Path) -> DashboardSet:
                 **f, "contexts": [Context(**c) for c in f["contexts"]],
                 "logits_positive": [tuple(p) for p in f["logits_positive"]],
                 "logits_negative": [tuple(p) for p in f["logits_negative"]],
+                "ablation": AblationEffect(**f["ablation"]) if f.get("ablation") else None,
             })
             for f in doc.pop("features")
         ]
