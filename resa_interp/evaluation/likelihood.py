@@ -79,11 +79,12 @@ def answer_likelihoods(
         ids = torch.tensor([row + [pad] * (width - len(row)) for row in batch], device=device)
         mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in batch], device=device)
         with torch.no_grad():
-            logprobs = model(input_ids=ids, attention_mask=mask).logits.float().log_softmax(-1)
+            logits = model(input_ids=ids, attention_mask=mask).logits
         for row, (context_ids, answer_ids) in enumerate(encoded[start : start + batch_size]):
-            # the logits at position t predict token t + 1
-            positions = torch.arange(len(context_ids) - 1, len(context_ids) + len(answer_ids) - 1, device=device)
-            picked = logprobs[row, positions, torch.tensor(answer_ids, device=device)]
+            # the logits at position t predict token t + 1; only the answer's positions are normalised
+            first = len(context_ids) - 1
+            logprobs = logits[row, first : first + len(answer_ids)].float().log_softmax(-1)
+            picked = logprobs.gather(-1, torch.tensor(answer_ids, device=device)[:, None])
             results.append(AnswerLikelihood(float(picked.sum()), len(answer_ids)))
     return results
 
