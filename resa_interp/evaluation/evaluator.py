@@ -1,7 +1,8 @@
 """Evaluate a model on the paper's tasks (or local ones): zero-shot Pass@1 over sampled generations.
 
 `evaluate(config, out)` generates with one backend (`vllm`: lighteval on vLLM, the paper's setup;
-`transformers`: local batched sampling, CPU included), grades every generation with the authors' grader, and
+`transformers`: local batched sampling, CPU included), grades every generation with the authors' grader, scores
+the gold answers' teacher-forced log-probability with transformers (`likelihood`, the continuous score), and
 writes `out/scores.json` (per task pass@1, problems, samples, truncated generations, tokens; the average over
 tasks; wall time and device) and `out/samples.jsonl` (every prompt, generation, extracted answer and verdict).
 The per-layer sweep calls it once per tuned model.
