@@ -176,6 +176,25 @@ def test_score_transforms():
     np.testing.assert_allclose(transform_scores(s, "raw"), s)
 
 
+def test_a_flat_pass_column_points_to_the_continuous_one(tmp_path):
+    """A sweep's scores.csv where every Pass@1 is 0: the default column is refused with the columns that vary named;
+    the log-probability column is read as it is and softmax turns it into likelihood-ratio weights."""
+    logprob = [-2.31, -2.05, -2.47, -2.20]
+    path = write_csv(tmp_path / "scores.csv", "layer,synthetic,avg,gold_logprob,gold_logprob_sum",
+                     [(layer, 0, 0, lp, 3 * lp) for layer, lp in enumerate(logprob)])
+    with pytest.raises(ResaError, match=r"every layer's avg is 0, so it cannot tell layers apart; pick one that "
+                                        r"varies with --score-column: gold_logprob, gold_logprob_sum"):
+        read_scores(path)
+    with pytest.raises(ResaError, match="every layer's synthetic is 0"):
+        read_scores(path, "synthetic", "softmax")  # no transform makes a flat column informative
+    data = read_scores(path, "gold_logprob", "softmax", temperature=1.0)
+    np.testing.assert_allclose(data.values, logprob)
+    np.testing.assert_allclose(data.weights / data.weights.sum(), np.exp(logprob) / np.exp(logprob).sum())
+    flat = write_csv(tmp_path / "flat.csv", "layer,avg,other", [(0, 5, 1), (1, 5, 1)])
+    with pytest.raises(ResaError, match="every layer's avg is 5, so it cannot tell layers apart; no other column"):
+        read_scores(flat)
+
+
 def test_expand_uses_largest_remainder():
     x = expand(np.array([1, 2, 3]), np.array([0.334, 0.333, 0.333]), 10)
     assert x.tolist() == [1, 1, 1, 1, 2, 2, 2, 3, 3, 3]

@@ -68,10 +68,13 @@ def test_features_sweep_select_layers(cli, tiny_qwen2, stage1, tmp_path):
     assert [line.split(":")[0] for line in stdout.splitlines() if line.startswith("[")] == [
         "[1/3] layer 1", "[2/3] layer 2", "[3/3] layer 3"]
     assert stdout.count(": tuned (3 steps") == 3 and "earlier" not in stdout
+    # Pass@1 of a random model is 0 at every layer: the next step proposed weights layers by the continuous score
+    assert "--score-column gold_logprob --score-transform softmax --temperature 1" in stdout
 
-    # scores.csv: one row per layer, the task's column and avg, equal to each layer's own evaluation in percent
+    # scores.csv: one row per layer, the task's column and avg, equal to each layer's own evaluation in percent,
+    # then the continuous score (nats), equal to the evaluation's
     text = (out / "scores.csv").read_text()
-    assert text.splitlines()[0] == "layer,synthetic,avg"
+    assert text.splitlines()[0] == "layer,synthetic,avg,gold_logprob,gold_logprob_sum"
     rows = _csv(out / "scores.csv")
     assert [int(r["layer"]) for r in rows] == [1, 2, 3]
     for row in rows:
@@ -79,6 +82,9 @@ def test_features_sweep_select_layers(cli, tiny_qwen2, stage1, tmp_path):
         assert evaluation["tasks"]["synthetic"]["n_problems"] == 2
         assert float(row["synthetic"]) == pytest.approx(100 * evaluation["tasks"]["synthetic"]["pass@1"])
         assert float(row["avg"]) == pytest.approx(100 * evaluation["average"])
+        assert float(row["gold_logprob"]) == pytest.approx(evaluation["gold_logprob"], rel=1e-5)
+        assert float(row["gold_logprob_sum"]) == pytest.approx(evaluation["gold_logprob_sum"], rel=1e-5)
+        assert evaluation["gold_logprob"] == evaluation["tasks"]["synthetic"]["gold_logprob"] < 0
         tuned = json.loads((out / f"layer-{row['layer']}" / "manifest.json").read_text())["stages"]
         assert tuned["tune"]["sae"]["layer"] == int(row["layer"]) and tuned["tune"]["steps"] == 3
         # recorded relative to the layer's folder, so that a moved sweep still points at its SAEs
@@ -120,15 +126,36 @@ def test_features_sweep_select_layers(cli, tiny_qwen2, stage1, tmp_path):
     code, _, err = cli([*sweep_args, "--lr", "0.5"])
     assert code == 2 and err.count("\n") == 1 and "layer 1 in" in err and "other settings (lr)" in err
 
-    # select-layers reads the counts and the sweep's scores as they are (all-equal scores: softmax weights)
-    code, stdout, err = cli(["select-layers", "--counts", str(out / "counts.csv"), "--scores", str(out / "scores.csv"),
-                             "--out", str(out / "layers"), "--components", "2", "--max-components", "2",
-                             "--score-transform", "softmax", "--bootstrap", "10", "--permutations", "10",
-                             "--restarts", "4", "--resample-restarts", "2"])
+    # an evaluation from before the continuous score existed is run again (the tuning is kept), the others are not
+    layer3 = out / "layer-3" / "eval" / "scores.json"
+    old = json.loads(layer3.read_text())
+    for record in (old, *old["tasks"].values()):
+        del record["gold_logprob"], record["gold_logprob_sum"]
+    layer3.write_text(json.dumps(old))
+    code, stdout, err = cli(sweep_args)
+    assert code == 0, err
+    line3 = next(line for line in stdout.splitlines() if "] layer 3:" in line)
+    assert "tuned earlier" in line3 and "; evaluated (" in line3
+    assert stdout.count("evaluated earlier") == 2 and json.loads(layer3.read_text())["gold_logprob"] is not None
+    assert (out / "scores.csv").read_text() == text
+
+    # select-layers on Pass@1 (avg, the default column) refuses: 0 at every layer; it names the varying columns
+    select = ["select-layers", "--counts", str(out / "counts.csv"), "--scores", str(out / "scores.csv"),
+              "--out", str(out / "layers"), "--components", "2", "--max-components", "2", "--bootstrap", "10",
+              "--permutations", "10", "--restarts", "4", "--resample-restarts", "2"]
+    code, _, err = cli(select)
+    assert code == 2 and err.count("\n") == 1 and "every layer's avg is 0" in err
+    assert "--score-column: gold_logprob, gold_logprob_sum (e.g. --score-column gold_logprob)" in err
+    # with the continuous score, softmax-weighted (T = 1 nat per token: w_l proportional to exp(gold_logprob_l))
+    code, stdout, err = cli([*select, "--score-column", "gold_logprob", "--score-transform", "softmax"])
     assert code == 0, err
     layers = json.loads((out / "layers" / "layers.json").read_text())
-    assert layers["inputs"]["scores"] == f"{out / 'scores.csv'} [avg]" and layers["inputs"]["layers"] == [1, 2, 3]
-    assert [row["score"] for row in layers["per_layer"]] == [float(row["avg"]) for row in rows]
+    assert layers["inputs"]["scores"] == f"{out / 'scores.csv'} [gold_logprob]"
+    assert layers["inputs"]["layers"] == [1, 2, 3]
+    scores = [float(row["gold_logprob"]) for row in rows]
+    assert [row["score"] for row in layers["per_layer"]] == scores
+    shares = [math.exp(s) / sum(math.exp(x) for x in scores) for s in scores]
+    assert [row["score_share"] for row in layers["per_layer"]] == pytest.approx(shares)
     # all three layers, in the documented order: modes of the joint fitted mass first, then by joint mass
     fitted = {r["layer"]: math.sqrt(r["count_fitted"] * r["score_fitted"]) for r in layers["per_layer"]}
     joint = [fitted[layer] for layer in (1, 2, 3)]

@@ -139,6 +139,7 @@ def sweep(
     from resa_interp.evaluation import parse_task_list, sweep_config
     from resa_interp.evaluation import sweep as run_sweep
     from resa_interp.evaluation.plan import plan_sweep, sweep_settings
+    from resa_interp.evaluation.sweep import GOLD_LOGPROB
     from resa_interp.model.loading import quiet_transformers
     from resa_interp.shards import pin_rank_gpu, process_shard
     from resa_interp.tuning import lora_targets as parse_targets
@@ -174,8 +175,12 @@ def sweep(
                f"({len(result.merged)} of {len(result.planned)} layers)")
     counts = Path(out) / "counts.csv"
     if result.complete:
+        # where Pass@1 is 0 at every layer, only the continuous score can weight the layers
+        continuous = "" if any(row.average for row in result.merged) else (
+            f" --score-column {GOLD_LOGPROB} --score-transform softmax --temperature 1"
+        )
         typer.echo(f"next: resa-interp select-layers --counts {counts if counts.exists() else 'COUNTS.csv'} "
-                   f"--scores {result.scores_csv} --out {Path(out) / 'layers'}")
+                   f"--scores {result.scores_csv}{continuous} --out {Path(out) / 'layers'}")
     else:
         typer.echo("the other shards add their layers to scores.csv as they finish; a rerun without --shard "
                    "sweeps whatever is still missing")

@@ -8,7 +8,7 @@ stage reads its text through here.
 
 from resa_interp.data.example import QAExample
 from resa_interp.data.packing import chunk_length, pack_texts
-from resa_interp.data.qa import SYNTHETIC, dataset_fingerprint, load_qa
+from resa_interp.data.qa import SYNTHETIC, dataset_fingerprint, final_answer, load_qa
 from resa_interp.data.synthetic import synthetic_qa
 from resa_interp.data.templates import (
     END_THINK,
@@ -32,6 +32,7 @@ __all__ = [
     "QAExample",
     "chunk_length",
     "dataset_fingerprint",
+    "final_answer",
     "format_trigger",
     "load_qa",
     "marker_spans",

@@ -41,7 +41,7 @@ def _pick_column(columns: list[str], override: str | None, candidates: tuple[str
     )
 
 
-def _final_answer(text: str) -> str:
+def final_answer(text: str) -> str:
     """A solution's final answer: its last \\boxed{...} if it has one, else the text itself."""
     boxed = _BOXED.findall(text)
     return boxed[-1].strip() if boxed else text.strip()
@@ -95,7 +95,7 @@ def load_qa(
         problem, answer = row[p_col], row[a_col]
         if problem is None or answer is None or not str(problem).strip() or not str(answer).strip():
             continue
-        examples.append(QAExample(str(problem).strip(), _final_answer(str(answer))))
+        examples.append(QAExample(str(problem).strip(), final_answer(str(answer))))
         if limit is not None and len(examples) >= limit:
             break
     if not examples:

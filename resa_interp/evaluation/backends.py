@@ -24,7 +24,7 @@ from resa_interp.evaluation.tasks import EvalTask, chat_prompt
 from resa_interp.model.loading import resolve_device, resolve_dtype
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedTokenizerBase
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
     from resa_interp.evaluation.evaluator import EvalConfig
 
@@ -124,18 +124,36 @@ def _loading(model_path: Path) -> Iterator[None]:
         raise ResaError(f"model {model_path}: transformers could not load it ({exc})") from exc
 
 
-def generate_transformers(model_path: Path, tasks: list[EvalTask], config: EvalConfig) -> BackendRun:
-    """Sample `config.samples` completions per problem with transformers (left-padded batches, seeded per batch)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+@dataclass(frozen=True)
+class LocalModel:
+    """An HF model loaded for evaluation (in eval mode, on its device) and its tokenizer."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    device: torch.device
+
+
+def load_local_model(model_path: Path, config: EvalConfig) -> LocalModel:
+    """The model at `model_path` with transformers, on `config.device` in `config.dtype` (None: bfloat16 on GPU,
+    float32 on CPU)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
     with _loading(model_path):
         tokenizer = AutoTokenizer.from_pretrained(model_path)
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(device).eval()
+    return LocalModel(model, tokenizer, device)
+
+
+def generate_transformers(model_path: Path, local: LocalModel, tasks: list[EvalTask], config: EvalConfig) -> BackendRun:
+    """Sample `config.samples` completions per problem with transformers (left-padded batches, seeded per batch)
+    from `local`, the model at `model_path`."""
+    from transformers import GenerationConfig
+
+    model, tokenizer, device = local.model, local.tokenizer, local.device
     prompts, ids = prompt_token_ids(tokenizer, tasks)
     required_length([len(x) for x in ids], config.max_new_tokens, model_context(model_path), str(model_path))
-    with _loading(model_path):
-        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(device).eval()
     eos = eos_token_ids(model_path, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos)
     sampling = config.temperature > 0

@@ -1,7 +1,8 @@
 """Evaluate a model on the paper's tasks (or local ones): zero-shot Pass@1 over sampled generations.
 
 `evaluate(config, out)` generates with one backend (`vllm`: lighteval on vLLM, the paper's setup;
-`transformers`: local batched sampling, CPU included), grades every generation with the authors' grader, and
+`transformers`: local batched sampling, CPU included), grades every generation with the authors' grader, scores
+the gold answers' teacher-forced log-probability with transformers (`likelihood`, the continuous score), and
 writes `out/scores.json` (per task pass@1, problems, samples, truncated generations, tokens; the average over
 tasks; wall time and device) and `out/samples.jsonl` (every prompt, generation, extracted answer and verdict).
 The per-layer sweep calls it once per tuned model.
@@ -20,9 +21,10 @@ from pathlib import Path
 import torch
 
 from resa_interp.errors import ResaError, check_choice
-from resa_interp.evaluation.backends import BackendRun, generate_transformers
+from resa_interp.evaluation.backends import BackendRun, generate_transformers, load_local_model
 from resa_interp.evaluation.grading import grade, require_grader
 from resa_interp.evaluation.lighteval_backend import check_vllm, generate_vllm
+from resa_interp.evaluation.likelihood import AnswerLikelihood, gold_likelihoods
 from resa_interp.evaluation.tasks import DEFAULT_TASKS, PAPER_ORDER, PAPER_TASKS, EvalTask, load_tasks
 from resa_interp.model.loading import EMBEDDED_ALIASES, resolve_dtype, resolve_model_path
 from resa_interp.runs import atomic_write_json, atomic_write_text, library_versions
@@ -116,6 +118,11 @@ class TaskScore:
     source: str
     lighteval_pass_at_1: float | None = None
     """lighteval's own pass@1 (vLLM path), which must equal pass_at_1: both use the same grader."""
+    gold_logprob: float | None = None
+    """Mean over problems of the gold answer's mean log-probability per token, teacher-forced after the prompt
+    (nats; see `resa_interp.evaluation.likelihood`). None in results written before it existed."""
+    gold_logprob_sum: float | None = None
+    """Mean over problems of the gold answer's total log-probability, log P(answer | prompt) (nats)."""
 
 
 @dataclass(frozen=True)
@@ -133,6 +140,10 @@ class EvalResult:
     tokens_generated: int
     config: dict = field(default_factory=dict)
     versions: dict = field(default_factory=dict)
+    gold_logprob: float | None = None
+    """Mean over the tasks of their gold_logprob (nats per answer token): the continuous score."""
+    gold_logprob_sum: float | None = None
+    """Mean over the tasks of their gold_logprob_sum (nats per answer)."""
 
 
 def eval_model_path(spec: str | Path | None) -> Path:
@@ -170,9 +181,13 @@ def evaluate(config: EvalConfig, out: str | Path) -> EvalResult:
     out = Path(out)
     if backend == "vllm":
         run = generate_vllm(path, loaded, config, out / "lighteval")
+        local = load_local_model(path, config)  # the gold answers' likelihood comes from transformers on both paths
     else:
-        run = generate_transformers(path, loaded, config)
-    scores, rows = _grade(loaded, run, config)
+        local = load_local_model(path, config)
+        run = generate_transformers(path, local, loaded, config)
+    likelihoods = gold_likelihoods(local.model, local.tokenizer, loaded, run.prompts, config.batch_size)
+    del local
+    scores, rows = _grade(loaded, run, likelihoods, config)
     result = EvalResult(
         model=str(model) if model is not None else EMBEDDED_ALIASES[0],
         model_path=str(path),
@@ -184,6 +199,8 @@ def evaluate(config: EvalConfig, out: str | Path) -> EvalResult:
         tokens_generated=sum(s.tokens_generated for s in scores.values()),
         config=generation_settings(config),
         versions=_versions(),
+        gold_logprob=sum(s.gold_logprob for s in scores.values()) / len(scores),
+        gold_logprob_sum=sum(s.gold_logprob_sum for s in scores.values()) / len(scores),
     )
     atomic_write_text(out / SAMPLES, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
     atomic_write_json(out / SCORES, _to_json(result))
@@ -200,11 +217,13 @@ def _versions() -> dict[str, str]:
     return versions
 
 
-def _grade(tasks: list[EvalTask], run: BackendRun, config: EvalConfig) -> tuple[dict[str, TaskScore], list[dict]]:
+def _grade(
+    tasks: list[EvalTask], run: BackendRun, likelihoods: list[list[AnswerLikelihood]], config: EvalConfig
+) -> tuple[dict[str, TaskScore], list[dict]]:
     scores, rows = {}, []
-    for task, prompts, generations in zip(tasks, run.prompts, run.generations):
+    for task, prompts, generations, golds in zip(tasks, run.prompts, run.generations, likelihoods):
         correct = truncated = tokens = 0
-        for index, (problem, prompt, samples) in enumerate(zip(task.problems, prompts, generations)):
+        for index, (problem, prompt, samples, gold) in enumerate(zip(task.problems, prompts, generations, golds)):
             for sample, generation in enumerate(samples):
                 verdict = grade(generation.text, problem.gold, task.grading, problem.n_choices)
                 correct += verdict.correct
@@ -214,6 +233,7 @@ def _grade(tasks: list[EvalTask], run: BackendRun, config: EvalConfig) -> tuple[
                     "task": task.name, "problem": index, "sample": sample, "prompt": prompt,
                     "generation": generation.text, "gold": problem.gold, "extracted": verdict.extracted,
                     "correct": verdict.correct, "n_tokens": generation.n_tokens, "truncated": generation.truncated,
+                    "gold_logprob_sum": gold.logprob_sum, "gold_tokens": gold.n_tokens,
                 })
         n = len(task.problems) * config.samples
         reference = run.reference_scores.get(task.name)
@@ -230,6 +250,8 @@ def _grade(tasks: list[EvalTask], run: BackendRun, config: EvalConfig) -> tuple[
             tokens_generated=tokens,
             source=task.source,
             lighteval_pass_at_1=reference,
+            gold_logprob=sum(g.logprob_mean for g in golds) / len(golds),
+            gold_logprob_sum=sum(g.logprob_sum for g in golds) / len(golds),
         )
     return scores, rows
 
@@ -267,6 +289,9 @@ def format_table(result: EvalResult, label: str | None = None) -> str:
              "| " + " | ".join(cells) + " |"]
     truncated = sum(s.truncated for s in result.tasks.values())
     generations = sum(s.n_problems * s.samples for s in result.tasks.values())
+    if result.gold_logprob is not None:
+        lines.append(f"\ngold answer log-probability, teacher-forced: {result.gold_logprob:.4f} nats per token, "
+                     f"{result.gold_logprob_sum:.4f} per answer (mean over problems and tasks)")
     lines.append(f"\n{generations} generations, {truncated} truncated at max-new-tokens, "
                  f"{result.tokens_generated} tokens, {result.wall_time_s:.1f} s on {result.device} ({result.backend})")
     return "\n".join(lines)

@@ -1,6 +1,8 @@
 """The per-layer sweep that closes the loop of the paper's Table 6 (section 5): SAE-Tuning at every layer with
 that layer's Stage I SAE, every tuned model evaluated, and one row of scores per layer in `OUT/scores.csv`
-(`layer`, one column per task with Pass@1 in percent, `avg`): the file `select-layers --scores` reads.
+(`layer`, one column per task with Pass@1 in percent, `avg`, then the continuous score `gold_logprob` and
+`gold_logprob_sum`, the gold answers' teacher-forced log-probability in nats per token and per answer, averaged
+over the tasks): the file `select-layers --scores` reads.
 
 `OUT/layer-{l}/` is layer l's tuning output (adapter/, merged/, train_log.jsonl, checkpoints/, manifest.json)
 and `OUT/layer-{l}/eval/` its evaluation (scores.json, samples.jsonl). A sweep resumes what an earlier run of it
@@ -58,7 +60,10 @@ SCORES_CSV = "scores.csv"
 EVAL_DIR = "eval"
 LOCK = ".sweep.lock"
 """The file lock that shards take to rewrite scores.csv and the manifest's 'sweep' record."""
-_RESERVED_COLUMNS = ("layer", "avg")
+GOLD_LOGPROB, GOLD_LOGPROB_SUM = "gold_logprob", "gold_logprob_sum"
+"""scores.csv's continuous columns (see `resa_interp.evaluation.likelihood`); select-layers reads them with
+--score-column where every layer's Pass@1 is 0."""
+_RESERVED_COLUMNS = ("layer", "avg", GOLD_LOGPROB, GOLD_LOGPROB_SUM)
 
 
 @dataclass(frozen=True)
@@ -142,6 +147,10 @@ class LayerResult:
     """scores.csv column -> Pass@1 in percent, in the paper's column order (local tasks after)."""
     average: float
     """Mean Pass@1 over the tasks, in percent."""
+    gold_logprob: float
+    """The gold answers' mean log-probability per token, averaged over problems and tasks (nats)."""
+    gold_logprob_sum: float
+    """The gold answers' total log-probability, averaged over problems and tasks (nats)."""
     eval_wall_s: float
     tuned_now: bool
     """False when an earlier run of the sweep, or another shard, had tuned this layer."""
@@ -311,6 +320,8 @@ def _layer_result(
         tune_wall_s=tuned["wall_s"],
         scores=layer_scores(result),
         average=100 * result.average,
+        gold_logprob=result.gold_logprob,
+        gold_logprob_sum=result.gold_logprob_sum,
         eval_wall_s=result.wall_time_s,
         tuned_now=tuned_now,
         evaluated_now=evaluated_now,
@@ -318,12 +329,13 @@ def _layer_result(
 
 
 def _finished_evaluation(folder: Path, config: EvalConfig, task_names: list[str]) -> EvalResult | None:
-    """The evaluation in `folder` if it finished with these tasks and settings, else None."""
+    """The evaluation in `folder` if it finished with these tasks and settings and has the continuous score
+    (evaluations from before it existed are run again), else None."""
     if not (folder / SCORES).is_file():
         return None
     result = read_scores(folder)
     same = list(result.tasks) == task_names and result.config == generation_settings(config)
-    return result if same else None
+    return result if same and result.gold_logprob is not None else None
 
 
 def _record_evaluation(folder: Path, result: EvalResult) -> None:
@@ -333,6 +345,8 @@ def _record_evaluation(folder: Path, result: EvalResult) -> None:
         "device": result.device,
         "pass@1": {name: score.pass_at_1 for name, score in result.tasks.items()},
         "average": result.average,
+        GOLD_LOGPROB: result.gold_logprob,
+        GOLD_LOGPROB_SUM: result.gold_logprob_sum,
         "wall_s": result.wall_time_s,
         "config": result.config,
     })
@@ -356,13 +370,15 @@ def layer_scores(result: EvalResult) -> dict[str, float]:
 
 
 def write_scores_csv(path: Path, rows: list[LayerResult]) -> Path:
-    """`layer`, one column per task, `avg` (Pass@1 in percent), one row per layer in layer order; atomic."""
+    """`layer`, one column per task, `avg` (Pass@1 in percent), `gold_logprob`, `gold_logprob_sum` (nats), one row
+    per layer in layer order; atomic."""
     columns = list(rows[0].scores)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["layer", *columns, "avg"])
+    writer.writerow(["layer", *columns, "avg", GOLD_LOGPROB, GOLD_LOGPROB_SUM])
     for row in sorted(rows, key=lambda r: r.layer):
-        writer.writerow([row.layer, *(_number(row.scores[c]) for c in columns), _number(row.average)])
+        values = [*(row.scores[c] for c in columns), row.average, row.gold_logprob, row.gold_logprob_sum]
+        writer.writerow([row.layer, *map(_number, values)])
     return atomic_write_text(path, buffer.getvalue())
 
 
@@ -377,7 +393,8 @@ def format_layer(row: LayerResult) -> str:
     scores = "  ".join(f"{name} {value:.2f}" for name, value in row.scores.items())
     return (
         f"layer {row.layer}: {tuned} ({row.steps} steps, {row.tune_wall_s:.0f} s), kl {row.kl_first:.4g} -> "
-        f"{row.kl_last:.4g}; {evaluated} ({row.eval_wall_s:.0f} s): {scores}  avg {row.average:.2f}"
+        f"{row.kl_last:.4g}; {evaluated} ({row.eval_wall_s:.0f} s): {scores}  avg {row.average:.2f}  "
+        f"gold log-prob {row.gold_logprob:.4f}/token"
     )
 
 

@@ -344,8 +344,20 @@ def read_scores(
         scores[layer] = _score(row[column], layer, column, path)
     layers = np.array(sorted(scores), dtype=int)
     values = np.array([scores[layer] for layer in layers])
+    if len(values) > 1 and np.ptp(values) == 0:
+        raise ResaError(f"{path}: every layer's {column} is {values[0]:g}, so it cannot tell layers apart"
+                        f"{_varying_columns(rows, column)}")
     weights = transform_scores(values, transform, temperature)
     return LayerData("scores", layers, values, weights, float(len(layers)), f"{path} [{column}]")
+
+
+def _varying_columns(rows: list[dict[str, str]], column: str) -> str:
+    """The refusal's pointer to the file's columns that do differ between layers (a sweep's gold_logprob, the
+    continuous score, where every Pass@1 is 0)."""
+    varying = [c for c in rows[0] if c not in ("layer", column) and len({row[c] for row in rows}) > 1]
+    if not varying:
+        return "; no other column varies either"
+    return f"; pick one that varies with --score-column: {', '.join(varying)} (e.g. --score-column {varying[0]})"
 
 
 def transform_scores(scores: np.ndarray, transform: str, temperature: float = 1.0) -> np.ndarray:
