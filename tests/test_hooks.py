@@ -133,3 +133,30 @@ def test_hooks_the_view_lacks_are_refused(tmp_path, tiny_qwen2):
     with pytest.raises(ResaError, match="'blocks.1.hook_attn_in': the TransformerLens view of this model never "
                                         "computes it"):
         qwen.harvester("blocks.{l}.hook_attn_in", [1])(torch.tensor([[1, 2, 3]]))
+
+
+@pytest.mark.parametrize("detach", [False, True])
+def test_stage_one_and_tuning_at_hook_z(tiny_qwen2, tmp_path, detach):
+    """hook_z (heads flattened, read from the input of o_proj): Stage I trains there with spliced-in metrics, and
+    SAE-Tuning splices the SAE in with a pre-hook on o_proj; with --detach-sae the gradient stops at the SAE's
+    input, so the layer's q/k/v LoRA weights (upstream of hook_z only) get none."""
+    from resa_interp.tuning.sae_tuning import SAETuner, TuneConfig
+
+    z_hook = "blocks.{l}.attn.hook_z"
+    subject = load_subject(tiny_qwen2)
+    run = tmp_path / "run"
+    result = train_saes(SAETrainConfig(model=tiny_qwen2, layers="1", hook=z_hook, expansion_factor=2, k=8,
+                                       tokens=1024, batch_tokens=256, buffer_tokens=512, heldout=2, n_examples=30),
+                        run, subject=subject)
+    assert result.sae_dirs[1].name == "blocks.1.attn.hook_z"
+    assert result.metrics[0]["kl_spliced"] > 0 and result.metrics[0]["explained_variance"] > 0
+    tuner = SAETuner(TuneConfig(model=tiny_qwen2, saes_run=str(run), layer=1, hook=z_hook, dataset="synthetic",
+                                limit=4, steps=1, lr=1e-3, save_every=None, device="cpu", seed=0, detach_sae=detach))
+    before = {n: p.detach().clone() for n, p in tuner.model.named_parameters() if p.requires_grad}
+    record = tuner.train_step(0)
+    assert record.kl > 0
+    after = dict(tuner.model.named_parameters())
+    moved = {n for n in before if not torch.equal(before[n], after[n])}
+    # the residual stream bypasses layer 1's attention, so only its q/k/v reach the loss through hook_z alone
+    upstream = {n for n in before if any(f".layers.1.self_attn.{p}_proj." in n for p in "qkv")}
+    assert moved and (moved.isdisjoint(upstream) if detach else moved & upstream)

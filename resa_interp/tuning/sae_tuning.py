@@ -75,7 +75,7 @@ class TuneConfig:
     sae: str | None = None
     """SAELens SAE folder to splice in. Alternative to `saes_run` + `layer`; unused with `no_sae`."""
     saes_run: str | None = None
-    """Stage I run directory; the SAE is `saes_run/saes/blocks.{layer}.hook_{hook}`."""
+    """Stage I run directory; the SAE is `saes_run/saes/<hook_name(hook, layer)>`."""
     layer: int | None = None
     """Layer of the hookpoint. With `sae` it is optional (read from the SAE's metadata) and checked."""
     hook: str = "resid_post"
