@@ -75,7 +75,7 @@ NO_HF_POINT = {"gpt_neox": {"resid_mid"}}
 """Hooks an architecture computes nowhere in its HF modules (GPT-NeoX runs attention and MLP in parallel: TL has
 no resid_mid either)."""
 TOLERANCE = 1e-4
-"""Largest |HF - TransformerLens| allowed on these float32 tiny models (measured: at most 3.4e-6)."""
+"""Largest |HF - TransformerLens| allowed on these float32 tiny models (measured: at most 7.7e-6)."""
 
 
 def test_the_view_agrees_with_hf_and_takes_saes(arch_model):
