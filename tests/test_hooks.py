@@ -160,3 +160,18 @@ def test_stage_one_and_tuning_at_hook_z(tiny_qwen2, tmp_path, detach):
     # the residual stream bypasses layer 1's attention, so only its q/k/v reach the loss through hook_z alone
     upstream = {n for n in before if any(f".layers.1.self_attn.{p}_proj." in n for p in "qkv")}
     assert moved and (moved.isdisjoint(upstream) if detach else moved & upstream)
+
+
+def test_an_activation_cache_at_a_view_only_hook(tiny_qwen2, tmp_path):
+    """cache-activations harvests mlp.hook_post (d_mlp wide) and Stage I trains from that cache."""
+    from resa_interp.sae.activations import ActivationCache
+    from resa_interp.sae.cache import cache_activations
+
+    cfg = dict(model=tiny_qwen2, layers="1", hook=MLP_POST, expansion_factor=2, k=8, tokens=512, batch_tokens=256,
+               buffer_tokens=512, seq_batch=8, heldout=2, n_examples=30)
+    cache_activations(SAETrainConfig(**cfg), tmp_path / "cache", dtype="float32")
+    manifest = ActivationCache(tmp_path / "cache").manifest
+    d_mlp = load_subject(tiny_qwen2).hf.config.intermediate_size
+    assert (manifest["d_model"], manifest["hook_names"]) == (d_mlp, ["blocks.1.mlp.hook_post"])
+    result = train_saes(SAETrainConfig(**cfg, activations=str(tmp_path / "cache")), tmp_path / "run")
+    assert load_sae(result.sae_dirs[1]).cfg.d_in == d_mlp and result.metrics[0]["explained_variance"] > 0
