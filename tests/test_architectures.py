@@ -14,7 +14,7 @@ import torch
 from resa_interp.errors import ResaError
 from resa_interp.features.extract import FeatureConfig, run_features
 from resa_interp.model.harvest import Harvester
-from resa_interp.model.hooks import hook_name
+from resa_interp.model.hooks import HOOKS, SPLICE_HOOKS, Z_HOOK, hf_point, hook_name
 from resa_interp.model.splice import spliced
 from resa_interp.model.subject import load_subject
 from resa_interp.model.tiny import ARCHITECTURES, build_tiny_model
@@ -71,10 +71,18 @@ def test_info_names_the_view(cli, arch_model):
     assert code == 0 and f"TransformerLens view  {VIEWS[arch]}" in out
 
 
+NO_HF_POINT = {"gpt_neox": {"resid_mid"}}
+"""Hooks an architecture computes nowhere in its HF modules (GPT-NeoX runs attention and MLP in parallel: TL has
+no resid_mid either)."""
+TOLERANCE = 1e-4
+"""Largest |HF - TransformerLens| allowed on these float32 tiny models (measured: at most 7.7e-6)."""
+
+
 def test_the_view_agrees_with_hf_and_takes_saes(arch_model):
-    """resid_post and mlp_out of the TransformerLens view equal the HF modules' outputs at every layer, the
-    logits equal HF's (soft-capping, embedding scaling, tying), and an SAE SAELens attaches to the view changes
-    the logits exactly as the same SAE spliced into the HF model does."""
+    """Every hook with an HF fast path (resid_pre/mid/post, attn_out, mlp_out, hook_z) gives the TransformerLens
+    view's activation at every layer, the logits equal HF's (soft-capping, embedding scaling, tying), and an SAE
+    SAELens attaches to the view changes the logits exactly as the same SAE spliced into the HF model does, at
+    every hook Stage II splices at."""
     from sae_lens import TopKSAE, TopKSAEConfig
     from sae_lens.saes.sae import SAEMetadata
 
@@ -86,25 +94,34 @@ def test_the_view_agrees_with_hf_and_takes_saes(arch_model):
     with torch.no_grad():
         logits, cache = view.run_with_cache(ids)
         hf_logits = subject.hf(ids).logits
-        assert (logits - hf_logits).abs().max().item() < 1e-4
+        assert (logits - hf_logits).abs().max().item() < TOLERANCE
+        fast = [hook for hook in (*HOOKS, Z_HOOK) if hf_point(subject.hf, hook, 0) is not None]
+        assert {*HOOKS, Z_HOOK} - set(fast) == NO_HF_POINT.get(arch, set())
         for layer in range(subject.facts.n_layers):
-            for hook in ("resid_post", "mlp_out"):
-                hf_act = Harvester(subject.hf, hook, [layer], stop_early=False)(ids)[layer]
-                assert (cache[hook_name(hook, layer)] - hf_act).abs().max().item() < 1e-4, (hook, layer)
-        torch.manual_seed(0)
-        sae = TopKSAE(TopKSAEConfig(d_in=64, d_sae=128, k=8,
-                                    metadata=SAEMetadata(hook_name=hook_name("resid_post", 2))))
-        for param in sae.parameters():
-            param.normal_(0, 0.2)
-        view.add_sae(sae)
-        try:
-            attached = view(ids)
-        finally:
-            view.reset_saes()
-        with spliced(subject.hf, {("resid_post", 2): sae}, keep_first=0):
-            hf_spliced = subject.hf(ids).logits
-    assert (attached - hf_logits).abs().max().item() > 1e-2  # the SAE does change the output
-    assert (attached - hf_spliced).abs().max().item() < 1e-4
+            for hook in fast:
+                harvester = Harvester(subject.hf, hook, [layer], stop_early=False)
+                assert harvester.points is not None  # the HF fast path, not the view
+                hf_act = harvester(ids)[layer]
+                assert (cache[hook_name(hook, layer)].flatten(2) - hf_act).abs().max().item() < TOLERANCE, (hook, layer)
+        for hook in SPLICE_HOOKS:
+            torch.manual_seed(0)
+            width = cache[hook_name(hook, 2)].flatten(2).shape[-1]
+            sae = TopKSAE(TopKSAEConfig(d_in=width, d_sae=2 * width, k=8,
+                                        metadata=SAEMetadata(hook_name=hook_name(hook, 2))))
+            for param in sae.parameters():
+                param.normal_(0, 0.2)
+            if hook == Z_HOOK:  # SAELens attaches to [pos, heads, d_head]; our splice passes heads flattened
+                sae.turn_on_forward_pass_hook_z_reshaping()
+            view.add_sae(sae)
+            try:
+                attached = view(ids)
+            finally:
+                view.reset_saes()
+            sae.turn_off_forward_pass_hook_z_reshaping()
+            with spliced(subject.hf, {(hook, 2): sae}, keep_first=0):
+                hf_spliced = subject.hf(ids).logits
+            assert (attached - hf_logits).abs().max().item() > 1e-2, hook  # the SAE does change the output
+            assert (attached - hf_spliced).abs().max().item() < TOLERANCE, hook
 
 
 def test_every_stage_runs(arch_model, tmp_path):

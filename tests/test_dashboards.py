@@ -18,7 +18,7 @@ from resa_interp.data.synthetic import synthetic_qa
 from resa_interp.data.templates import format_trigger, marker_spans
 from resa_interp.features.extract import FeatureConfig, run_features
 from resa_interp.model.harvest import encode_texts, shared_prefix_length
-from resa_interp.model.hooks import hook_module
+from resa_interp.model.hooks import decoder_layers
 from resa_interp.model.subject import load_subject
 from resa_interp.sae.folders import load_sae, sae_dir
 from resa_interp.sae.pretrained import build_topk_sae
@@ -217,7 +217,7 @@ def test_ablation_effect_next_to_the_marker_activations(tiny_run):
         def hook(_m, _i, out, change=change):
             return (out[0] + change, *out[1:]) if isinstance(out, tuple) else out + change
 
-        handle = hook_module(subject.hf, "resid_post", f.layer).register_forward_hook(hook)
+        handle = decoder_layers(subject.hf)[f.layer].register_forward_hook(hook)
         try:
             edited = logp()
         finally:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import shutil
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -158,13 +159,8 @@ def embedded_run(tmp_path_factory, embedded):
     return run
 
 
-def _independent_features(subject, run, layer, spans):
-    """The definition applied by hand: raw HF hidden states, a plain sae_lens encode, Python sets."""
-    from sae_lens import SAE
-
-    sae = SAE.load_from_disk(str(run / "saes" / f"blocks.{layer}.hook_resid_post"))
-    x = _clean_acts(subject, spans.token_ids, layer)
-    latents = sae.encode(x)
+def _by_hand(latents, spans):
+    """The definition applied by hand to latents [T, d_sae] (default rules): Python sets of active positions."""
     markers = {m: [set(range(s, e)) for s, e in found] for m, found in spans.spans.items()}
     marker_positions = set().union(*markers["<think>"], *markers["</think>"])
     found = []
@@ -176,8 +172,56 @@ def _independent_features(subject, run, layer, spans):
     return found
 
 
+def _independent_features(subject, run, layer, spans):
+    """The definition applied by hand: raw HF hidden states, a plain sae_lens encode, Python sets."""
+    from sae_lens import SAE
+
+    sae = SAE.load_from_disk(str(run / "saes" / f"blocks.{layer}.hook_resid_post"))
+    return _by_hand(sae.encode(_clean_acts(subject, spans.token_ids, layer)), spans)
+
+
+def _saelens_latents(subject, saes, ids):
+    """Hook name -> latents [T, d_sae] as SAELens computes them: its HookedSAETransformer (our view of the
+    model) with the SAEs attached, `run_with_cache_with_saes`."""
+    model = subject.hooked
+    assert type(model).__name__ == "HookedSAETransformer"
+    with torch.no_grad():
+        _, cache = model.run_with_cache_with_saes(torch.tensor([ids]), saes=list(saes))
+    return {sae.cfg.metadata.hook_name: cache[f"{sae.cfg.metadata.hook_name}.hook_sae_acts_post"][0] for sae in saes}
+
+
+def _assert_saelens_reproduces(subject, layers, saes_by_layer, text, atol):
+    """`features`' reasoning features and marker activations equal the definition applied to SAELens' latents."""
+    spans = marker_spans(text, subject.tokenizer)
+    latents = _saelens_latents(subject, saes_by_layer.values(), spans.token_ids)
+    for layer in layers:
+        mine = latents[layer.hook_name]
+        assert layer.features == _by_hand(mine, spans), layer.layer
+        for fid, per_prompt in layer.marker_activations.items():
+            for marker, values in per_prompt[0].items():
+                expected = [mine[s:e, int(fid)].max().item() for s, e in spans.spans[marker]]
+                assert values == pytest.approx(expected, abs=atol), (layer.layer, fid, marker)
+
+
+def test_saelens_hooked_sae_transformer_reproduces_features(tiny_qwen2, tmp_path):
+    """SAELens' own HookedSAETransformer, built from our view with the SAE loaded by `SAE.load_from_disk` and
+    attached (`run_with_cache_with_saes`), gives the reasoning features and marker activations `features` finds
+    by HF forward hooks."""
+    from sae_lens import SAE
+
+    subject = load_subject(tiny_qwen2)
+    planted, designs, spans = _planted(subject, PROMPT)
+    planted.save_model(tmp_path / "sae")
+    sae = SAE.load_from_disk(str(tmp_path / "sae"))
+    infos, layers = extract_features(subject, {LAYER: sae}, "resid_post", [PROMPT], FeatureConfig())
+    assert layers[0].features == _expected(designs, spans, "any", "all", 0) and layers[0].count >= 2
+    _assert_saelens_reproduces(subject, layers, {LAYER: sae}, infos[0].text, atol=1e-4)
+
+
 @pytest.mark.slow
 def test_embedded_features_match_an_independent_recount(cli, embedded, embedded_run):
+    from sae_lens import SAE
+
     code, out, _ = cli(["features", "--out", str(embedded_run), "--layers", "3,12,24"])
     assert code == 0, out
     doc = json.loads((embedded_run / "features.json").read_text())
@@ -193,6 +237,11 @@ def test_embedded_features_match_an_independent_recount(cli, embedded, embedded_
     for layer in doc["layers"]:
         assert layer["features"] == _independent_features(embedded, embedded_run, layer["layer"], spans)
         assert 0 < layer["sae_quality"]["explained_variance"] <= 1
+    # SAELens' HookedSAETransformer with the run's SAEs attached finds the same features and marker activations
+    layers = [SimpleNamespace(**layer) for layer in doc["layers"]]
+    saes = {layer.layer: SAE.load_from_disk(str(embedded_run / "saes" / layer.hook_name)) for layer in layers}
+    assert sum(layer.count for layer in layers) > 0
+    _assert_saelens_reproduces(embedded, layers, saes, doc["prompts"][0]["text"], atol=1e-4)
     counts = (embedded_run / "counts.csv").read_text().splitlines()
     assert counts[0] == "layer,count" and len(counts) == 4
     assert (embedded_run / "figures" / "feature_counts.html").exists()
@@ -225,7 +274,7 @@ def test_d_in_mismatch(tmp_path, tiny_qwen2):
     subject = load_subject(tiny_qwen2)
     wrong = build_topk_sae(torch.zeros(32, 8), torch.zeros(8), torch.zeros(8, 32), torch.zeros(32), k=2,
                            metadata={"hook_name": "blocks.1.hook_resid_post"})
-    with pytest.raises(ResaError, match="d_in 32, the model has d_model 64"):
+    with pytest.raises(ResaError, match="d_in 32, the model.s resid_post activations have width 64"):
         extract_features(subject, {1: wrong}, "resid_post", [PROMPT], FeatureConfig())
 
 

@@ -21,7 +21,7 @@ from resa_interp.interventions import (
     text_effect,
 )
 from resa_interp.interventions.measure import greedy, log_probs
-from resa_interp.model.hooks import hook_module
+from resa_interp.model.hooks import decoder_layers
 from resa_interp.model.subject import load_subject
 from resa_interp.sae.folders import sae_dir
 from resa_interp.sae.pretrained import build_topk_sae
@@ -59,7 +59,7 @@ def _hand_latents(sae, x):
 def _layer_io(subject, saes, edits, layer, ids):
     """(clean output, edited output) of the hooked module at `layer` on one text."""
     seen = {}
-    module = hook_module(subject.hf, "resid_post", layer)
+    module = decoder_layers(subject.hf)[layer]
 
     def grab(key):
         def hook(_m, _i, out):

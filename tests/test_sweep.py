@@ -244,7 +244,8 @@ def test_bad_input_is_one_line(cli, tiny_qwen2, stage1, tmp_path):
         (["--layers", "0-2"], f"{stage1} has no resid_post SAE for layer(s) 0; train them"),
         (["--layers", "1", "--tasks", "aime2024"], "task 'aime2024': not a paper task"),
         (["--layers", "1", "--tasks", str(tmp_path / "avg.jsonl")], "would clash with scores.csv's own column"),
-        (["--layers", "1", "--hook", "attn_out"], "--hook 'attn_out': accepted resid_post, mlp_out"),
+        (["--layers", "1", "--hook", "resid_mid"], "--hook 'resid_mid': SAEs are spliced into the HF model, which has "
+         "no module for it; accepted: resid_post, resid_pre, mlp_out, attn_out, blocks.{l}.attn.hook_z"),
         (["--layers", "1", "--preset", "huge"], "--preset 'huge' is unknown"),
         (["--layers", "1", "--samples", "0"], "--samples 0: must be at least 1"),
     ]

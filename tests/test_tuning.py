@@ -341,12 +341,11 @@ def test_tuning_the_embedded_model_lowers_kl(embedded, tmp_path):
 
     layer, hook = 12, hook_name("resid_post", 12)
     acts = []
-    handle = embedded.hook_module("resid_post", layer).register_forward_hook(
-        lambda _m, _i, out: acts.append((out[0] if isinstance(out, tuple) else out)[0, 1:].detach()))
     with torch.no_grad():
         for e in load_qa("synthetic", limit=16, seed=1):
-            embedded.hf(**embedded.tokenizer(format_trigger(e.problem, e.answer, "short"), return_tensors="pt"))
-    handle.remove()
+            out = embedded.hf(**embedded.tokenizer(format_trigger(e.problem, e.answer, "short"), return_tensors="pt"),
+                              output_hidden_states=True)
+            acts.append(out.hidden_states[layer + 1][0, 1:])
     x = torch.cat(acts)
     _, _, v = torch.linalg.svd(x - x.mean(0), full_matrices=False)
     pcs = v[:64]

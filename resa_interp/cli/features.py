@@ -139,7 +139,8 @@ def dashboard(
     for f in result.dashboards.features:
         tokens = " ".join(repr(t) for t, _ in f.logits_positive[:3])
         at_marker = sum(c.at_marker for c in f.contexts)
+        ablated = f"{f.ablation.dlogp_marker:+.4f}" if f.ablation else "-"
         typer.echo(f"layer {f.layer:>3} latent {f.feature:>6}  fires {100 * f.frequency:7.3f}%  "
                    f"max {f.max_activation:8.3f}  top contexts at a marker {at_marker:>2}/{len(f.contexts)}  "
-                   f"ablated: Δlogp markers {f.ablation.dlogp_marker:+.4f}  logits+ {tokens}")
+                   f"ablated: Δlogp markers {ablated}  logits+ {tokens}")
     typer.echo(f"dashboard: {result.page}")

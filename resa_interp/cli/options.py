@@ -63,8 +63,10 @@ Layers = Annotated[
 ]
 Hook = Annotated[
     str | None,
-    typer.Option("--hook", help="resid_post (output of decoder layer l, the authors' code; the default) or mlp_out "
-                 "(the paper's text)."),
+    typer.Option("--hook", help="resid_post (output of decoder layer l, the authors' code; the default), mlp_out "
+                 "(the paper's text), resid_pre, resid_mid, attn_out, or any TransformerLens hook name pattern with "
+                 "the layer as {l} (blocks.{l}.attn.hook_z, blocks.{l}.mlp.hook_post, ...); SAE-Tuning splices at "
+                 "resid_post, resid_pre, mlp_out, attn_out and blocks.{l}.attn.hook_z."),
 ]
 Dataset = Annotated[
     str | None,

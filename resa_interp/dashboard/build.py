@@ -42,8 +42,8 @@ from resa_interp.errors import ResaError
 from resa_interp.features.extract import span_value
 from resa_interp.features.selection import REASONING, model_spec, select_features
 from resa_interp.interventions.measure import AblationEffect, ablation_effects
-from resa_interp.model.harvest import EncodedText, Harvester, encode_texts, iter_batches, shared_prefix_length
-from resa_interp.model.hooks import hook_name
+from resa_interp.model.harvest import EncodedText, encode_texts, iter_batches, shared_prefix_length
+from resa_interp.model.hooks import HOOKS, SPLICE_HOOKS, hook_name
 from resa_interp.model.subject import load_subject
 from resa_interp.runs import record_stage
 from resa_interp.sae.folders import check_sae_fits, load_sae
@@ -237,7 +237,7 @@ def harvest_latents(
     """Run the corpus through the model once (the prefix once) and encode every stored position at each layer."""
     from tqdm.auto import tqdm
 
-    harvest = Harvester(subject.hf, hook, list(saes))
+    harvest = subject.harvester(hook, list(saes))
     cols = {layer: torch.tensor(ids, device=subject.device) for layer, ids in features.items()}
     values: dict[int, list[torch.Tensor]] = {layer: [] for layer in saes}
     norms: dict[int, list[torch.Tensor]] = {layer: [] for layer in saes}
@@ -400,7 +400,7 @@ def _prompt_latents(
     subject: Subject, saes: dict[int, SAE], features: dict[int, list[int]], hook: str, ids: list[int]
 ) -> dict[int, torch.Tensor]:
     """Layer -> the chosen latents' activations [T, n] over one prompt."""
-    acts = Harvester(subject.hf, hook, list(saes))(torch.tensor([ids]))
+    acts = subject.harvester(hook, list(saes))(torch.tensor([ids]))
     return {
         layer: sae.encode(acts[layer][0].to(sae.dtype))[:, features[layer]].float().cpu()
         for layer, sae in saes.items()
@@ -440,18 +440,23 @@ def build_dashboards(
     prompt_ids, prompt_markers, prompt_excluded, rule = _prompt(sel.doc, subject.tokenizer)
     prompt_latents = _prompt_latents(subject, saes, sel.features, sel.hook, prompt_ids)
     prompt_marker_positions = {p for spans in prompt_markers.values() for s, e in spans for p in range(s, e)}
-    ablations = ablation_effects(subject, sel.hook, saes, sel.features, prompt_ids, prompt_marker_positions)
+    # ablation needs a module to edit the activation in; view-only hooks (e.g. mlp.hook_post) get none
+    spliceable = sel.hook in SPLICE_HOOKS
+    ablations = (ablation_effects(subject, sel.hook, saes, sel.features, prompt_ids, prompt_marker_positions)
+                 if spliceable else {})
     tokens = _Tokens(subject.tokenizer)
     reasoning = {row["layer"]: set(row["features"]) for row in (sel.doc or {}).get("layers", [])}
     sink_rule = (
         "none excluded (--include-sinks)" if cfg.include_sinks
         else f"position 0, and positions whose activation norm exceeds {cfg.sink_ratio:g}x the layer's median"
     )
+    residual = sel.hook in HOOKS  # written into the residual stream, d_model wide
     out = DashboardSet(
         run=str(run), model=getattr(first.cfg.metadata, "model_name", None) or subject.spec, hook=sel.hook,
         dataset=dataset, template=template,
         n_texts=len(corpus.texts), n_positions=int(weight.sum()), sinks={}, threshold=threshold,
-        sink_rule=sink_rule, logit_rule=unembedding(subject)[1], prompt_tokens=tokens(prompt_ids),
+        sink_rule=sink_rule, prompt_tokens=tokens(prompt_ids),
+        logit_rule=unembedding(subject)[1] if residual else f"none: {sel.hook} is not in the residual stream",
         prompt_markers=prompt_markers, prompt_excluded=prompt_excluded, marker_rule=rule,
     )
     total = sum(len(ids) for ids in sel.features.values())
@@ -462,11 +467,13 @@ def build_dashboards(
             if not cfg.include_sinks:
                 out.sinks[lay] = int(weight[sinks].sum())
             view = _LayerView(corpus, text, position, weight, sinks, cfg, threshold, tokens)
-            effects = logit_effects(subject, saes[lay].W_dec[ids].detach())
+            # logit effects where the decoder writes into the residual stream; none elsewhere (e.g. mlp.hook_post)
+            effects = logit_effects(subject, saes[lay].W_dec[ids].detach()) if residual else torch.zeros(len(ids), 0)
             for j, fid in enumerate(ids):
                 values = data.values[:, j].numpy()
                 contexts = view.contexts(values)
-                top, bottom = torch.topk(effects[j], cfg.logit_tokens), torch.topk(-effects[j], cfg.logit_tokens)
+                n_logits = min(cfg.logit_tokens, effects.shape[1])
+                top, bottom = torch.topk(effects[j], n_logits), torch.topk(-effects[j], n_logits)
                 prompt_values = prompt_latents[lay][:, j : j + 1]
                 out.features.append(FeatureDashboard(
                     layer=lay, feature=fid, hook_name=hook_name(sel.hook, lay),
@@ -481,7 +488,7 @@ def build_dashboards(
                         m: [round(float(span_value(prompt_values, s, e, rule)[0]), 6) for s, e in prompt_markers[m]]
                         for m in (THINK, END_THINK)
                     },
-                    ablation=ablations[(lay, fid)],
+                    ablation=ablations.get((lay, fid)),
                 ))
                 bar.update(1)
     return out

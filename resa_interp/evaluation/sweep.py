@@ -44,7 +44,7 @@ from resa_interp.evaluation.evaluator import (
 )
 from resa_interp.evaluation.tasks import PAPER_ORDER, SYNTHETIC, load_tasks
 from resa_interp.features.extract import default_layers
-from resa_interp.model.hooks import HOOKS
+from resa_interp.model.hooks import check_splice_hook
 from resa_interp.model.loading import model_shape
 from resa_interp.presets import with_preset
 from resa_interp.runs import atomic_write_text, read_manifest, record_stage, run_relative
@@ -189,8 +189,7 @@ def sweep(
     started = time.perf_counter()
     out = Path(out)
     config.evaluation.check()
-    if config.tune.hook not in HOOKS:
-        raise ResaError(f"--hook {config.tune.hook!r}: accepted {', '.join(HOOKS)}")
+    check_splice_hook(config.tune.hook)
     n_layers = model_shape(config.tune.model).n_layers
     layers = parse_layers(config.layers or default_layers(n_layers), n_layers)
     if not config.tasks:

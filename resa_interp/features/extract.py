@@ -26,8 +26,8 @@ from resa_interp.data.synthetic import synthetic_qa
 from resa_interp.data.templates import END_THINK, R1_SYSTEM_PROMPT, SYSTEM_PROMPTS, THINK, format_trigger, marker_spans
 from resa_interp.errors import ResaError, check_choice
 from resa_interp.figures import save_figure
-from resa_interp.model.harvest import Harvester, encode_texts
-from resa_interp.model.hooks import HOOKS, hook_name
+from resa_interp.model.harvest import encode_texts
+from resa_interp.model.hooks import canonical_hook, hook_name
 from resa_interp.model.splice import spliced as splice_context
 from resa_interp.model.subject import Subject, load_subject
 from resa_interp.numbering import paper_label
@@ -72,7 +72,7 @@ class FeatureConfig:
     layers: str | None = None
     """Layers to extract at: 'A-B', 'L,L,...' or 'all'; None: 1..L-2, the paper's cut."""
     hook: str = "resid_post"
-    """Hookpoint kind of the SAEs: 'resid_post' or 'mlp_out'."""
+    """Hookpoint of the SAEs: 'resid_post', 'mlp_out' or any hook `model.hooks.canonical_hook` accepts."""
     allow_model_mismatch: bool = False
     """Use SAEs trained on another model (of the same width) instead of refusing them."""
     device: str = "cpu"
@@ -84,7 +84,7 @@ class FeatureConfig:
         """One-line errors for settings and prompts no extraction can use, before any model or SAE is loaded."""
         check_choice("--marker-rule", self.marker_rule, MARKER_RULES)
         check_choice("--occurrences", self.occurrences, OCCURRENCES)
-        check_choice("--hook", self.hook, HOOKS)
+        self.hook = canonical_hook(self.hook)
         prompts = [self.prompts] if isinstance(self.prompts, str) else list(self.prompts)
         if not prompts:
             raise ResaError("no prompts to run; give one with --prompt or a --prompt-file")
@@ -184,12 +184,13 @@ def extract_features(
     check_choice("--marker-rule", cfg.marker_rule, MARKER_RULES)
     check_choice("--occurrences", cfg.occurrences, OCCURRENCES)
     for layer, sae in saes.items():
-        if sae.cfg.d_in != subject.facts.d_model:
+        if sae.cfg.d_in != subject.hook_width(hook):
             raise ResaError(
-                f"SAE for layer {layer} has d_in {sae.cfg.d_in}, the model has d_model {subject.facts.d_model}"
+                f"SAE for layer {layer} has d_in {sae.cfg.d_in}, the model's {hook} activations have width "
+                f"{subject.hook_width(hook)}"
             )
     infos = [_prompt_info(text, subject, cfg) for text in prompts]
-    harvest = Harvester(subject.hf, hook, list(saes))
+    harvest = subject.harvester(hook, list(saes))
     keep = {layer: torch.ones(sae.cfg.d_sae, dtype=torch.bool, device=subject.device) for layer, sae in saes.items()}
     per_prompt_latents: list[dict[int, torch.Tensor]] = []
     for info in infos:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from resa_interp.errors import ResaError
+from resa_interp.model.hooks import canonical_hook, hook_name
 from resa_interp.sae.folders import run_sae_dirs
 
 if TYPE_CHECKING:
@@ -45,11 +46,11 @@ def select_features(
     run = Path(run)
     doc_path = run / "features.json"
     doc = json.loads(doc_path.read_text()) if doc_path.is_file() else None
-    hook = hook or (doc or {}).get("hook", "resid_post")
+    hook = canonical_hook(hook or (doc or {}).get("hook", "resid_post"))
     dirs = run_sae_dirs(run, hook)
     if not dirs:
         raise ResaError(
-            f"run {str(run)!r} has no {hook} SAEs (no {run}/saes/blocks.*.hook_{hook}/); "
+            f"run {str(run)!r} has no {hook} SAEs (no {run}/saes/{hook_name(hook, 0).replace('.0.', '.*.', 1)}/); "
             f"train them with: resa-interp train-saes --out {run}"
         )
     if layer is not None and layer not in dirs:

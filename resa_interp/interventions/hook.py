@@ -18,7 +18,8 @@ import torch
 from torch import Tensor, nn
 
 from resa_interp.errors import ResaError, check_choice
-from resa_interp.model.hooks import decoder_layers, hook_module
+from resa_interp.model.hooks import decoder_layers, splice_point
+from resa_interp.model.splice import rewrite_at
 
 if TYPE_CHECKING:
     from sae_lens import SAE
@@ -88,24 +89,22 @@ class Intervention:
     def _edit(self, layer: int):
         sae, edit = self.saes[layer], self.edits[layer]
 
-        def hook(_module, _inputs, output):
-            hidden = output[0] if isinstance(output, tuple) else output
+        def edit_at(hidden: Tensor) -> Tensor:
             positions = self._positions.get(layer)
             if positions is None:  # an architecture that passes no position ids: a full pass from position 0
                 positions = torch.arange(hidden.shape[1], device=hidden.device)
             keep = (positions.to(hidden.device) >= self.keep_first).reshape(-1, hidden.shape[1], 1)
             delta = residual_delta(sae, hidden.to(sae.dtype), edit).to(hidden.dtype)
-            edited = hidden + torch.where(keep, delta, torch.zeros_like(delta))
-            return (edited, *output[1:]) if isinstance(output, tuple) else edited
+            return hidden + torch.where(keep, delta, torch.zeros_like(delta))
 
-        return hook
+        return edit_at
 
     def __enter__(self) -> Intervention:
         layers = decoder_layers(self.model)
         for layer in self.edits:
             self._handles.append(layers[layer].register_forward_pre_hook(self._record_positions(layer),
                                                                         with_kwargs=True))
-            self._handles.append(hook_module(self.model, self.hook, layer).register_forward_hook(self._edit(layer)))
+            self._handles.append(rewrite_at(splice_point(self.model, self.hook, layer), self._edit(layer)))
         return self
 
     def __exit__(self, *exc) -> None:

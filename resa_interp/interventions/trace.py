@@ -20,7 +20,6 @@ from resa_interp.features.selection import REASONING
 from resa_interp.figures import save_figure
 from resa_interp.interventions.measure import greedy
 from resa_interp.interventions.steer import generation_prompt, load_chosen
-from resa_interp.model.harvest import Harvester
 from resa_interp.model.subject import Subject
 from resa_interp.runs import atomic_write_json
 
@@ -52,7 +51,7 @@ class Trace:
 def trace_text(subject: Subject, saes: dict[int, SAE], hook: str, latents: dict[int, list[int]], text: str) -> Trace:
     """Encode every position of `text` with each layer's SAE and keep the chosen latents."""
     spans = marker_spans(text, subject.tokenizer)
-    acts = Harvester(subject.hf, hook, list(latents))(torch.tensor([spans.token_ids]))
+    acts = subject.harvester(hook, list(latents))(torch.tensor([spans.token_ids]))
     rows, names = [], []
     for layer, ids in sorted(latents.items()):
         f = saes[layer].encode(acts[layer][0].to(saes[layer].dtype))[:, ids].float().cpu()

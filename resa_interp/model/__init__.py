@@ -8,7 +8,7 @@ and adapters saved, merged or attached to another model of the family (`attach`)
 
 from resa_interp.model.adapters import attach, merge_adapter, save_adapter
 from resa_interp.model.harvest import EncodedText, Harvester, encode_packed, encode_texts, iter_batches, make_batch
-from resa_interp.model.hooks import HOOKS, decoder_layers, hook_module, hook_name, parse_hook_name
+from resa_interp.model.hooks import HOOKS, canonical_hook, decoder_layers, hf_point, hook_name, parse_hook_name
 from resa_interp.model.loading import EMBEDDED_ALIASES, cache_dir, resolve_device, resolve_dtype, resolve_model_path
 from resa_interp.model.splice import spliced
 from resa_interp.model.subject import ModelFacts, Subject, build_hooked, load_subject
@@ -25,10 +25,11 @@ __all__ = [
     "build_hooked",
     "build_tiny_model",
     "cache_dir",
+    "canonical_hook",
     "decoder_layers",
     "encode_packed",
     "encode_texts",
-    "hook_module",
+    "hf_point",
     "hook_name",
     "iter_batches",
     "load_subject",

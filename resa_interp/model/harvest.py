@@ -2,7 +2,8 @@
 
 Forward hooks on the HF modules keep a reference to each selected layer's output (no copy), and the pass
 stops right after the deepest selected layer, so the final norm and the unembedding are never computed. The
-values are exactly TransformerLens' `blocks.{l}.hook_resid_post` / `hook_mlp_out` (tests check it).
+values are exactly TransformerLens' (`blocks.{l}.hook_resid_post`, `hook_mlp_out`, ...; tests check it). Hooks
+without an HF module are read from the TransformerLens view instead, in the same shapes.
 
 Trigger texts all begin with the same R1 system prompt, about two thirds of each text. The token prefix that
 every text shares is run once; each batch then runs only its suffixes on a copy of the prefix's KV cache, and
@@ -23,7 +24,9 @@ from torch import Tensor, nn
 
 from resa_interp.data.packing import pack_texts
 from resa_interp.data.templates import system_prompt_length
-from resa_interp.model.hooks import hook_module
+from resa_interp.errors import ResaError
+from resa_interp.model.hooks import NOT_PER_POSITION, hf_point, hook_name
+from resa_interp.model.splice import rewrite_at
 
 
 @dataclass(frozen=True)
@@ -138,24 +141,45 @@ class Prefix:
 
 
 class Harvester:
-    """Capture the outputs of `hook` at `layers` in one forward pass of an HF causal LM (then stop, unless
-    `stop_early` is False and the logits are wanted too)."""
+    """Capture `hook` at `layers` in one forward pass, as layer -> [batch, seq, d] (attention heads flattened).
 
-    def __init__(self, model: nn.Module, hook: str, layers: Sequence[int], stop_early: bool = True):
+    Where the HF model computes the hook at every layer (`hooks.hf_point`), forward hooks on its modules read it
+    and the pass stops after the deepest layer (unless `stop_early` is False and the logits are wanted too); else
+    the TransformerLens `view` of the same weights runs with `run_with_cache` (batches right-padded, as
+    `make_batch` builds them: causal attention keeps padding out of the real positions)."""
+
+    def __init__(self, model: nn.Module, hook: str, layers: Sequence[int], stop_early: bool = True,
+                 view: nn.Module | None = None):
         self.model = model
         self.stop_early = stop_early
         self.layers = sorted(layers)
-        self.modules = {layer: hook_module(model, hook, layer) for layer in self.layers}
+        points = {layer: hf_point(model, hook, layer) for layer in self.layers}
+        self.points = points if all(p is not None for p in points.values()) else None
+        """Layer -> HF point (the fast path), or None: the view computes the activations."""
+        self.view = view if self.points is None else None
+        self.names = {layer: hook_name(hook, layer) for layer in self.layers}
+        if self.points is None:
+            if view is None:
+                raise ResaError(f"hook {hook!r}: the HF model has no module for it and no TransformerLens view was "
+                                "given (Subject.harvester supplies one)")
+            missing = [name for name in self.names.values() if name not in view.hook_dict]
+            if missing:
+                first = f"blocks.{self.layers[0]}."
+                have = sorted(n.removeprefix(first) for n in view.hook_dict
+                              if n.startswith(first) and n.removeprefix(first) not in NOT_PER_POSITION)
+                raise ResaError(f"hook {hook!r} is not a hook of the TransformerLens view of this model; its block "
+                                f"hooks: {', '.join(have)}")
         self._last = self.layers[-1]
         self._seen: dict[int, Tensor] = {}
 
     def _hook(self, layer: int):
-        def hook(_module, _inputs, output):
-            self._seen[layer] = output[0] if isinstance(output, tuple) else output
+        def seen(x: Tensor) -> Tensor:
+            self._seen[layer] = x
             if layer == self._last and self.stop_early:
                 raise _StopForward
+            return x
 
-        return hook
+        return seen
 
     def __call__(self, input_ids: Tensor, attention_mask: Tensor | None = None, prefix: Prefix | None = None):
         """Layer -> activation [batch, seq, d] for one batch (references to the model's own outputs)."""
@@ -169,6 +193,11 @@ class Harvester:
         from `prefix` (shared by every row) when one is given."""
         device = next(self.model.parameters()).device
         input_ids = input_ids.to(device)
+        if self.points is None:
+            n, p = input_ids.shape[0], 0 if prefix is None else prefix.ids.shape[-1]
+            ids = input_ids if prefix is None else torch.cat([prefix.ids.expand(n, -1), input_ids], dim=1)
+            acts, logits = self._run_view(ids)
+            return {layer: act[:, p:] for layer, act in acts.items()}, None if self.stop_early else logits[:, p:]
         mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(device)
         kwargs: dict = {"use_cache": False}
         if prefix is not None:
@@ -189,6 +218,10 @@ class Harvester:
         """Run the shared prefix once (to the end, keeping its KV cache) and keep its activations."""
         device = next(self.model.parameters()).device
         tensor = torch.tensor([list(ids)], device=device)
+        if self.points is None:
+            acts, logits = self._run_view(tensor)
+            return Prefix(tensor, {layer: act[0].clone() for layer, act in acts.items()}, None,
+                          logits[0] if keep_logits else None)
         stop, self.stop_early = self.stop_early, False
         try:
             seen, out = self._run(input_ids=tensor, use_cache=True, logits_to_keep=0 if keep_logits else 1)
@@ -214,10 +247,25 @@ class Harvester:
             logits = torch.cat([prefix.logits.expand(rows, -1, -1), logits], dim=1)
         return full, logits
 
+    def _run_view(self, ids: Tensor) -> tuple[dict[int, Tensor], Tensor]:
+        """(layer -> activation [batch, seq, d], logits) from the TransformerLens view."""
+        wanted = set(self.names.values())
+        logits, cache = self.view.run_with_cache(ids, names_filter=lambda name: name in wanted)
+        acts = {}
+        for layer, name in self.names.items():
+            if name not in cache:
+                raise ResaError(f"hook {name!r}: the TransformerLens view of this model never computes it")
+            act = cache[name]
+            if act.shape[:2] != ids.shape:
+                raise ResaError(f"hook {name!r} gives activations of shape {tuple(act.shape)}, not one vector per "
+                                f"position of a {tuple(ids.shape)} batch")
+            acts[layer] = act.flatten(2)
+        return acts, logits
+
     def _run(self, **kwargs) -> tuple[dict[int, Tensor], object | None]:
         self._seen = {}
-        # prepend: see each module's own output, before any splice hook replaces it
-        handles = [m.register_forward_hook(self._hook(layer), prepend=True) for layer, m in self.modules.items()]
+        # prepend: see each module's own activation, before any splice hook replaces it
+        handles = [rewrite_at(point, self._hook(layer), prepend=True) for layer, point in self.points.items()]
         out = None
         try:
             out = self.model(**kwargs)

@@ -18,7 +18,7 @@ import contextlib
 import copy
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,7 +29,8 @@ from torch import nn
 from resa_interp.data.templates import R1_SYSTEM_PROMPT, marker_spans
 from resa_interp.errors import ResaError
 from resa_interp.model.adapters import merge_adapter
-from resa_interp.model.hooks import HOOKS, decoder_layers, hook_module, hook_name
+from resa_interp.model.harvest import Harvester
+from resa_interp.model.hooks import HOOKS, canonical_hook, decoder_layers, hf_point, hook_name
 from resa_interp.model.loading import (
     EMBEDDED_ALIASES,
     quiet_transformers,
@@ -113,9 +114,18 @@ class Subject:
         """The HF decoder layers, in order."""
         return decoder_layers(self.hf)
 
-    def hook_module(self, hook: str, layer: int) -> nn.Module:
-        """HF module whose output is the activation named by `hook_name(hook, layer)`."""
-        return hook_module(self.hf, hook, layer)
+    def harvester(self, hook: str, layers: Sequence[int], stop_early: bool = True) -> Harvester:
+        """The `Harvester` of `hook` at `layers`: forward hooks on the HF model where it has a module for the hook
+        at every layer, else this subject's TransformerLens view (built on first use)."""
+        fast = all(hf_point(self.hf, hook, layer) is not None for layer in layers)
+        return Harvester(self.hf, hook, layers, stop_early, view=None if fast else self.hooked)
+
+    def hook_width(self, hook: str) -> int:
+        """Width of `hook`'s activation per position: d_model on the residual stream and sublayer outputs, else
+        measured on a two-token input (n_heads * d_head for attn.hook_z, d_mlp for mlp.hook_post, ...)."""
+        if canonical_hook(hook) in HOOKS:
+            return self.facts.d_model
+        return int(self.harvester(hook, [0])(torch.zeros(1, 2, dtype=torch.long))[0].shape[-1])
 
     def check_layer(self, layer: int) -> None:
         """Raise a one-line error for a layer outside the model."""

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from resa_interp.errors import ResaError, check_choice
 from resa_interp.model.harvest import EncodedText, Harvester, Prefix, TextBatch, iter_batches
-from resa_interp.model.hooks import hook_name
+from resa_interp.model.hooks import HOOKS, hook_name
 from resa_interp.model.loading import model_shape, resolve_model_path
 from resa_interp.runs import MANIFEST, atomic_dir, atomic_write_json, library_versions
 
@@ -78,7 +78,7 @@ class ModelFeed:
     @property
     def d_model(self) -> int:
         """Width of the activations."""
-        return self.subject.facts.d_model
+        return self.subject.hook_width(self.hook)
 
     @property
     def device(self) -> torch.device:
@@ -87,7 +87,7 @@ class ModelFeed:
 
     def batches(self, start: int) -> Iterator[Batch]:
         """Harvest batch after batch from text `start`."""
-        harvest = Harvester(self.subject.hf, self.hook, self.layers)
+        harvest = self.subject.harvester(self.hook, self.layers)
         prefix = harvest.run_prefix(self.texts[0].ids[: self.prefix_len]) if self.prefix_len else None
         shared = prefix.counted(self.exclude) if prefix else None
         rows_of = iter_batches(self.texts, self.seq_batch, pad_id(self.subject.tokenizer), self.exclude, start=start,
@@ -204,7 +204,7 @@ class ActivationCache:
         if str(resolve_model_path(cfg.model)) != self.manifest["model_path"]:
             raise ResaError(f"{where} was harvested from {self.manifest['model']!r} ({self.manifest['model_path']}), "
                             f"not from --model {cfg.model!r}")
-        if model_shape(cfg.model).d_model != self.d_model:
+        if settings["hook"] in HOOKS and model_shape(cfg.model).d_model != self.d_model:
             raise ResaError(f"{where} holds d_model {self.d_model}, the model has {model_shape(cfg.model).d_model}")
         missing = [layer for layer in layers if layer not in self.layers]
         if missing:

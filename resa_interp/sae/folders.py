@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from resa_interp.errors import ResaError
-from resa_interp.model.hooks import hook_name, parse_hook_name
+from resa_interp.model.hooks import canonical_hook, hook_name, parse_hook_name
 from resa_interp.runs import atomic_dir
 
 if TYPE_CHECKING:
@@ -48,7 +48,7 @@ def run_sae_dirs(run: str | Path, hook: str = "resid_post", seed: int | None = N
         for child in root.iterdir():
             if child.is_dir() and (child / "cfg.json").exists() and child.name.startswith("blocks."):
                 kind, layer = parse_hook_name(child.name)
-                if kind == hook:
+                if kind == canonical_hook(hook):
                     found[layer] = child
     return dict(sorted(found.items()))
 
@@ -90,9 +90,9 @@ def load_sae(path: str | Path, device: str = "cpu") -> SAE:
 def check_sae_fits(sae: SAE, subject: Subject, hook: str, layer: int) -> None:
     """Refuse, in one line, an SAE whose width or recorded hookpoint does not match the model."""
     subject.check_layer(layer)
-    if sae.cfg.d_in != subject.facts.d_model:
+    if sae.cfg.d_in != subject.hook_width(hook):
         raise ResaError(
-            f"SAE d_in {sae.cfg.d_in} does not match the model's d_model {subject.facts.d_model} "
+            f"SAE d_in {sae.cfg.d_in} does not match the width {subject.hook_width(hook)} of {hook} "
             f"({subject.spec}); was it trained on another model?"
         )
     recorded = sae.cfg.metadata.hook_name

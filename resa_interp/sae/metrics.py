@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from resa_interp.figures import save_figure
-from resa_interp.model.harvest import EncodedText, Harvester, Prefix, make_batch, shared_prefix_length
+from resa_interp.model.harvest import EncodedText, Prefix, make_batch, shared_prefix_length
+from resa_interp.model.hooks import SPLICE_HOOKS, canonical_hook
 from resa_interp.model.splice import spliced
 from resa_interp.runs import atomic_write_json
 from resa_interp.sae.folders import saes_root
@@ -87,11 +88,13 @@ def evaluate_saes(
     firing: dict[int, torch.Tensor] | None = None,
 ) -> list[dict]:
     """One row of quality metrics per layer, measured on held-out trigger texts. When `firing` is given it is
-    filled with layer -> how many of the counted held-out tokens (`heldout_tokens`) each latent fired on."""
+    filled with layer -> how many of the counted held-out tokens (`heldout_tokens`) each latent fired on. The
+    spliced-in figures (KL, next-token loss) are None at hooks the HF model cannot splice at (`SPLICE_HOOKS`)."""
     device = subject.device
     exclude = 0 if keep_first else 1
     pad = subject.tokenizer.pad_token_id if subject.tokenizer.pad_token_id is not None else 0
-    harvest = Harvester(subject.hf, hook, list(saes), stop_early=False)
+    harvest = subject.harvester(hook, list(saes), stop_early=False)
+    splices = canonical_hook(hook) in SPLICE_HOOKS and harvest.points is not None
     n_prefix = shared_prefix_length(heldout)
     prefix_ids = heldout[0].ids[:n_prefix]
     clean_prefix = harvest.run_prefix(prefix_ids, keep_logits=True) if n_prefix else None
@@ -119,6 +122,8 @@ def evaluate_saes(
             row["qa"].add(x[qa], sae.decode(sae.encode(x[qa])))
             row["l0"] += (latents > 0).sum().item()
             row["fired"] += (latents > 0).sum(0)
+            if not splices:
+                continue
             with spliced(subject.hf, {(hook, layer): sae}, keep_first=exclude):
                 if n_prefix and layer not in spliced_prefix:
                     spliced_prefix[layer] = harvest.run_prefix(prefix_ids, keep_logits=True)
@@ -134,8 +139,8 @@ def evaluate_saes(
     for layer, row in stats.items():
         if firing is not None:
             firing[layer] = row["fired"].cpu()
-        ce_clean = torch.cat(row["ce_clean"]).mean().item()
-        ce_spliced = torch.cat(row["ce_spliced"]).mean().item()
+        mean = {key: torch.cat(row[key]).mean().item() if row[key] else None
+                for key in ("kl", "kl_qa", "ce_clean", "ce_spliced")}
         rows.append(
             {
                 "layer": layer,
@@ -145,11 +150,11 @@ def evaluate_saes(
                 "mse": row["all"].sse / max(row["all"].n, 1),
                 "l0": row["l0"] / max(row["all"].n, 1),
                 "heldout_inactive_fraction": (row["fired"] == 0).float().mean().item(),
-                "kl_spliced": torch.cat(row["kl"]).mean().item(),
-                "kl_spliced_qa": torch.cat(row["kl_qa"]).mean().item(),
-                "ce_clean": ce_clean,
-                "ce_spliced": ce_spliced,
-                "ce_increase": ce_spliced - ce_clean,
+                "kl_spliced": mean["kl"],
+                "kl_spliced_qa": mean["kl_qa"],
+                "ce_clean": mean["ce_clean"],
+                "ce_spliced": mean["ce_spliced"],
+                "ce_increase": mean["ce_spliced"] - mean["ce_clean"] if splices else None,
                 "heldout_tokens": row["all"].n,
                 "heldout_tokens_qa": row["qa"].n,
             }

@@ -34,7 +34,7 @@ from resa_interp.data.qa import SYNTHETIC, dataset_fingerprint, load_qa
 from resa_interp.data.templates import TEMPLATES, format_trigger
 from resa_interp.errors import ResaError, check_choice
 from resa_interp.model.harvest import EncodedText, encode_packed, encode_texts, shared_prefix_length
-from resa_interp.model.hooks import HOOKS, hook_name
+from resa_interp.model.hooks import canonical_hook, hook_name
 from resa_interp.model.loading import resolve_device
 from resa_interp.model.subject import Subject, load_subject
 from resa_interp.runs import atomic_dir, record_stage, run_relative, sha256_text
@@ -86,7 +86,8 @@ class SAETrainConfig:
     layers: str = "all"
     """Layers to train: 'all', a range 'A-B' (inclusive), or a list 'L,L,...'."""
     hook: str = "resid_post"
-    """'resid_post' (output of decoder layer l, the authors' code) or 'mlp_out' (the paper's text)."""
+    """'resid_post' (output of decoder layer l, the authors' code), 'mlp_out' (the paper's text), or any hook
+    `model.hooks.canonical_hook` accepts (TransformerLens pattern such as 'blocks.{l}.attn.hook_z')."""
     source_hook: str | None = None
     """Hookpoint of the --from SAEs (--from-hook); None = the same as `hook`. The authors start from EleutherAI's
     MLP-output SAEs (`layers.N.mlp`, the only ones that release has) and train them on the residual stream:
@@ -182,12 +183,12 @@ class SAETrainConfig:
 
     def check(self) -> None:
         """One-line errors for settings no run can use (before any model or data is loaded)."""
-        check_choice("--hook", self.hook, HOOKS)
+        self.hook = canonical_hook(self.hook)
         check_choice("--mode", self.mode, MODES)
         if self.mode != "scratch" and not self.source:
             raise ResaError(f"--mode {self.mode} needs --from (a SAELens folder, a sparsify folder or RELEASE:SAE_ID)")
         if self.source_hook is not None:
-            check_choice("--from-hook", self.source_hook, HOOKS)
+            self.source_hook = canonical_hook(self.source_hook, "--from-hook")
             if self.mode == "scratch":
                 raise ResaError(f"--from-hook {self.source_hook}: only meaningful with --mode finetune or pretrained")
         if self.latents is not None:
@@ -771,7 +772,7 @@ def _stage1(cfg: SAETrainConfig, run: Path, subject: Subject | None, resume: boo
         layers = parse_layers(cfg.layers, subject.facts.n_layers)
         data = trigger_data(cfg, subject)
         origin = {"model": subject.spec, "model_path": str(subject.path), "dataset_fingerprint": data.fingerprint}
-        device, d_model = subject.device, subject.facts.d_model
+        device, d_model = subject.device, subject.hook_width(cfg.hook)
     else:
         layers = parse_layers(cfg.layers, cache.manifest["n_layers"])
         cache.check(cfg, layers)
@@ -804,7 +805,7 @@ def _stage1(cfg: SAETrainConfig, run: Path, subject: Subject | None, resume: boo
 
         for layer in todo:
             sae = load_source_sae(cfg.source, layer, cfg.resolved_source_hook())
-            _check_source(sae, subject.facts.d_model, cfg.source)
+            _check_source(sae, subject.hook_width(cfg.hook), cfg.source)
             for key, value in _sae_metadata(cfg, origin, layer, 0).items():
                 setattr(sae.cfg.metadata, key, value)
             dirs[layer, cfg.seed] = _export(sae, folder((layer, cfg.seed)))

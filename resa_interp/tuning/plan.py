@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from resa_interp.errors import ResaError
-from resa_interp.model.hooks import hook_name
+from resa_interp.model.hooks import HOOKS, hook_name
 from resa_interp.model.loading import EMBEDDED_ALIASES, model_shape
 from resa_interp.numbering import paper_label
 from resa_interp.presets import SettingsReport, settings_report
@@ -74,7 +74,7 @@ def plan_tuning(config: TuneConfig, out: str | Path) -> TuningPlan:
         if not cfg_file.is_file():
             raise ResaError(f"SAE {str(choice.path)!r}: no cfg.json there, so it is not an SAELens SAE folder")
         sae_cfg = json.loads(cfg_file.read_text())
-        if sae_cfg.get("d_in") != d_model:
+        if choice.hook in HOOKS and sae_cfg.get("d_in") != d_model:  # hook_z is n_heads * d_head wide (checked on load)
             raise ResaError(f"SAE d_in {sae_cfg.get('d_in')} does not match the model's d_model {d_model}; "
                             "was it trained on another model?")
         sae, d_sae, layer, name = str(choice.path), sae_cfg.get("d_sae"), choice.layer, hook_name(choice.hook,

@@ -36,9 +36,9 @@ from resa_interp.data.qa import dataset_fingerprint, load_qa
 from resa_interp.data.templates import TEMPLATES, format_trigger
 from resa_interp.errors import ResaError, check_choice
 from resa_interp.model.adapters import attach, save_adapter
-from resa_interp.model.hooks import MLP_NAMES, decoder_layers, hook_module, parse_hook_name
+from resa_interp.model.hooks import MLP_NAMES, check_splice_hook, decoder_layers, parse_hook_name, splice_point
 from resa_interp.model.loading import resolve_model_path
-from resa_interp.model.splice import spliced
+from resa_interp.model.splice import rewrite_at, spliced
 from resa_interp.model.subject import load_subject
 from resa_interp.presets import with_preset
 from resa_interp.runs import atomic_dir, atomic_write_json, atomic_write_text, record_stage, run_relative
@@ -75,11 +75,12 @@ class TuneConfig:
     sae: str | None = None
     """SAELens SAE folder to splice in. Alternative to `saes_run` + `layer`; unused with `no_sae`."""
     saes_run: str | None = None
-    """Stage I run directory; the SAE is `saes_run/saes/blocks.{layer}.hook_{hook}`."""
+    """Stage I run directory; the SAE is `saes_run/saes/<hook_name(hook, layer)>`."""
     layer: int | None = None
     """Layer of the hookpoint. With `sae` it is optional (read from the SAE's metadata) and checked."""
     hook: str = "resid_post"
-    """'resid_post' (output of decoder layer `layer`, the authors' code) or 'mlp_out' (its MLP, the paper's text)."""
+    """'resid_post' (output of decoder layer `layer`, the authors' code), 'mlp_out' (its MLP, the paper's text), or
+    another hook with an HF module to splice at (`model.hooks.SPLICE_HOOKS`)."""
     dataset: str = "synthetic"
     """Elicitation data: 'synthetic', 'still', 'deepscaler', a hub id or a local json/jsonl/csv/parquet file."""
     problem_column: str | None = None
@@ -247,12 +248,13 @@ def resolve_sae(config: TuneConfig) -> SAEChoice:
             raise ResaError(f"SAE {str(path)!r} records no hook_name in its metadata; pass --layer (and --hook)")
         else:
             hook, layer = config.hook, config.layer
-        return SAEChoice(path, hook, config.layer if config.layer is not None else layer, None)
+        return SAEChoice(path, check_splice_hook(hook), config.layer if config.layer is not None else layer, None)
     if config.saes_run is None:
         raise ResaError("no SAE given: pass --sae SAE_DIR, or --saes RUN with --layer L, or --no-sae for plain SFT")
     if config.layer is None:
         raise ResaError("--saes RUN needs --layer L (which of the run's SAEs to splice in)")
-    return SAEChoice(sae_dir(config.saes_run, config.hook, config.layer), config.hook, config.layer, None)
+    hook = check_splice_hook(config.hook)
+    return SAEChoice(sae_dir(config.saes_run, hook, config.layer), hook, config.layer, None)
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -447,7 +449,7 @@ class SAETuner:
         hook, layer = self.choice.hook, self.choice.layer
         with contextlib.ExitStack() as stack:
             if self.config.detach_sae:  # runs before the splice's hook: the whole hookpoint output is cut off
-                handle = hook_module(self.model, hook, layer).register_forward_hook(_detached)
+                handle = rewrite_at(splice_point(self.model, hook, layer), torch.Tensor.detach)
                 stack.callback(handle.remove)
             stack.enter_context(spliced(self.model, {(hook, layer): self.recon}, keep_first=self.config.keep_first))
             yield
@@ -496,12 +498,6 @@ class SAETuner:
             tokens=int(round(mean[2] * accelerator.num_processes)),
             **metric,
         )
-
-
-def _detached(_module, _inputs, output):
-    if isinstance(output, tuple):
-        return (output[0].detach(), *output[1:])
-    return output.detach()
 
 
 def _cosine_with_min_lr(optimizer, config: TuneConfig, total: int):
