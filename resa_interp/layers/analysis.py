@@ -594,20 +594,28 @@ def _fit(data: LayerData, config: LayerConfig, resample_seed: int, fit_seed: int
 PARAMETERS = ("mean", "std", "weight")
 
 
+def _variance(values: list[float]) -> float:
+    """Population variance as the mean squared pairwise difference / 2: exactly 0 for equal values."""
+    x = np.asarray(values, dtype=float)
+    return float(((x[:, None] - x[None, :]) ** 2).mean() / 2)
+
+
 def _seed_variance(data: LayerData, config: LayerConfig, rng: np.random.Generator, fit_seed: int,
                    start: Mixture) -> list[dict[str, dict[str, float]]]:
     """Per component and parameter: variance over the seeds' own fits, over a features-only bootstrap of the
     first seed, and the seed share (see `MixtureFit.seed_variance`)."""
     seeds = data.seed_values[data.seed_values.sum(1) > 0]
-    by_seed = _fit_batch(data, seeds.astype(float), config.components, config, fit_seed, start=start).mixtures
+    distinct, which = np.unique(seeds, axis=0, return_inverse=True)  # seeds with equal counts get the same fit
+    fits = _fit_batch(data, distinct.astype(float), config.components, config, fit_seed, start=start).mixtures
+    by_seed = [fits[i] for i in np.ravel(which)]
     rows = _resample(data, config.bootstrap, rng, seeds=False)
     by_feature = _fit_batch(data, rows, config.components, config, fit_seed, start=start).mixtures
     out = []
     for i in range(config.components):
         row = {}
         for name in PARAMETERS:
-            seed_var = float(np.var([getattr(m, f"{name}s")[i] for m in by_seed]))
-            feature_var = float(np.var([getattr(m, f"{name}s")[i] for m in by_feature]))
+            seed_var = _variance([getattr(m, f"{name}s")[i] for m in by_seed])
+            feature_var = _variance([getattr(m, f"{name}s")[i] for m in by_feature])
             total = seed_var + feature_var
             row[name] = {"seed": seed_var, "features": feature_var, "seed_share": seed_var / total if total else 0.0}
         out.append(row)
