@@ -257,14 +257,19 @@ def extract_features(
 QUALITY_KEYS = ("explained_variance", "explained_variance_qa", "kl_spliced", "kl_spliced_qa", "l0")
 
 
-def counts_figure(layers: list[LayerFeatures], title: str):
-    """Bar chart of reasoning-feature counts over layers (paper Figure 3) with each SAE's explained variance."""
+def counts_figure(layers: list[LayerFeatures], title: str, seed_counts: dict[int, list[int]] | None = None):
+    """Bar chart of reasoning-feature counts over layers (paper Figure 3) with each SAE's explained variance;
+    with `seed_counts` (seed -> count per layer of a multi-seed run) every seed's count as a dot."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
     xs = [r.layer for r in layers]
     fig = make_subplots(specs=[[{"secondary_y": True}]])
-    fig.add_trace(go.Bar(x=xs, y=[r.count for r in layers], name="reasoning features", marker_color="#4C72B0"))
+    name = f"reasoning features (seed {next(iter(seed_counts))})" if seed_counts else "reasoning features"
+    fig.add_trace(go.Bar(x=xs, y=[r.count for r in layers], name=name, marker_color="#4C72B0"))
+    for seed, counts in (seed_counts or {}).items():
+        fig.add_trace(go.Scatter(x=xs, y=counts, mode="markers", name=f"seed {seed}",
+                                 marker={"size": 7, "line": {"width": 1, "color": "white"}}))
     ev = [r.sae_quality.get("explained_variance_qa") for r in layers]
     if any(v is not None for v in ev):
         fig.add_trace(
@@ -333,7 +338,8 @@ def write_outputs(
         writer.writerow([r.layer, r.count, *spread])
     paths["counts"] = atomic_write_text(out / "counts.csv", buffer.getvalue())
     title = f"Reasoning features per layer — {subject.spec} ({'spliced' if cfg.spliced else 'clean'} activations)"
-    written = save_figure(counts_figure(layers, title), out / "figures" / "feature_counts")
+    seed_counts = {s: [st.counts[s] for st in stability] for s in seeds} if seeds else None
+    written = save_figure(counts_figure(layers, title, seed_counts), out / "figures" / "feature_counts")
     paths["figure"] = written[0]
     return paths
 
