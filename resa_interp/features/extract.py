@@ -97,7 +97,7 @@ class FeatureConfig:
         """One-line errors for settings and prompts no extraction can use, before any model or SAE is loaded."""
         check_threshold(self.match_threshold)
         if self.min_seeds is not None and self.min_seeds < 1:
-            check_min_seeds(self.min_seeds, 1)
+            raise ResaError(f"--min-seeds {self.min_seeds}: a feature is stable in at least 1 seed; accepted 1..N")
         check_choice("--marker-rule", self.marker_rule, MARKER_RULES)
         check_choice("--occurrences", self.occurrences, OCCURRENCES)
         check_choice("--hook", self.hook, HOOKS)
@@ -494,7 +494,7 @@ def run_features(config: FeatureConfig, out: str | Path, subject: Subject | None
         stability = [
             layer_stability(layer, {s: decoders[s][layer] for s in seed_layers},
                             {s: seed_layers[s][i].features for s in seed_layers}, config.match_threshold, min_seeds)
-            for i, layer in enumerate(wanted)
+            for i, layer in enumerate(r.layer for r in results)  # every seed's results are sorted by layer
         ]
     written = write_outputs(out, subject, hook, config, infos, results, stability, min_seeds)
     counts = {r.layer: r.count for r in results}
