@@ -1,12 +1,15 @@
 """Regenerate every figure in figures/ (PNG and HTML).
 
-From the README's main run on the embedded model (`resa-interp features --out runs/default`; made here first
-when RUN has no features.json, about 7 minutes on 2 cores):
+From the README's main run on the embedded model (`resa-interp features --n-seeds 3 --out runs/default`; made
+here first when RUN has no features.json, with --n-seeds SAE seeds per layer, 3 by default):
 
-  embedded_feature_counts.{png,html}   reasoning features per layer, with each SAE's explained variance
+  embedded_feature_counts.{png,html}   reasoning features per layer (first seed's bars, every seed's count as a
+                                       dot), with each SAE's explained variance
   embedded_sae_quality.{png,html}      SAE quality over layers (explained variance, spliced-in KL)
   embedded_layers_{gmm,bic}.{png,html} Gaussian mixtures over layers fitted to those counts (select-layers'
-  embedded_layers.md                   defaults; counts only, as no per-layer scores exist for this model)
+  embedded_layers.md                   defaults; counts only, as no per-layer scores exist for this model; the
+                                       intervals resample seeds as well as features, and embedded_layers.md
+                                       splits the variance into SAE training and feature sampling)
                                        layers are hook indices (blocks.N) on every axis and in every table
   dashboard_example.{png,html}         the feature dashboard of one layer's reasoning features
 
@@ -34,8 +37,9 @@ ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger("make_figures")
 
 
-def ensure_main_run(run: Path) -> None:
-    """The README's main job when `run` has no features.json: Stage I defaults at layers 1..L-2, then features."""
+def ensure_main_run(run: Path, n_seeds: int) -> None:
+    """The README's main job when `run` has no features.json: Stage I defaults at layers 1..L-2 with `n_seeds`
+    seeds per layer, then features (matched across the seeds)."""
     if (run / "features.json").exists():
         return
     from resa_interp.features.extract import FeatureConfig, default_layers, run_features
@@ -46,8 +50,8 @@ def ensure_main_run(run: Path) -> None:
     subject = load_subject()
     layers = default_layers(subject.facts.n_layers)
     if not run_sae_dirs(run):
-        print(f"{run} has no SAEs: training them (Stage I defaults, layers {layers})")
-        train_saes(SAETrainConfig(layers=layers), run, subject=subject)
+        print(f"{run} has no SAEs: training them (Stage I defaults, layers {layers}, {n_seeds} seeds)")
+        train_saes(SAETrainConfig(layers=layers, seeds=tuple(range(1, n_seeds))), run, subject=subject)
     run_features(FeatureConfig(layers=layers), run, subject=subject)
 
 
@@ -62,8 +66,11 @@ def embedded_figures(run: Path, out: Path) -> None:
 
     doc = json.loads((run / "features.json").read_text())
     layers = [LayerFeatures(**row) for row in doc["layers"]]
-    title = f"Reasoning features per layer — {doc['model']} (the README's main run)"
-    save_figure(counts_figure(layers, title), out / "embedded_feature_counts", plotlyjs="cdn")
+    seeds = doc.get("seeds")
+    title = f"Reasoning features per layer — {doc['model']} (the README's main run"
+    title += f", {len(seeds['seeds'])} SAE seeds)" if seeds else ")"
+    per_seed = {s: [row["counts"][str(s)] for row in seeds["layers"]] for s in seeds["seeds"]} if seeds else None
+    save_figure(counts_figure(layers, title, per_seed), out / "embedded_feature_counts", plotlyjs="cdn")
     metrics = list(read_metrics(run).values())
     save_figure(metrics_figure(metrics), out / "embedded_sae_quality", plotlyjs="cdn")
 
@@ -118,11 +125,13 @@ def main() -> None:
                         help="layer of the dashboard example, a hook index (12: blocks.12, the paper's 13th layer "
                         "and Resa-STILL-v1's hookpoint; 0: the layer with the most reasoning features)")
     parser.add_argument("--texts", type=int, default=128, help="trigger texts for the dashboard example")
+    parser.add_argument("--n-seeds", type=int, default=3,
+                        help="SAE seeds per layer when the main run is made here (an existing run keeps its own)")
     parser.add_argument("--no-table6", action="store_true", help="skip analysis/paper_table6.py (about 2 minutes)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
 
-    ensure_main_run(args.run)
+    ensure_main_run(args.run, args.n_seeds)
     embedded_figures(args.run, args.out)
     dashboard_example(args.run, args.out, args.dashboard_layer or None, args.texts)
     if not args.no_table6:

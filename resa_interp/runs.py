@@ -16,6 +16,9 @@ from pathlib import Path
 from typing import Any
 
 MANIFEST = "manifest.json"
+SEED_COLUMN = "count_seed_"
+"""counts.csv of a multi-seed run: `count_seed_<s>` is SAE seed s's reasoning-feature count (`count` stays the
+first seed's); `features` writes these columns and select-layers reads them."""
 _VERSIONED = ("resa-interp", "torch", "transformers", "transformer-lens", "sae-lens", "peft", "datasets")
 
 

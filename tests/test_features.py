@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import shutil
+from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
@@ -327,3 +328,79 @@ def test_default_prompt_is_the_authors_r1_prompt_and_the_printed_form_is_selecta
     assert R1_SYSTEM_PROMPT.startswith("\n") and R1_SYSTEM_PROMPT.count("\n") == 6  # the authors' line breaks
     with pytest.raises(ResaError, match="--prompt-style 'paper' is unknown"):
         read_prompts(None, None, "paper")
+
+
+def _saved(sae, folder, seed, order=None, w_dec=None, negate=()):
+    """Save `sae` as a Stage I SAE folder of `seed`, its latents reordered so new latent j is old latent order[j],
+    optionally with other decoder rows (`w_dec`, in the old order) and with the encoders of the old latents
+    `negate` flipped (they then fire everywhere but at their designed positions)."""
+    w_enc, b_enc = sae.W_enc.detach().clone(), sae.b_enc.detach().clone()
+    dec = (sae.W_dec.detach() if w_dec is None else w_dec).clone()
+    for fid in negate:
+        w_enc[:, fid] = -w_enc[:, fid]
+    order = list(range(w_enc.shape[1])) if order is None else order
+    out = build_topk_sae(w_enc[:, order], b_enc[order], dec[order], sae.b_dec.detach(), k=w_enc.shape[1],
+                         metadata={"hook_name": f"blocks.{LAYER}.hook_resid_post", "seed": seed})
+    out.cfg.apply_b_dec_to_input = False
+    out.save_model(str(folder))
+    return folder
+
+
+def test_multi_seed_run_matches_planted_copies_and_counts_each_seed_as_a_single_run(tiny_qwen2, tmp_path, cli):
+    """Three seeds of one layer: seed 1 is seed 0's SAE with its latents permuted (every reasoning feature has a
+    twin), seed 2 keeps latent 2, loses latent 0 (encoder flipped: no longer a reasoning feature) and gets a
+    random decoder for latent 1 (still a reasoning feature, but matches nothing)."""
+    from resa_interp.features.extract import run_features
+    from resa_interp.layers.analysis import read_counts
+    from resa_interp.sae.folders import load_sae
+
+    subject = load_subject(tiny_qwen2)
+    sae, designs, spans = _planted(subject, PROMPT)
+    run = tmp_path / "run"
+    perm1 = [3, 0, 6, 1, 5, 2, 4]  # seed 1's latent j is seed 0's latent perm1[j]
+    perm2 = [2, 4, 1, 0, 6, 5, 3]
+    noisy = torch.nn.functional.normalize(sae.W_dec.detach() + 0.05 * torch.randn(sae.W_dec.shape), dim=-1)
+    noisy[1] = torch.nn.functional.normalize(torch.randn(sae.W_dec.shape[1]), dim=0)
+    folders = {
+        0: _saved(sae, run / "saes" / f"blocks.{LAYER}.hook_resid_post", 0),
+        1: _saved(sae, run / "saes" / "seed-1" / f"blocks.{LAYER}.hook_resid_post", 1, order=perm1),
+        2: _saved(sae, run / "saes" / "seed-2" / f"blocks.{LAYER}.hook_resid_post", 2, order=perm2, w_dec=noisy,
+                  negate=(0,)),
+    }
+    cfg = FeatureConfig(layers=str(LAYER), saes=str(run), prompts=(PROMPT,))
+    result = run_features(cfg, tmp_path / "out", subject=subject)
+
+    # each seed's features equal an extraction of that seed's SAEs alone
+    single = {s: extract_features(subject, {LAYER: load_sae(f)}, "resid_post", [PROMPT], FeatureConfig())[1][0]
+              for s, f in folders.items()}
+    expected0 = _expected(designs, spans, "any", "all", len(spans.token_ids))
+    assert expected0 == [0, 1, 2] and single[0].features == expected0
+    assert single[1].features == sorted(perm1.index(f) for f in expected0)
+    assert single[2].features == sorted(perm2.index(f) for f in (1, 2))
+    assert {s: r[0].features for s, r in result.seed_layers.items()} == {s: r.features for s, r in single.items()}
+    (st,) = result.stability
+    assert st.counts == {0: 3, 1: 3, 2: 2} and st.stable_count == 3  # majority: 2 of 3
+    groups = {tuple(g.ids[0]): g.ids for g in st.groups if g.ids[0]}
+    for fid in expected0:
+        assert groups[(fid,)][1] == [perm1.index(fid)]
+    assert groups[(2,)][2] == [perm2.index(2)] and groups[(0,)][2] == [] and groups[(1,)][2] == []
+    lonely = [g for g in st.groups if not g.ids[0]]
+    assert [g.ids for g in lonely] == [{0: [], 1: [], 2: [perm2.index(1)]}] and not lonely[0].stable
+    flipped = [m for m in st.matches if (m.seed_a, m.feature_a, m.seed_b) == (0, 0, 2)]
+    assert flipped and flipped[0].feature_b == perm2.index(0) and not flipped[0].reasoning_b  # matched, not reasoning
+
+    rows = (tmp_path / "out" / "counts.csv").read_text().splitlines()
+    assert rows == ["layer,count,count_seed_0,count_seed_1,count_seed_2,count_mean,count_std,stable",
+                    f"{LAYER},3,3,3,2,{round(8 / 3, 6)},{round(float(torch.tensor([3., 3, 2]).std()), 6)},3"]
+    doc = json.loads((tmp_path / "out" / "features.json").read_text())
+    assert doc["seeds"]["seeds"] == [0, 1, 2] and doc["seeds"]["min_seeds"] == 2
+    assert doc["layers"][0]["features"] == expected0  # the primary seed's, as before
+    for source in ("counts.csv", "features.json"):
+        data = read_counts(tmp_path / "out" / source)
+        assert data.values.tolist() == [3] and data.seed_values.tolist() == [[3], [3], [2]]
+
+    strict = run_features(replace(cfg, min_seeds=3), tmp_path / "o3", subject=subject)
+    assert strict.stability[0].stable_count == 1  # only latent 2 is a reasoning feature in all three seeds
+    code, _, err = cli(["features", "--model", tiny_qwen2, "--saes", str(run), "--out", str(tmp_path / "o4"),
+                        "--layers", str(LAYER), "--prompt", PROMPT, "--min-seeds", "4"])
+    assert code == 2 and err.strip().splitlines() == ["error: --min-seeds 4: the run has 3 seed(s); accepted 1..3"]

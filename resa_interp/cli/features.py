@@ -7,7 +7,20 @@ from typing import Annotated
 
 import typer
 
-from resa_interp.cli.options import Dataset, Device, Dtype, Hook, Layers, Model, Out, Saes, Source, Threshold
+from resa_interp.cli.options import (
+    Dataset,
+    Device,
+    Dtype,
+    Hook,
+    Layers,
+    Model,
+    NSeeds,
+    Out,
+    Saes,
+    Seeds,
+    Source,
+    Threshold,
+)
 
 
 def features(
@@ -52,6 +65,18 @@ def features(
     ] = False,
     device: Device = "cpu",
     dtype: Dtype = "float32",
+    seeds: Seeds = None,
+    n_seeds: NSeeds = None,
+    min_seeds: Annotated[
+        int | None,
+        typer.Option("--min-seeds", help="Multi-seed runs: a reasoning feature is stable when matched in at least M "
+                     "of the N seeds [default: a majority]."),
+    ] = None,
+    match_threshold: Annotated[
+        float,
+        typer.Option("--match-threshold", help="Multi-seed runs: decoder cosine similarity a cross-seed match needs "
+                     "(chance level for unrelated latents is about 0.2)."),
+    ] = 0.7,
 ) -> None:
     """Prompt-only reasoning features: SAE latents active only at <think> and </think>, counted per layer.
 
@@ -62,28 +87,52 @@ def features(
     embedded model and, when OUT has no SAEs, trains them first (Stage I defaults, layers 1..L-2).
     Writes OUT/features.json, OUT/counts.csv and OUT/figures/feature_counts.html/.png.
 
+    On a multi-seed run (train-saes --seeds/--n-seeds; here --seeds/--n-seeds go to the Stage I run made when
+    OUT has no SAEs) every seed's SAEs are read, their latents matched across seeds by decoder direction
+    (one-to-one, cosine >= --match-threshold), and each layer gets its count per seed, mean and spread, and
+    the stable reasoning features (matched in at least --min-seeds seeds); counts.csv gains count_seed_<s>,
+    count_mean, count_std and stable columns (count stays the first seed's), features.json a "seeds" section.
+
     Example: resa-interp features --out runs/default
     """
+    from resa_interp.errors import ResaError
     from resa_interp.features import FeatureConfig, default_layers, read_prompts, run_features
-    from resa_interp.features.extract import format_table
+    from resa_interp.features.extract import format_seed_table, format_table
+    from resa_interp.features.stability import check_min_seeds
     from resa_interp.model import load_subject
-    from resa_interp.sae import SAETrainConfig, run_sae_dirs, train_saes
+    from resa_interp.sae import SAETrainConfig, run_sae_dirs, run_seeds, train_saes
+    from resa_interp.sae.train import parse_seeds
 
     cfg = FeatureConfig(
         threshold, marker_rule, occurrences, spliced, exclude_first, model=model,
         prompts=tuple(read_prompts(prompt, prompt_file, prompt_style)), saes=saes, source=source, layers=layers,
         hook=hook,
-        allow_model_mismatch=allow_model_mismatch, device=device, dtype=dtype,
+        allow_model_mismatch=allow_model_mismatch, device=device, dtype=dtype, match_threshold=match_threshold,
+        min_seeds=min_seeds,
     )
     cfg.check()  # prompts and options first: nothing below is cheap
-    subject = load_subject(model, dtype=dtype, device=device)
+    seed, more_seeds = parse_seeds(None, seeds, n_seeds)
+    train_cfg = None
     if source is None and saes is None and not run_sae_dirs(out, hook):
-        train_layers = layers or default_layers(subject.facts.n_layers)
-        typer.echo(f"{out} has no SAEs: training them first (Stage I defaults, layers {train_layers})")
-        train_saes(SAETrainConfig(model=model, layers=train_layers, hook=hook, device=device, model_dtype=dtype),
-                   out, subject=subject)
+        train_cfg = SAETrainConfig(model=model, layers=layers or "", hook=hook, device=device, model_dtype=dtype,
+                                   seed=seed or 0, seeds=more_seeds or ())
+        train_cfg.check()
+        if min_seeds is not None:
+            check_min_seeds(min_seeds, len(train_cfg.all_seeds))
+    elif more_seeds is not None and (source is not None or run_seeds(saes or out) != list(more_seeds)):
+        raise ResaError(f"--seeds/--n-seeds {','.join(map(str, (seed, *more_seeds)))}: {source or saes or out} "
+                        "already has SAEs of other seeds; these options only choose the seeds of the Stage I run "
+                        "made when OUT has none")
+    subject = load_subject(model, dtype=dtype, device=device)
+    if train_cfg is not None:
+        train_cfg.layers = layers or default_layers(subject.facts.n_layers)
+        typer.echo(f"{out} has no SAEs: training them first (Stage I defaults, layers {train_cfg.layers}, "
+                   f"seeds {','.join(map(str, train_cfg.all_seeds))})")
+        train_saes(train_cfg, out, subject=subject)
     result = run_features(cfg, out, subject=subject)
     typer.echo(format_table(result.layers))
+    if result.stability:
+        typer.echo(format_seed_table(result.stability))
     typer.echo(f"features: {Path(out) / 'features.json'}  counts: {result.paths['counts']}  "
                f"figure: {result.paths['figure']}")
 

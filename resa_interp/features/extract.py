@@ -25,14 +25,22 @@ import torch
 from resa_interp.data.synthetic import synthetic_qa
 from resa_interp.data.templates import END_THINK, R1_SYSTEM_PROMPT, SYSTEM_PROMPTS, THINK, format_trigger, marker_spans
 from resa_interp.errors import ResaError, check_choice
+from resa_interp.features.stability import (
+    DEFAULT_MATCH_THRESHOLD,
+    STABILITY_RULE,
+    LayerStability,
+    check_min_seeds,
+    check_threshold,
+    layer_stability,
+)
 from resa_interp.figures import save_figure
 from resa_interp.model.harvest import encode_texts
 from resa_interp.model.hooks import canonical_hook, hook_name
 from resa_interp.model.splice import spliced as splice_context
 from resa_interp.model.subject import Subject, load_subject
 from resa_interp.numbering import paper_label
-from resa_interp.runs import atomic_write_json, atomic_write_text, record_stage, run_relative
-from resa_interp.sae.folders import load_sae, require_sae_dirs
+from resa_interp.runs import SEED_COLUMN, atomic_write_json, atomic_write_text, record_stage, run_relative
+from resa_interp.sae.folders import load_sae, require_sae_dirs, run_seeds
 from resa_interp.sae.metrics import evaluate_saes, read_metrics
 from resa_interp.sae.pretrained import load_source_sae
 from resa_interp.sae.train import parse_layers
@@ -79,9 +87,17 @@ class FeatureConfig:
     """Device to load the model on (when no subject is given) and the SAEs on: cpu, cuda, cuda:N or auto."""
     dtype: str = "float32"
     """Weights dtype of the model loaded when no subject is given."""
+    match_threshold: float = DEFAULT_MATCH_THRESHOLD
+    """Multi-seed runs: decoder cosine a cross-seed match needs (features/stability.py says why 0.7)."""
+    min_seeds: int | None = None
+    """Multi-seed runs: a reasoning feature is stable when matched in at least this many seeds (None: a
+    majority); at most the run's number of seeds."""
 
     def check(self) -> None:
         """One-line errors for settings and prompts no extraction can use, before any model or SAE is loaded."""
+        check_threshold(self.match_threshold)
+        if self.min_seeds is not None and self.min_seeds < 1:
+            raise ResaError(f"--min-seeds {self.min_seeds}: a feature is stable in at least 1 seed; accepted 1..N")
         check_choice("--marker-rule", self.marker_rule, MARKER_RULES)
         check_choice("--occurrences", self.occurrences, OCCURRENCES)
         self.hook = canonical_hook(self.hook)
@@ -242,14 +258,19 @@ def extract_features(
 QUALITY_KEYS = ("explained_variance", "explained_variance_qa", "kl_spliced", "kl_spliced_qa", "l0")
 
 
-def counts_figure(layers: list[LayerFeatures], title: str):
-    """Bar chart of reasoning-feature counts over layers (paper Figure 3) with each SAE's explained variance."""
+def counts_figure(layers: list[LayerFeatures], title: str, seed_counts: dict[int, list[int]] | None = None):
+    """Bar chart of reasoning-feature counts over layers (paper Figure 3) with each SAE's explained variance;
+    with `seed_counts` (seed -> count per layer of a multi-seed run) every seed's count as a dot."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
     xs = [r.layer for r in layers]
     fig = make_subplots(specs=[[{"secondary_y": True}]])
-    fig.add_trace(go.Bar(x=xs, y=[r.count for r in layers], name="reasoning features", marker_color="#4C72B0"))
+    name = f"reasoning features (seed {next(iter(seed_counts))})" if seed_counts else "reasoning features"
+    fig.add_trace(go.Bar(x=xs, y=[r.count for r in layers], name=name, marker_color="#4C72B0"))
+    for seed, counts in (seed_counts or {}).items():
+        fig.add_trace(go.Scatter(x=xs, y=counts, mode="markers", name=f"seed {seed}",
+                                 marker={"size": 7, "line": {"width": 1, "color": "white"}}))
     ev = [r.sae_quality.get("explained_variance_qa") for r in layers]
     if any(v is not None for v in ev):
         fig.add_trace(
@@ -285,8 +306,11 @@ def write_outputs(
     cfg: FeatureConfig,
     infos: list[PromptInfo],
     layers: list[LayerFeatures],
+    stability: list[LayerStability] = (),
+    min_seeds: int = 1,
 ) -> dict[str, Path]:
-    """features.json, counts.csv and figures/feature_counts.html/.png in `out`."""
+    """features.json, counts.csv and figures/feature_counts.html/.png in `out`; with `stability` (a multi-seed
+    run) features.json records the matching and counts.csv gains per-seed columns."""
     doc = {
         "definition": DEFINITION,
         "model": subject.spec,
@@ -301,16 +325,62 @@ def write_outputs(
         "prompts": [asdict(info) for info in infos],
         "layers": [asdict(layer) for layer in layers],
     }
+    if stability:
+        doc["seeds"] = stability_doc(stability, cfg, min_seeds)
     paths = {"features": atomic_write_json(out / "features.json", doc)}
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["layer", "count"])
-    writer.writerows([r.layer, r.count] for r in layers)
+    seeds = list(stability[0].counts) if stability else []
+    writer.writerow(["layer", "count", *(f"{SEED_COLUMN}{s}" for s in seeds),
+                     *(("count_mean", "count_std", "stable") if seeds else ())])
+    for i, r in enumerate(layers):
+        spread = ([*stability[i].counts.values(), round(stability[i].mean, 6), round(stability[i].std, 6),
+                   stability[i].stable_count] if seeds else [])
+        writer.writerow([r.layer, r.count, *spread])
     paths["counts"] = atomic_write_text(out / "counts.csv", buffer.getvalue())
     title = f"Reasoning features per layer — {subject.spec} ({'spliced' if cfg.spliced else 'clean'} activations)"
-    written = save_figure(counts_figure(layers, title), out / "figures" / "feature_counts")
+    seed_counts = {s: [st.counts[s] for st in stability] for s in seeds} if seeds else None
+    written = save_figure(counts_figure(layers, title, seed_counts), out / "figures" / "feature_counts")
     paths["figure"] = written[0]
     return paths
+
+
+def stability_doc(stability: list[LayerStability], cfg: FeatureConfig, min_seeds: int) -> dict:
+    """What features.json records of a multi-seed run: the seeds, the matching rule, and per layer the count in
+    each seed, its mean and spread, the stable groups with their per-seed ids, and every above-threshold match."""
+    return {
+        "seeds": list(stability[0].counts),
+        "primary": next(iter(stability[0].counts)),
+        "match_threshold": cfg.match_threshold,
+        "min_seeds": min_seeds,
+        "matching": STABILITY_RULE,
+        "layers": [
+            {
+                "layer": st.layer,
+                "counts": {str(s): c for s, c in st.counts.items()},
+                "count_mean": round(st.mean, 6),
+                "count_std": round(st.std, 6),
+                "stable": st.stable_count,
+                "groups": [{"ids": {str(s): ids for s, ids in g.ids.items()}, "seeds": g.n_seeds, "stable": g.stable}
+                           for g in st.groups],
+                "matches": [asdict(m) for m in st.matches],
+            }
+            for st in stability
+        ],
+    }
+
+
+def format_seed_table(stability: list[LayerStability]) -> str:
+    """Per layer: the count in each seed, mean ± spread, and the stable features (primary seed's ids)."""
+    seeds = list(stability[0].counts)
+    primary = seeds[0]
+    lines = [f"{'blocks.N':>8}  " + "  ".join(f"{'seed ' + str(s):>7}" for s in seeds)
+             + f"  {'mean':>5}  {'std':>5}  {'stable':>6}  stable ids (seed {primary})"]
+    for st in stability:
+        ids = [str(g.ids[primary][0]) if g.ids[primary] else "-" for g in st.groups if g.stable]
+        lines.append(f"{st.layer:>8}  " + "  ".join(f"{c:>7}" for c in st.counts.values())
+                     + f"  {st.mean:>5.2f}  {st.std:>5.2f}  {st.stable_count:>6}  {', '.join(ids)}")
+    return "\n".join(lines)
 
 
 def read_prompts(prompt: str | None, prompt_file: str | None, style: str = "r1") -> list[str]:
@@ -359,6 +429,10 @@ class FeaturesRun:
     layers: list[LayerFeatures]
     prompts: list[PromptInfo]
     paths: dict[str, Path]
+    seed_layers: dict[int, list[LayerFeatures]] = field(default_factory=dict)
+    """Multi-seed runs: seed -> its reasoning features per layer (the primary seed's are `layers`)."""
+    stability: list[LayerStability] = field(default_factory=list)
+    """Multi-seed runs: per layer, the counts over seeds and the cross-seed matching."""
 
 
 def default_layers(n_layers: int) -> str:
@@ -399,12 +473,37 @@ def run_features(config: FeatureConfig, out: str | Path, subject: Subject | None
                     f"the layer-{layer} SAE was trained on {sae.cfg.metadata.get('model_name')} ({trained_on}), "
                     f"not on {subject.spec}; pass that --model, or --allow-model-mismatch to transfer on purpose"
                 )
+    further = run_seeds(run) if source is None else []
+    min_seeds = check_min_seeds(config.min_seeds, 1 + len(further))
     infos, results = extract_features(subject, saes, hook, prompts, config, paths, quality)
-    written = write_outputs(out, subject, hook, config, infos, results)
+    seed_layers: dict[int, list[LayerFeatures]] = {}
+    stability: list[LayerStability] = []
+    if further:
+        primary = int(saes[wanted[0]].cfg.metadata.get("seed", 0))
+        decoders = {primary: {layer: sae.W_dec.detach() for layer, sae in saes.items()}}
+        seed_layers[primary] = results
+        for seed in further:
+            found = require_sae_dirs(run, hook, wanted, seed=seed)
+            seed_saes = {layer: load_sae(found[layer], device=str(subject.device)) for layer in wanted}
+            metrics = read_metrics(run, seed=seed)
+            _, seed_layers[seed] = extract_features(
+                subject, seed_saes, hook, prompts, config, {layer: run_relative(found[layer], out) for layer in wanted},
+                {layer: {k: metrics[layer][k] for k in QUALITY_KEYS if k in metrics[layer]}
+                 for layer in wanted if layer in metrics},
+            )
+            decoders[seed] = {layer: sae.W_dec.detach() for layer, sae in seed_saes.items()}
+        stability = [
+            layer_stability(layer, {s: decoders[s][layer] for s in seed_layers},
+                            {s: seed_layers[s][i].features for s in seed_layers}, config.match_threshold, min_seeds)
+            for i, layer in enumerate(r.layer for r in results)  # every seed's results are sorted by layer
+        ]
+    written = write_outputs(out, subject, hook, config, infos, results, stability, min_seeds)
+    counts = {r.layer: r.count for r in results}
     record_stage(
         out,
         "features",
         {"config": asdict(config), "model": subject.spec, "hook": hook, "layers": wanted,
-         "saes": run_relative(config.saes or source or out, out), "counts": {r.layer: r.count for r in results}},
+         "saes": run_relative(config.saes or source or out, out), "counts": counts,
+         "seeds": list(seed_layers), "stable": {st.layer: st.stable_count for st in stability}},
     )
-    return FeaturesRun(results, infos, written)
+    return FeaturesRun(results, infos, written, seed_layers, stability)

@@ -25,6 +25,7 @@ from scipy.optimize import linear_sum_assignment
 from resa_interp.errors import ResaError
 from resa_interp.layers.mixture import LIKELIHOODS, BatchFit, Mixture, fit_weighted, hellinger
 from resa_interp.numbering import NUMBERING, paper_label
+from resa_interp.runs import SEED_COLUMN
 
 SCORE_TRANSFORMS = {
     "shift-min": "w_l = s_l - min(s): the worst layer gets weight 0 (min-max scaling gives the same distribution)",
@@ -107,6 +108,9 @@ class LayerData:
     """n for BIC and the bootstrap unit count: features for counts, layers for scores."""
     source: str
     """File (and column) the values came from."""
+    seed_values: np.ndarray | None = None
+    """Counts of a multi-seed run: [seeds, layers], one row per SAE seed, the first the seed `values` come from;
+    None: one seed."""
 
     @property
     def support(self) -> int:
@@ -146,6 +150,10 @@ class MixtureFit:
     pseudo-likelihood BIC (a score profile is not a count distribution)."""
     replicates: list[Mixture] = field(repr=False)
     """The bootstrap fits (components sorted by mean)."""
+    seed_variance: list[dict[str, dict[str, float]]] | None
+    """Counts of a multi-seed run: per component and parameter (mean, std, weight), the variance over the seeds'
+    own fits (`seed`), over a features-only bootstrap of the first seed (`features`), and the seed share
+    seed / (seed + features): how much of the uncertainty comes from SAE training. None: one seed."""
     sklearn_check: dict[str, Any] | None
     """Continuous likelihood: scikit-learn GaussianMixture on the data expanded into observations, against this
     fit (same objective). None for the binned likelihood, which GaussianMixture does not have."""
@@ -237,12 +245,19 @@ class LayerAnalysis:
             ),
             "layers": NUMBERING,
             "bootstrap": (
-                f"{cfg.bootstrap} replicates; counts resample features (multinomial over layers), scores resample "
+                f"{cfg.bootstrap} replicates; counts resample features (multinomial over layers) — on a multi-seed "
+                "run each replicate first draws one SAE seed at random, then that seed's features, so the "
+                "intervals include SAE-training variation; scores resample "
                 "layers with replacement; components sorted by mean in every replicate; 95% percentile intervals. "
                 "Resampled data are more concentrated than the data, so replicate entropies are biased low "
                 "(entropy_bootstrap_bias) and their interval can miss the estimate; the distance between the two "
                 "mixtures gets no bootstrap interval (noise in both fits inflates it): its inference is the "
                 "permutation p-value"
+            ),
+            "seed_variance": (
+                "multi-seed counts: per parameter, the variance of the fits to each seed's own counts (seed-only "
+                "resampling: SAE training), the variance of a features-only bootstrap of the first seed (feature "
+                "sampling), and seed share = seed / (seed + features)"
             ),
             "alignment": (
                 "components matched by linear_sum_assignment on the 2-Wasserstein distance between component "
@@ -304,17 +319,22 @@ def read_counts(path: str | Path) -> LayerData:
         rows = _json_layer_rows(path)
     else:
         rows = _csv_rows(path, required=("layer", "count"))
-    counts = {}
+    seed_columns = [c for c in rows[0] if c.startswith(SEED_COLUMN)]
+    counts, per_seed = {}, {}
     for row in rows:
         layer = _layer(row["layer"], path)
         if layer in counts:
             raise ResaError(f"{path}: layer {layer} appears twice; give one count per layer")
         counts[layer] = _count(row["count"], layer, path)
+        per_seed[layer] = [_count(row.get(c), layer, path) for c in seed_columns]
     layers = np.array(sorted(counts), dtype=int)
     values = np.array([counts[layer] for layer in layers], dtype=float)
     if values.sum() == 0:
         raise ResaError(f"{path}: every count is 0, so there is no distribution over layers to fit")
-    return LayerData("counts", layers, values, values, float(values.sum()), str(path))
+    seeds = np.array([per_seed[layer] for layer in layers], dtype=float).T if len(seed_columns) > 1 else None
+    if seeds is not None and not np.array_equal(seeds[0], values):
+        raise ResaError(f"{path}: column count differs from {seed_columns[0]}; count is the first seed's count")
+    return LayerData("counts", layers, values, values, float(values.sum()), str(path), seeds)
 
 
 def read_scores(
@@ -418,6 +438,11 @@ def _json_layer_rows(path: Path) -> list[dict[str, Any]]:
     for i, row in enumerate(rows):
         if not isinstance(row, dict) or "layer" not in row or "count" not in row:
             raise ResaError(f"{path}: layers[{i}] is missing 'layer' or 'count'")
+    seeds = data.get("seeds")
+    if isinstance(seeds, dict) and isinstance(seeds.get("layers"), list):  # a multi-seed run's per-seed counts
+        per_layer = {row.get("layer"): row.get("counts", {}) for row in seeds["layers"] if isinstance(row, dict)}
+        rows = [{**row, **{f"{SEED_COLUMN}{s}": c for s, c in per_layer.get(row["layer"], {}).items()}}
+                for row in rows]
     return rows
 
 
@@ -517,8 +542,13 @@ def _fit_batch(
     )
 
 
-def _resample(data: LayerData, n: int, rng: np.random.Generator) -> np.ndarray:
-    """Bootstrap weight vectors: features resampled for counts, layers resampled for scores."""
+def _resample(data: LayerData, n: int, rng: np.random.Generator, seeds: bool = True) -> np.ndarray:
+    """Bootstrap weight vectors: features resampled for counts (from a seed drawn at random for each replicate
+    when the counts have several seeds and `seeds`), layers resampled for scores."""
+    if data.kind == "counts" and seeds and data.seed_values is not None:
+        rows = data.seed_values[rng.integers(len(data.seed_values), size=n)]
+        rows = rows[rows.sum(1) > 0]  # a seed with no feature at all has no distribution to draw from
+        return np.stack([rng.multinomial(int(row.sum()), row / row.sum()) for row in rows]).astype(float)
     if data.kind == "counts":
         return rng.multinomial(int(data.values.sum()), data.weights / data.weights.sum(), size=n).astype(float)
     draws = rng.multinomial(len(data.layers), np.full(len(data.layers), 1.0 / len(data.layers)), size=n)
@@ -537,9 +567,13 @@ def _fit(data: LayerData, config: LayerConfig, resample_seed: int, fit_seed: int
             ll = float(_fit_batch(data, data.weights, j, config, fit_seed).mean_loglik[0])
             bic[j] = -2 * n * ll + (3 * j - 1) * math.log(n)
     replicates: list[Mixture] = []
+    seed_variance = None
     if config.bootstrap:
-        rows = _resample(data, config.bootstrap, np.random.default_rng(resample_seed))
+        rng = np.random.default_rng(resample_seed)
+        rows = _resample(data, config.bootstrap, rng)
         replicates = _fit_batch(data, rows, k, config, fit_seed, progress, start=mixture).mixtures
+        if data.seed_values is not None:
+            seed_variance = _seed_variance(data, config, rng, fit_seed, mixture)
     entropies = [r.entropy() for r in replicates]
     components = [
         ComponentFit(
@@ -564,8 +598,40 @@ def _fit(data: LayerData, config: LayerConfig, resample_seed: int, fit_seed: int
         _ci([r.weight_entropy() for r in replicates]),
         dict(sorted(bic.items())),
         replicates,
+        seed_variance,
         _sklearn_check(data, mixture, config, fit_seed) if config.likelihood == "continuous" else None,
     )
+
+
+PARAMETERS = ("mean", "std", "weight")
+
+
+def _variance(values: list[float]) -> float:
+    """Population variance as the mean squared pairwise difference / 2: exactly 0 for equal values."""
+    x = np.asarray(values, dtype=float)
+    return float(((x[:, None] - x[None, :]) ** 2).mean() / 2)
+
+
+def _seed_variance(data: LayerData, config: LayerConfig, rng: np.random.Generator, fit_seed: int,
+                   start: Mixture) -> list[dict[str, dict[str, float]]]:
+    """Per component and parameter: variance over the seeds' own fits, over a features-only bootstrap of the
+    first seed, and the seed share (see `MixtureFit.seed_variance`)."""
+    seeds = data.seed_values[data.seed_values.sum(1) > 0]
+    distinct, which = np.unique(seeds, axis=0, return_inverse=True)  # seeds with equal counts get the same fit
+    fits = _fit_batch(data, distinct.astype(float), config.components, config, fit_seed, start=start).mixtures
+    by_seed = [fits[i] for i in np.ravel(which)]
+    rows = _resample(data, config.bootstrap, rng, seeds=False)
+    by_feature = _fit_batch(data, rows, config.components, config, fit_seed, start=start).mixtures
+    out = []
+    for i in range(config.components):
+        row = {}
+        for name in PARAMETERS:
+            seed_var = _variance([getattr(m, f"{name}s")[i] for m in by_seed])
+            feature_var = _variance([getattr(m, f"{name}s")[i] for m in by_feature])
+            total = seed_var + feature_var
+            row[name] = {"seed": seed_var, "features": feature_var, "seed_share": seed_var / total if total else 0.0}
+        out.append(row)
+    return out
 
 
 def _ci(values: list[float]) -> tuple[float, float] | None:
@@ -708,6 +774,8 @@ def _fit_dict(fit: MixtureFit) -> dict[str, Any]:
         "bic": {str(k): v for k, v in fit.bic.items()},
         "bic_best_components": fit.bic_best,
         "bootstrap_replicates": len(fit.replicates),
+        "seeds": None if fit.data.seed_values is None else len(fit.data.seed_values),
+        "seed_variance": fit.seed_variance,
         "sklearn_check": fit.sklearn_check,
     }
 

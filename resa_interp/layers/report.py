@@ -110,6 +110,20 @@ def tables(analysis: LayerAnalysis) -> list[Table]:
         ),
         ("BIC by number of components (lower is better)", ["K"] + [_likelihood_name(n) for n, _ in fits], bic),
     ]
+    seed_variance = analysis.counts.seed_variance
+    if seed_variance is not None:
+        out.append(
+            (
+                f"Uncertainty from SAE training ({len(analysis.counts.data.seed_values)} seeds; intervals above draw a "
+                "seed, then its features)",
+                ["component", "parameter", "variance over seeds", "variance over features", "seed share"],
+                [
+                    [str(i + 1), name, _fmt(v["seed"], 4), _fmt(v["features"], 4), f"{100 * v['seed_share']:.0f}%"]
+                    for i, row in enumerate(seed_variance)
+                    for name, v in row.items()
+                ],
+            )
+        )
     al = analysis.alignment
     if al is not None:
         out.append(

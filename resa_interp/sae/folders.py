@@ -62,14 +62,16 @@ def run_seeds(run: str | Path) -> list[int]:
     return sorted(int(n) for n in names if n.lstrip("-").isdigit())
 
 
-def require_sae_dirs(run: str | Path, hook: str, layers: list[int]) -> dict[int, Path]:
-    """Layer -> SAE folder for each of `layers`; a one-line error naming the layers the run has no SAE for."""
-    found = run_sae_dirs(run, hook)
+def require_sae_dirs(run: str | Path, hook: str, layers: list[int], seed: int | None = None) -> dict[int, Path]:
+    """Layer -> SAE folder for each of `layers` (of a further `seed`'s); a one-line error naming the layers the run
+    has no SAE for."""
+    found = run_sae_dirs(run, hook, seed)
     missing = ",".join(str(layer) for layer in layers if layer not in found)
     if missing:
+        which = "" if seed is None else f" of seed {seed}"
         raise ResaError(
-            f"{run} has no {hook} SAE for layer(s) {missing}; train them (resa-interp train-saes --layers {missing} "
-            f"--out {run}) or choose --layers"
+            f"{run} has no {hook} SAE{which} for layer(s) {missing}; train them (resa-interp train-saes --layers "
+            f"{missing} --out {run}) or choose --layers"
         )
     return {layer: found[layer] for layer in layers}
 
