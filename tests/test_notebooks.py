@@ -9,7 +9,8 @@ import nbformat
 import pytest
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
-NAMES = ["01_reasoning_features", "02_feature_dashboards", "03_layer_selection", "04_sae_tuning"]
+NAMES = ["01_reasoning_features", "02_feature_dashboards", "03_layer_selection", "04_sae_tuning",
+         "05_stability_and_interventions"]
 
 
 def test_notebooks_are_committed_clean_and_call_the_library():
@@ -25,17 +26,18 @@ def test_notebooks_are_committed_clean_and_call_the_library():
 
 @pytest.fixture(scope="module")
 def notebook_env(tmp_path_factory, embedded):
-    """One small Stage I run (3 layers, 2,048 tokens per SAE) with its features, and small budgets."""
+    """One small Stage I run (3 layers, 3 seeds, 2,048 tokens per SAE) with its features, and small budgets."""
     from resa_interp.features.extract import FeatureConfig, run_features
     from resa_interp.sae.train import SAETrainConfig, train_saes
 
     root = tmp_path_factory.mktemp("notebooks")
     run = root / "run"
-    train_saes(SAETrainConfig(layers="4,12,20", tokens=2048, heldout=4), run, subject=embedded)
+    train_saes(SAETrainConfig(layers="4,12,20", tokens=2048, heldout=4, seeds=(1, 2)), run, subject=embedded)
     run_features(FeatureConfig(layers="4,12,20"), run, subject=embedded)
     return {
         "RESA_NB_RUN": str(run),
         "RESA_NB_TEXTS": "8",
+        "RESA_NB_DRAWS": "2",
         "RESA_NB_BOOTSTRAP": "20",
         "RESA_NB_PERMUTATIONS": "20",
         "RESA_NB_RESTARTS": "10",
@@ -59,5 +61,9 @@ def test_notebook_runs(name, notebook_env, monkeypatch):
     assert not errors
     if name == "04_sae_tuning":
         assert (Path(notebook_env["RESA_NB_TUNE_OUT"]) / "merged" / "config.json").exists()
+    if name == "05_stability_and_interventions":
+        printed = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+        assert "further seeds in the run: [1, 2]" in printed and "reasoning − control" in printed
+        assert (Path(notebook_env["RESA_NB_RUN"]) / "trace" / "trace.json").exists()
     if name == "02_feature_dashboards":
         assert (Path(notebook_env["RESA_NB_RUN"]) / "dashboard" / "dashboard.html").exists()
