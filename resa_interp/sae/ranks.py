@@ -91,6 +91,15 @@ def gather_objects(value: object, what: str) -> list[object]:
     return found
 
 
+def to_rank_zero(value: object, shard: Shard, what: str) -> object | None:
+    """On rank 0, the one rank's `value` that is not None (every other rank passes None); None on other ranks. One
+    gather: what only rank 0 writes (an SAE) travels once, to it alone."""
+    found: list[object] | None = [None] * shard.count if shard.index == 0 else None
+    with peers(what):
+        dist.gather_object(value, found, dst=0)
+    return next((v for v in found if v is not None), None) if found is not None else None
+
+
 def barrier(what: str) -> None:
     """Wait for every rank (a failed or silent one ends this one with one line)."""
     with peers(what):

@@ -43,7 +43,7 @@ from resa_interp.sae.folders import SAES_DIR, load_sae, record_firing, sae_dir
 from resa_interp.sae.metrics import evaluate_saes, write_metrics
 from resa_interp.sae.optimizers import Signum
 from resa_interp.sae.pretrained import build_topk_sae, load_source_sae, to_training_form
-from resa_interp.sae.ranks import RoutedFeed, barrier, gather_objects, layer_owners, most_per_rank
+from resa_interp.sae.ranks import RoutedFeed, barrier, gather_objects, layer_owners, most_per_rank, to_rank_zero
 from resa_interp.sae.saelens_trainer import ARCHITECTURES, K_ARCHITECTURES, TRAINERS, SAELensLayer, trainer_label
 from resa_interp.sae.topk_kernel import (
     fast_select_dtype,
@@ -738,6 +738,23 @@ def _check_source(sae, d_in: int, source: str | None) -> None:
         raise ResaError(f"--from {source!r}: not a TopK SAE ({type(sae).__name__}); accepted: TopK SAEs")
 
 
+def _sae_parts(sae_obj) -> tuple[dict, dict[str, Tensor]]:
+    """A SAELens SAE as (cfg dict, CPU state dict): what travels between ranks (the module itself does not
+    pickle)."""
+    return {**sae_obj.cfg.to_dict(), "device": "cpu"}, {key: value.cpu() for key, value in sae_obj.state_dict().items()}
+
+
+def _sae_from_parts(parts: tuple[dict, dict[str, Tensor]] | None):
+    """Inverse of `_sae_parts` (None stays None: ranks other than 0 receive nothing)."""
+    if parts is None:
+        return None
+    from sae_lens import SAE
+
+    sae_obj = SAE.from_dict(parts[0])
+    sae_obj.load_state_dict(parts[1])
+    return sae_obj
+
+
 def _export(sae_obj, path: Path) -> Path:
     with atomic_dir(path) as tmp:
         sae_obj.save_model(tmp)
@@ -750,8 +767,8 @@ def train_saes(
     """Train (or import) one SAE per selected layer into `run`/saes, then measure their held-out quality. With
     `cfg.activations` the SAEs train from that cache and the model is loaded only for the metrics. As one of
     several launcher ranks (torchrun, accelerate launch) the rank trains its share of the layers (`sae.ranks`)
-    and writes their SAE folders; rank 0 waits for all, measures them all and writes the manifest, the other
-    ranks return a result without metrics."""
+    and sends each finished SAE to rank 0, which alone writes the SAE folders, measures them all and writes the
+    metrics and the manifest; the other ranks return a result without metrics."""
     cfg.check()
     shard = launcher_shard()
     if shard.sharded and cfg.mode == "pretrained":
@@ -831,13 +848,21 @@ def _stage1(cfg: SAETrainConfig, run: Path, subject: Subject | None, resume: boo
                       disable=not talks) as progress:
                 trained = _train_group(cfg, feed, mine, checkpoint, state, progress, done)
             train_seconds += time.time() - started
-            for (layer, seed), sae in trained.items():
-                tokens_trained = int(sae.tokens_seen)
-                meta = {**_sae_metadata(cfg, origin, layer, tokens_trained), "seed": seed,
-                        "source_folds": sae.source_notes}
-                dirs[layer, seed] = _export(sae.export(meta), folder((layer, seed)))
-                done[layer, seed] = sae.dead_fraction(min(DEAD_WINDOW, max(tokens_trained, 1)))
-            if shard.sharded:  # every rank learns which SAEs are finished (theirs are on disk by now)
+            for layer, seed in [(layer, seed) for layer in group for seed in cfg.all_seeds]:
+                sae, exported = trained.get((layer, seed)), None
+                if sae is not None:  # this rank's SAE
+                    tokens_trained = int(sae.tokens_seen)
+                    meta = {**_sae_metadata(cfg, origin, layer, tokens_trained), "seed": seed,
+                            "source_folds": sae.source_notes}
+                    exported = sae.export(meta)
+                    done[layer, seed] = sae.dead_fraction(min(DEAD_WINDOW, max(tokens_trained, 1)))
+                if shard.sharded:  # only rank 0 writes the run's files: the owner sends it the SAE (on the CPU)
+                    exported = _sae_from_parts(to_rank_zero(
+                        _sae_parts(exported) if exported is not None else None, shard,
+                        f"sending the SAE of {hook_name(cfg.hook, layer)} (seed {seed}) to rank 0"))
+                if talks:
+                    dirs[layer, seed] = _export(exported, folder((layer, seed)))
+            if shard.sharded:  # every rank learns which SAEs are finished (rank 0 has written them by now)
                 for finished, tokens in gather_objects((done, tokens_trained), "collecting finished layers"):
                     done.update(finished)
                     tokens_trained = max(tokens_trained, tokens)
