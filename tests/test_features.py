@@ -182,13 +182,19 @@ def _independent_features(subject, run, layer, spans):
 
 
 def _saelens_latents(subject, saes, ids):
-    """Hook name -> latents [T, d_sae] as SAELens computes them: its HookedSAETransformer (our view of the
-    model) with the SAEs attached, `run_with_cache_with_saes`."""
+    """Hook name -> latents [T, d_sae] as SAELens computes them on the *clean* model: its HookedSAETransformer
+    (our view of the model) with one SAE attached at a time (`run_with_cache_with_saes`). Attaching several at
+    once would splice the upstream ones into the forward pass, so a downstream SAE would read reconstructed
+    activations, not the clean ones `features` reads."""
     model = subject.hooked
     assert type(model).__name__ == "HookedSAETransformer"
+    out = {}
     with torch.no_grad():
-        _, cache = model.run_with_cache_with_saes(torch.tensor([ids]), saes=list(saes))
-    return {sae.cfg.metadata.hook_name: cache[f"{sae.cfg.metadata.hook_name}.hook_sae_acts_post"][0] for sae in saes}
+        for sae in saes:
+            hook = sae.cfg.metadata.hook_name
+            _, cache = model.run_with_cache_with_saes(torch.tensor([ids]), saes=[sae])
+            out[hook] = cache[f"{hook}.hook_sae_acts_post"][0]
+    return out
 
 
 def _assert_saelens_reproduces(subject, layers, saes_by_layer, text, atol):
@@ -217,6 +223,26 @@ def test_saelens_hooked_sae_transformer_reproduces_features(tiny_qwen2, tmp_path
     infos, layers = extract_features(subject, {LAYER: sae}, "resid_post", [PROMPT], FeatureConfig())
     assert layers[0].features == _expected(designs, spans, "any", "all", 0) and layers[0].count >= 2
     _assert_saelens_reproduces(subject, layers, {LAYER: sae}, infos[0].text, atol=1e-4)
+
+
+def test_the_saelens_recount_compares_clean_activations(tiny_qwen2):
+    """The recount reads each SAE on the clean model: it agrees with `features`' clean extraction at two layers
+    whose upstream SAE is destructive, and it fails on the spliced extraction of the same SAEs (the mistake of
+    attaching all SAEs at once, which made the embedded check compare clean features with spliced ones)."""
+    subject = load_subject(tiny_qwen2)
+    planted, _, _ = _planted(subject, PROMPT)
+    d = subject.facts.d_model
+    eye = torch.eye(d)
+    broken = build_topk_sae(torch.cat([eye, -eye], 1), torch.zeros(2 * d), torch.zeros(2 * d, d), torch.zeros(d),
+                            k=2 * d, metadata={"hook_name": "blocks.1.hook_resid_post"})
+    saes = {1: broken, LAYER: planted}
+    infos, clean = extract_features(subject, saes, "resid_post", [PROMPT], FeatureConfig())
+    assert clean[1].count > 0
+    _assert_saelens_reproduces(subject, clean, saes, infos[0].text, atol=1e-4)
+    _, spliced = extract_features(subject, saes, "resid_post", [PROMPT], FeatureConfig(spliced=True))
+    assert spliced[1].features != clean[1].features
+    with pytest.raises(AssertionError):
+        _assert_saelens_reproduces(subject, spliced, saes, infos[0].text, atol=1e-4)
 
 
 @pytest.mark.slow
