@@ -12,8 +12,10 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
+from resa_interp.data.synthetic import NOVEL_KINDS, synthetic_qa
+from resa_interp.data.templates import format_trigger
 from resa_interp.figures import save_figure
-from resa_interp.model.harvest import EncodedText, Prefix, make_batch, shared_prefix_length
+from resa_interp.model.harvest import EncodedText, Prefix, encode_texts, make_batch, shared_prefix_length
 from resa_interp.model.hooks import SPLICE_HOOKS, canonical_hook
 from resa_interp.model.splice import spliced
 from resa_interp.runs import atomic_write_json
@@ -29,6 +31,7 @@ COLUMNS = (
     ("layer", "blocks.N", "{}"),
     ("explained_variance", "EV", "{:.3f}"),
     ("explained_variance_qa", "EV q/a", "{:.3f}"),
+    ("explained_variance_novel", "EV novel", "{:.3f}"),
     ("l0", "L0", "{:.1f}"),
     ("dead_fraction_training", "dead", "{:.3f}"),
     ("kl_spliced", "KL", "{:.4f}"),
@@ -86,15 +89,17 @@ def evaluate_saes(
     keep_first: bool = False,
     batch_size: int = 8,
     firing: dict[int, torch.Tensor] | None = None,
+    splice: bool = True,
 ) -> list[dict]:
     """One row of quality metrics per layer, measured on held-out trigger texts. When `firing` is given it is
     filled with layer -> how many of the counted held-out tokens (`heldout_tokens`) each latent fired on. The
-    spliced-in figures (KL, next-token loss) are None at hooks the HF model cannot splice at (`SPLICE_HOOKS`)."""
+    spliced-in figures (KL, next-token loss) are None at hooks the HF model cannot splice at (`SPLICE_HOOKS`), and
+    without `splice` (reconstruction figures only)."""
     device = subject.device
     exclude = 0 if keep_first else 1
     pad = subject.tokenizer.pad_token_id if subject.tokenizer.pad_token_id is not None else 0
     harvest = subject.harvester(hook, list(saes), stop_early=False)
-    splices = canonical_hook(hook) in SPLICE_HOOKS and harvest.points is not None
+    splices = splice and canonical_hook(hook) in SPLICE_HOOKS and harvest.points is not None
     n_prefix = shared_prefix_length(heldout)
     prefix_ids = heldout[0].ids[:n_prefix]
     clean_prefix = harvest.run_prefix(prefix_ids, keep_logits=True) if n_prefix else None
@@ -210,3 +215,19 @@ def read_metrics(run: str | Path, seed: int | None = None) -> dict[int, dict]:
 
     path = saes_root(run, seed) / METRICS_FILE
     return {row["layer"]: row for row in json.loads(path.read_text())} if path.exists() else {}
+
+
+def novel_texts(tokenizer, n: int, template: str, max_len: int = 1024) -> list[EncodedText]:
+    """`n` held-out trigger texts of question kinds the synthetic training set lacks (`data.synthetic.NOVEL_KINDS`),
+    in the run's template."""
+    examples = synthetic_qa(n, seed=10_009, kinds=NOVEL_KINDS)
+    return encode_texts(tokenizer, [format_trigger(e.problem, e.answer, template) for e in examples], max_len)
+
+
+def add_novel_quality(rows: Sequence[dict], novel: Sequence[dict]) -> None:
+    """Copy the explained variance on novel-kind texts (`novel_texts`, rows of `evaluate_saes(..., splice=False)`)
+    into `rows` as `explained_variance_novel` and `explained_variance_novel_qa`."""
+    by_layer = {row["layer"]: row for row in novel}
+    for row in rows:
+        row["explained_variance_novel"] = by_layer[row["layer"]]["explained_variance"]
+        row["explained_variance_novel_qa"] = by_layer[row["layer"]]["explained_variance_qa"]

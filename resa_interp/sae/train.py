@@ -40,7 +40,7 @@ from resa_interp.model.subject import Subject, load_subject
 from resa_interp.runs import atomic_dir, record_stage, run_relative, sha256_text
 from resa_interp.sae.activations import ActivationCache, ActivationFeed, ModelFeed
 from resa_interp.sae.folders import SAES_DIR, load_sae, record_firing, sae_dir
-from resa_interp.sae.metrics import evaluate_saes, write_metrics
+from resa_interp.sae.metrics import add_novel_quality, evaluate_saes, novel_texts, write_metrics
 from resa_interp.sae.optimizers import Signum
 from resa_interp.sae.pretrained import build_topk_sae, load_source_sae, to_training_form
 from resa_interp.sae.ranks import RoutedFeed, barrier, gather_objects, layer_owners, most_per_rank, to_rank_zero
@@ -885,11 +885,14 @@ def _stage1(cfg: SAETrainConfig, run: Path, subject: Subject | None, resume: boo
     context = chunk_length(subject.tokenizer, cfg.max_seq_len) if cfg.pack else cfg.max_seq_len
     facts = {"prepend_bos": prepends_bos(subject.tokenizer), "context_size": context}
     metrics: dict[int, list[dict]] = {}
+    novel = novel_texts(subject.tokenizer, cfg.heldout, cfg.template, cfg.max_seq_len)
     for seed in cfg.all_seeds:
         final = {layer: load_sae(dirs[layer, seed], device=str(subject.device)) for layer in layers}
         firing: dict[int, Tensor] = {}
         metrics[seed] = evaluate_saes(subject, final, cfg.hook, data.heldout, keep_first=cfg.keep_first,
                                       firing=firing)
+        add_novel_quality(metrics[seed], evaluate_saes(subject, final, cfg.hook, novel, keep_first=cfg.keep_first,
+                                                       splice=False))
         for row in metrics[seed]:
             record_firing(dirs[row["layer"], seed], firing[row["layer"]], row["heldout_tokens"], facts)
             row["sae_path"] = run_relative(dirs[row["layer"], seed], run)
