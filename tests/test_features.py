@@ -269,6 +269,14 @@ def test_embedded_features_match_an_independent_recount(cli, embedded, embedded_
     saes = {layer.layer: SAE.load_from_disk(str(embedded_run / "saes" / layer.hook_name)) for layer in layers}
     assert sum(layer.count for layer in layers) > 0
     _assert_saelens_reproduces(embedded, layers, saes, doc["prompts"][0]["text"], atol=1e-4)
+    # every code path gives the same features: HF hooks, the TransformerLens view, SAELens' hooked model; the
+    # bfloat16 model too, for every feature whose margin is beyond the bfloat16 noise
+    for layer in doc["layers"]:
+        paths = layer["boundary"]["paths"]
+        assert paths["hf"] == paths["transformerlens"] == paths["saelens"] == layer["features"], layer["layer"]
+        assert layer["boundary"]["noise"]["transformerlens"] < 1e-2 and not layer["boundary"]["fragile_fp32"]
+        clear = [f for f in layer["features"] if f not in layer["boundary"]["fragile_precision"]]
+        assert set(clear) <= set(paths["bfloat16"]), layer["layer"]
     counts = (embedded_run / "counts.csv").read_text().splitlines()
     assert counts[0] == "layer,count" and len(counts) == 4
     assert (embedded_run / "figures" / "feature_counts.html").exists()
@@ -416,8 +424,8 @@ def test_multi_seed_run_matches_planted_copies_and_counts_each_seed_as_a_single_
     assert flipped and flipped[0].feature_b == perm2.index(0) and not flipped[0].reasoning_b  # matched, not reasoning
 
     rows = (tmp_path / "out" / "counts.csv").read_text().splitlines()
-    assert rows == ["layer,count,count_seed_0,count_seed_1,count_seed_2,count_mean,count_std,stable",
-                    f"{LAYER},3,3,3,2,{round(8 / 3, 6)},{round(float(torch.tensor([3., 3, 2]).std()), 6)},3"]
+    assert rows == ["layer,stable,count,count_seed_0,count_seed_1,count_seed_2,count_mean,count_std",
+                    f"{LAYER},3,3,3,3,2,{round(8 / 3, 6)},{round(float(torch.tensor([3., 3, 2]).std()), 6)}"]
     doc = json.loads((tmp_path / "out" / "features.json").read_text())
     assert doc["seeds"]["seeds"] == [0, 1, 2] and doc["seeds"]["min_seeds"] == 2
     assert doc["layers"][0]["features"] == expected0  # the primary seed's, as before
@@ -430,3 +438,71 @@ def test_multi_seed_run_matches_planted_copies_and_counts_each_seed_as_a_single_
     code, _, err = cli(["features", "--model", tiny_qwen2, "--saes", str(run), "--out", str(tmp_path / "o4"),
                         "--layers", str(LAYER), "--prompt", PROMPT, "--min-seeds", "4"])
     assert code == 2 and err.strip().splitlines() == ["error: --min-seeds 4: the run has 3 seed(s); accepted 1..3"]
+
+
+def _info(n: int, think: list[tuple[int, int]], end: list[tuple[int, int]], excluded=()):
+    from resa_interp.features.extract import PromptInfo
+
+    return PromptInfo("", list(range(n)), {"<think>": [list(s) for s in think], "</think>": [list(s) for s in end]},
+                      list(excluded))
+
+
+def test_margins_tolerances_and_the_boundary_by_hand():
+    """Margins, the relative threshold and the near-boundary sets against a plain-Python reading of the definition
+    on planted latents: a clear feature, a barely-active one, one that fires weakly elsewhere, one not selected."""
+    from resa_interp.features.boundary import near_boundary, sides, thresholds
+    from resa_interp.features.extract import qualifying
+
+    info = _info(8, think=[(1, 3)], end=[(5, 6)], excluded=[0])
+    lat = torch.zeros(8, 5)
+    lat[[1, 5], 0] = torch.tensor([2.0, 3.0])           # clear feature, margin 2
+    lat[[2, 5], 1] = torch.tensor([1e-6, 0.5])           # active at a marker by 1e-6 only
+    lat[[1, 5, 7], 2] = torch.tensor([1.0, 1.0, 0.05])   # fires weakly elsewhere (position 7)
+    lat[[1, 7], 3] = torch.tensor([1.0, 0.2])            # never at </think>
+    lat[0, 4] = 9.0                                      # only at the excluded sink
+    cfg = FeatureConfig()
+    assert qualifying(lat, info, cfg).nonzero().flatten().tolist() == [0, 1]
+    side = sides(lat, info, cfg)
+
+    def by_hand(fid):  # smallest over markers of the largest over each span's tokens; largest selected elsewhere
+        marker = min(max(float(lat[p, fid]) for p in range(s, e)) for found in info.marker_spans.values()
+                     for s, e in found)
+        other = [float(lat[p, fid]) for p in (3, 4, 6, 7) if lat[p, fid] != 0]
+        return marker, max(other, default=-float("inf"))
+
+    for fid in range(5):
+        assert (float(side.marker[fid]), float(side.other[fid])) == by_hand(fid)
+    limit = thresholds(lat, cfg)
+    fragile, near = near_boundary(side, limit, torch.full((5,), 1e-4))
+    assert fragile.nonzero().flatten().tolist() == [1] and near.nonzero().flatten().tolist() == []
+    fragile, near = near_boundary(side, limit, torch.full((5,), 0.1))
+    assert fragile.nonzero().flatten().tolist() == [1] and near.nonzero().flatten().tolist() == [2]
+    # a declared tolerance relative to each latent's peak: latent 2's 0.05 is 5% of its peak
+    relaxed = FeatureConfig(relative_threshold=0.1)
+    assert qualifying(lat, info, relaxed).nonzero().flatten().tolist() == [0, 2]
+    with pytest.raises(ResaError, match="--relative-threshold 1.5"):
+        replace(relaxed, relative_threshold=1.5).check()
+
+
+def test_features_records_margins_and_every_code_path(tiny_qwen2, tmp_path):
+    """run_features writes each feature's margin (recomputed from its marker activations) and the feature set of
+    every code path; on the planted SAE the float32 paths agree with the HF path."""
+    from resa_interp.features.extract import run_features
+
+    subject = load_subject(tiny_qwen2)
+    planted, designs, spans = _planted(subject, PROMPT)
+    planted.save_model(tmp_path / "run" / "saes" / f"blocks.{LAYER}.hook_resid_post")
+    result = run_features(FeatureConfig(layers=str(LAYER), saes=str(tmp_path / "run"), prompts=(PROMPT,),
+                                        allow_model_mismatch=True), tmp_path / "f", subject=subject)
+    layer = result.layers[0]
+    assert layer.features == _expected(designs, spans, "any", "all", 0)
+    for fid, acts in layer.marker_activations.items():
+        low = min(min(values) for values in acts[0].values())
+        assert layer.margins[fid]["marker_min"] == pytest.approx(low, abs=1e-6)
+        assert layer.margins[fid]["margin"] == pytest.approx(low - layer.margins[fid]["other_max"], abs=1e-6)
+    paths = layer.boundary["paths"]
+    assert {"hf", "transformerlens", "saelens", "bfloat16"} <= set(paths)
+    assert paths["hf"] == paths["transformerlens"] == paths["saelens"] == layer.features
+    assert 0 < layer.boundary["noise"]["transformerlens"] < 1e-3
+    doc = json.loads((tmp_path / "f" / "features.json").read_text())
+    assert doc["layers"][0]["margins"] == json.loads(json.dumps(layer.margins)) and doc["boundary"]

@@ -129,3 +129,9 @@ def test_count_must_be_the_first_seeds_count(tmp_path):
                     + "".join(f"{layer},{b[layer]},{a[layer]},{b[layer]}\n" for layer in LAYERS))
     with pytest.raises(ResaError, match="column count differs from count_seed_0"):
         read_counts(path)
+
+
+def test_the_seed_table_of_a_one_seed_run_says_what_it_needs():
+    from resa_interp.features.extract import format_seed_table
+
+    assert "needs a multi-seed run" in format_seed_table([]) and "--n-seeds 3" in format_seed_table([])

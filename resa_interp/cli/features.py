@@ -44,6 +44,17 @@ def features(
                      "one."),
     ] = None,
     threshold: Threshold = 0.0,
+    relative_threshold: Annotated[
+        float,
+        typer.Option("--relative-threshold", help="A declared tolerance: a latent is active only above this fraction "
+                     "of its own peak activation over the prompt (and above --threshold); 0 keeps the paper's rule."),
+    ] = 0.0,
+    noise: Annotated[
+        bool,
+        typer.Option("--noise/--no-noise", help="Recompute the latents along independent code paths (TransformerLens, "
+                     "SAELens' hooked model, the other precision), record each path's feature set and count the "
+                     "features within that noise of the boundary."),
+    ] = True,
     marker_rule: Annotated[
         str, typer.Option(help="Multi-token markers: any token of the span | last token | all tokens.")
     ] = "any",
@@ -83,28 +94,33 @@ def features(
     A latent is a reasoning feature at layer l when its activation exceeds --threshold at every <think>
     and every </think> of the prompt (--occurrences any: at least one of each) and at no other position.
     A multi-token marker counts as active when any token of its span is (--marker-rule last: its last
-    token; all: every token). A BOS the tokenizer prepends is excluded. With no options this runs on the
+    token; all: every token). A BOS the tokenizer prepends is excluded. Every feature records its margin
+    (smallest marker activation minus largest activation elsewhere); with --noise (the default) the latents are
+    recomputed through TransformerLens, SAELens' hooked model and the other precision, and the table counts
+    the features within that numerical noise of the boundary. With no options this runs on the
     embedded model and, when OUT has no SAEs, trains them first (Stage I defaults, layers 1..L-2).
     Writes OUT/features.json, OUT/counts.csv and OUT/figures/feature_counts.html/.png.
 
     On a multi-seed run (train-saes --seeds/--n-seeds; here --seeds/--n-seeds go to the Stage I run made when
-    OUT has no SAEs) every seed's SAEs are read, their latents matched across seeds by decoder direction
-    (one-to-one, cosine >= --match-threshold), and each layer gets its count per seed, mean and spread, and
-    the stable reasoning features (matched in at least --min-seeds seeds); counts.csv gains count_seed_<s>,
-    count_mean, count_std and stable columns (count stays the first seed's), features.json a "seeds" section.
+    OUT has no SAEs, 3 seeds by default) every seed's SAEs are read, their latents matched across seeds by
+    decoder direction (one-to-one, cosine >= --match-threshold), and each layer gets its count per seed, mean
+    and spread, and the stable reasoning features (matched in at least --min-seeds seeds), printed first: the
+    stable count is the headline. counts.csv gains a stable column (second) and count_seed_<s>, count_mean,
+    count_std (count stays the first seed's), features.json a "seeds" section.
 
     Example: resa-interp features --out runs/default
     """
     from resa_interp.errors import ResaError
     from resa_interp.features import FeatureConfig, default_layers, read_prompts, run_features
-    from resa_interp.features.extract import format_seed_table, format_table
-    from resa_interp.features.stability import check_min_seeds
+    from resa_interp.features.extract import format_headline, format_paths, format_seed_table, format_table
+    from resa_interp.features.stability import MAIN_SEEDS, check_min_seeds
     from resa_interp.model import load_subject
     from resa_interp.sae import SAETrainConfig, run_sae_dirs, run_seeds, train_saes
     from resa_interp.sae.train import parse_seeds
 
     cfg = FeatureConfig(
-        threshold, marker_rule, occurrences, spliced, exclude_first, model=model,
+        threshold=threshold, relative_threshold=relative_threshold, noise=noise, marker_rule=marker_rule,
+        occurrences=occurrences, spliced=spliced, exclude_first=exclude_first, model=model,
         prompts=tuple(read_prompts(prompt, prompt_file, prompt_style)), saes=saes, source=source, layers=layers,
         hook=hook,
         allow_model_mismatch=allow_model_mismatch, device=device, dtype=dtype, match_threshold=match_threshold,
@@ -114,6 +130,8 @@ def features(
     seed, more_seeds = parse_seeds(None, seeds, n_seeds)
     train_cfg = None
     if source is None and saes is None and not run_sae_dirs(out, hook):
+        if more_seeds is None:
+            seed, more_seeds = parse_seeds(seed, None, MAIN_SEEDS)
         train_cfg = SAETrainConfig(model=model, layers=layers or "", hook=hook, device=device, model_dtype=dtype,
                                    seed=seed or 0, seeds=more_seeds or ())
         train_cfg.check()
@@ -130,9 +148,12 @@ def features(
                    f"seeds {','.join(map(str, train_cfg.all_seeds))})")
         train_saes(train_cfg, out, subject=subject)
     result = run_features(cfg, out, subject=subject)
-    typer.echo(format_table(result.layers))
     if result.stability:
+        typer.echo(format_headline(result.stability))
         typer.echo(format_seed_table(result.stability))
+    typer.echo(format_table(result.layers))
+    if cfg.noise:
+        typer.echo(format_paths(result.layers))
     typer.echo(f"features: {Path(out) / 'features.json'}  counts: {result.paths['counts']}  "
                f"figure: {result.paths['figure']}")
 

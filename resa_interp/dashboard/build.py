@@ -39,7 +39,7 @@ from resa_interp.dashboard.html import check_plotlyjs, fragment_html, write_dash
 from resa_interp.data.qa import load_qa
 from resa_interp.data.templates import END_THINK, R1_SYSTEM_PROMPT, THINK, format_trigger, marker_spans
 from resa_interp.errors import ResaError
-from resa_interp.features.extract import span_value
+from resa_interp.features.boundary import span_value
 from resa_interp.features.selection import REASONING, model_spec, select_features
 from resa_interp.interventions.measure import AblationEffect, ablation_effects
 from resa_interp.model.harvest import EncodedText, encode_texts, iter_batches, shared_prefix_length

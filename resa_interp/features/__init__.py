@@ -6,6 +6,7 @@ itself) and an output folder; gives `features.json`, `counts.csv` (the input of 
 there, and a `FeaturesRun`.
 """
 
+from resa_interp.features.boundary import span_value
 from resa_interp.features.extract import (
     FeatureConfig,
     FeaturesRun,
@@ -14,7 +15,6 @@ from resa_interp.features.extract import (
     extract_features,
     read_prompts,
     run_features,
-    span_value,
 )
 
 __all__ = [

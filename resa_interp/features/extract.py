@@ -25,6 +25,17 @@ import torch
 from resa_interp.data.synthetic import synthetic_qa
 from resa_interp.data.templates import END_THINK, R1_SYSTEM_PROMPT, SYSTEM_PROMPTS, THINK, format_trigger, marker_spans
 from resa_interp.errors import ResaError, check_choice
+from resa_interp.features.boundary import (
+    BOUNDARY,
+    EXACT_PATHS,
+    near_boundary,
+    path_latents,
+    path_noise,
+    sides,
+    span_activity,
+    span_value,
+    thresholds,
+)
 from resa_interp.features.stability import (
     DEFAULT_MATCH_THRESHOLD,
     STABILITY_RULE,
@@ -41,7 +52,7 @@ from resa_interp.model.subject import Subject, load_subject
 from resa_interp.numbering import paper_label
 from resa_interp.runs import SEED_COLUMN, atomic_write_json, atomic_write_text, record_stage, run_relative
 from resa_interp.sae.folders import load_sae, require_sae_dirs, run_seeds
-from resa_interp.sae.metrics import evaluate_saes, read_metrics
+from resa_interp.sae.metrics import add_novel_quality, evaluate_saes, novel_texts, read_metrics
 from resa_interp.sae.pretrained import load_source_sae
 from resa_interp.sae.train import parse_layers
 
@@ -58,7 +69,13 @@ class FeatureConfig:
     """How reasoning features are extracted."""
 
     threshold: float = 0.0
-    """A latent is active at a position when its activation is above this."""
+    """A latent is active at a position when its activation is above this (the paper: 0)."""
+    relative_threshold: float = 0.0
+    """A declared tolerance relative to each latent's peak: active only above this fraction of the latent's largest
+    activation over the prompt (when that is above `threshold`); 0 keeps the paper's rule."""
+    noise: bool = True
+    """Measure the numerical noise of the latents along independent code paths (`features.boundary`) and report
+    which features sit within it of the definition's boundary, and the feature set of every path."""
     marker_rule: str = "any"
     """Multi-token markers: 'any' token of the span, its 'last' token, or 'all' of its tokens."""
     occurrences: str = "all"
@@ -96,6 +113,9 @@ class FeatureConfig:
     def check(self) -> None:
         """One-line errors for settings and prompts no extraction can use, before any model or SAE is loaded."""
         check_threshold(self.match_threshold)
+        if not 0 <= self.relative_threshold < 1:
+            raise ResaError(f"--relative-threshold {self.relative_threshold}: a fraction of each latent's peak "
+                            "activation, accepted in [0, 1)")
         if self.min_seeds is not None and self.min_seeds < 1:
             raise ResaError(f"--min-seeds {self.min_seeds}: a feature is stable in at least 1 seed; accepted 1..N")
         check_choice("--marker-rule", self.marker_rule, MARKER_RULES)
@@ -130,6 +150,13 @@ class LayerFeatures:
     marker_activations: dict[str, list[dict[str, list[float]]]]
     """Feature id -> per prompt, marker -> its activation at each occurrence (max/last/min of the span by rule)."""
     sae_quality: dict = field(default_factory=dict)
+    margins: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Feature id -> `marker_min` (its smallest activation at a marker occurrence, as the rule reads it, over all
+    prompts), `other_max` (its largest activation at any other prompt position) and `margin` (the difference)."""
+    boundary: dict = field(default_factory=dict)
+    """With `FeatureConfig.noise`: the noise of every code path against the HF path (`noise`), the features each
+    path finds (`paths`), and the features near the boundary at the float32 paths' and at the other precision's
+    noise (`fragile_*`: in the set, `near_miss_*`: outside it)."""
 
 
 def require_markers(text: str) -> None:
@@ -151,32 +178,14 @@ def _prompt_info(text: str, subject: Subject, cfg: FeatureConfig) -> PromptInfo:
     )
 
 
-def _span_activity(active: torch.Tensor, start: int, end: int, rule: str) -> torch.Tensor:
-    window = active[start:end]
-    if rule == "any":
-        return window.any(0)
-    if rule == "last":
-        return window[-1]
-    return window.all(0)
-
-
-def span_value(acts: torch.Tensor, start: int, end: int, rule: str) -> torch.Tensor:
-    window = acts[start:end]
-    if rule == "any":
-        return window.max(0).values
-    if rule == "last":
-        return window[-1]
-    return window.min(0).values
-
-
 def qualifying(latents: torch.Tensor, prompt: PromptInfo, cfg: FeatureConfig) -> torch.Tensor:
     """Boolean [d_sae]: which latents meet the definition on one prompt, given its latents [T, d_sae]."""
-    active = latents > cfg.threshold
+    active = latents > thresholds(latents, cfg)
     ok = torch.ones(latents.shape[1], dtype=torch.bool, device=latents.device)
     marker_positions: set[int] = set()
     for marker in (THINK, END_THINK):
         per_occurrence = torch.stack(
-            [_span_activity(active, s, e, cfg.marker_rule) for s, e in prompt.marker_spans[marker]]
+            [span_activity(active, s, e, cfg.marker_rule) for s, e in prompt.marker_spans[marker]]
         )
         ok &= per_occurrence.all(0) if cfg.occurrences == "all" else per_occurrence.any(0)
         marker_positions |= {p for s, e in prompt.marker_spans[marker] for p in range(s, e)}
@@ -238,6 +247,14 @@ def extract_features(
             ]
             for fid in ids
         }
+        per_side = [sides(lat[layer], info, cfg) for info, lat in zip(infos, per_prompt_latents)]
+        plain_other = [_other_max(lat[layer], info) for info, lat in zip(infos, per_prompt_latents)]
+        margins = {}
+        for fid in ids:
+            low = min(float(side.marker[fid]) for side in per_side)
+            high = max(float(other[fid]) for other in plain_other)
+            margins[str(fid)] = {"marker_min": round(low, 6), "other_max": round(high, 6),
+                                 "margin": round(low - high, 6)}
         results.append(
             LayerFeatures(
                 layer=layer,
@@ -247,25 +264,74 @@ def extract_features(
                 features=ids,
                 marker_activations=marker_acts,
                 sae_quality=(quality or {}).get(layer, {}),
+                margins=margins,
             )
         )
     return infos, results
 
 
+def _other_max(latents: torch.Tensor, info: PromptInfo) -> torch.Tensor:
+    """Per latent, its largest activation at the prompt's positions outside every marker (0 when there are none)."""
+    markers = {p for found in info.marker_spans.values() for s, e in found for p in range(s, e)}
+    other = [p for p in range(latents.shape[0]) if p not in markers and p not in info.excluded_positions]
+    return latents[other].max(0).values if other else torch.zeros(latents.shape[1], device=latents.device)
+
+
+def measure_boundary(subject: Subject, saes: dict[int, SAE], hook: str, infos: list[PromptInfo], cfg: FeatureConfig,
+                      results: list[LayerFeatures]) -> None:
+    """Fill every layer's `boundary`: the latents along every code path (`features.boundary`), each path's noise
+    against the HF path and its feature set, and the latents within that noise of the definition's boundary."""
+    per_prompt = [path_latents(subject, saes, hook, info.token_ids) for info in infos]
+    paths = list(per_prompt[0])
+    noise = {layer: {path: torch.stack([path_noise(lat)[layer][path] for lat in per_prompt]).max(0).values
+                     for path in paths if path != "hf"} for layer in saes}
+    for r in results:
+        found = {}
+        for path in paths:
+            keep = torch.ones(saes[r.layer].cfg.d_sae, dtype=torch.bool, device=subject.device)
+            for info, lat in zip(infos, per_prompt):
+                keep &= qualifying(lat[path][r.layer], info, cfg)
+            found[path] = keep.nonzero().flatten().tolist()
+        layer_noise = noise[r.layer]
+        zero = torch.zeros(saes[r.layer].cfg.d_sae, device=subject.device)
+        levels = {"fp32": torch.stack([layer_noise.get(p, zero) for p in EXACT_PATHS]).max(0).values,
+                  "precision": layer_noise.get("bfloat16", zero)}
+        boundary = {"noise": {p: round(float(v.max()), 8) for p, v in layer_noise.items()},
+                    "noise_at_features": {p: round(float(v[r.features].max()), 8) if r.features else 0.0
+                                          for p, v in layer_noise.items()},
+                    "paths": found}
+        for name, eps in levels.items():
+            fragile = torch.zeros(saes[r.layer].cfg.d_sae, dtype=torch.bool, device=subject.device)
+            near = torch.zeros_like(fragile)
+            for info, lat in zip(infos, per_prompt):
+                latents = lat["hf"][r.layer]
+                f, n = near_boundary(sides(latents, info, cfg), thresholds(latents, cfg), eps)
+                fragile |= f
+                near |= n
+            boundary[f"fragile_{name}"] = [i for i in fragile.nonzero().flatten().tolist() if i in r.features]
+            boundary[f"near_miss_{name}"] = [i for i in near.nonzero().flatten().tolist() if i not in r.features]
+        r.boundary = boundary
+
+
 # --------------------------------------------------------------------------------------------- outputs
 
 
-QUALITY_KEYS = ("explained_variance", "explained_variance_qa", "kl_spliced", "kl_spliced_qa", "l0")
+QUALITY_KEYS = ("explained_variance", "explained_variance_qa", "explained_variance_novel",
+                "explained_variance_novel_qa", "kl_spliced", "kl_spliced_qa", "l0")
 
 
-def counts_figure(layers: list[LayerFeatures], title: str, seed_counts: dict[int, list[int]] | None = None):
+def counts_figure(layers: list[LayerFeatures], title: str, seed_counts: dict[int, list[int]] | None = None,
+                  stable: list[int] | None = None):
     """Bar chart of reasoning-feature counts over layers (paper Figure 3) with each SAE's explained variance;
-    with `seed_counts` (seed -> count per layer of a multi-seed run) every seed's count as a dot."""
+    with `seed_counts` (seed -> count per layer of a multi-seed run) every seed's count as a dot, and with `stable`
+    (the stable count per layer, the headline of a multi-seed run) those as the first, dark bars."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
     xs = [r.layer for r in layers]
     fig = make_subplots(specs=[[{"secondary_y": True}]])
+    if stable is not None:
+        fig.add_trace(go.Bar(x=xs, y=stable, name="stable across seeds", marker_color="#1B2A49"))
     name = f"reasoning features (seed {next(iter(seed_counts))})" if seed_counts else "reasoning features"
     fig.add_trace(go.Bar(x=xs, y=[r.count for r in layers], name=name, marker_color="#4C72B0"))
     for seed, counts in (seed_counts or {}).items():
@@ -286,17 +352,37 @@ def counts_figure(layers: list[LayerFeatures], title: str, seed_counts: dict[int
 
 
 def format_table(layers: list[LayerFeatures]) -> str:
-    """Per-layer count with the SAE quality beside it; layers by hook index (blocks.N) and the paper's 1-based name."""
-    lines = [f"{'blocks.N':>8}  {'paper':>5}  {'count':>5}  {'EV':>6}  {'EV q/a':>6}  {'KL q/a':>7}  features"]
+    """Per-layer count with the SAE quality beside it; layers by hook index (blocks.N) and the paper's 1-based name;
+    the smallest margin of the layer's features and, when the noise was measured, how many of them sit within the
+    float32 paths' / the other precision's noise of the boundary (and the latents outside within it, after '+')."""
+    lines = [f"{'blocks.N':>8}  {'paper':>5}  {'count':>5}  {'EV':>6}  {'EV q/a':>6}  {'KL q/a':>7}  {'margin':>7}  "
+             f"{'near fp32':>9}  {'near bf16':>9}  features"]
     for r in layers:
         q = r.sae_quality
         fmt = lambda key, spec, q=q: "-" if q.get(key) is None else format(q[key], spec)  # noqa: E731
         shown = ", ".join(map(str, r.features[:8])) + (" ..." if r.count > 8 else "")
+        margin = f"{min(m['margin'] for m in r.margins.values()):.3f}" if r.margins else "-"
+        near = {name: f"{len(r.boundary[f'fragile_{name}'])}+{len(r.boundary[f'near_miss_{name}'])}"
+                if r.boundary else "-" for name in ("fp32", "precision")}
         lines.append(
             f"{r.layer:>8}  {paper_label(r.layer):>5}  {r.count:>5}  {fmt('explained_variance', '.3f'):>6}  "
-            f"{fmt('explained_variance_qa', '.3f'):>6}  {fmt('kl_spliced_qa', '.4f'):>7}  {shown}"
+            f"{fmt('explained_variance_qa', '.3f'):>6}  {fmt('kl_spliced_qa', '.4f'):>7}  {margin:>7}  "
+            f"{near['fp32']:>9}  {near['precision']:>9}  {shown}"
         )
     return "\n".join(lines)
+
+
+def format_paths(layers: list[LayerFeatures]) -> str:
+    """One line: at how many layers every code path found the same features, and where one did not."""
+    measured = [r for r in layers if r.boundary]
+    if not measured:
+        return ""
+    differ = {r.layer: [p for p, found in r.boundary["paths"].items() if found != r.features] for r in measured}
+    paths = ", ".join(measured[0].boundary["paths"])
+    same = sum(not v for v in differ.values())
+    text = f"code paths ({paths}): the same features at {same} of {len(measured)} layers"
+    other = [f"blocks.{layer} ({', '.join(v)})" for layer, v in differ.items() if v]
+    return text + (f"; different at {'; '.join(other)}" if other else "")
 
 
 def write_outputs(
@@ -318,6 +404,8 @@ def write_outputs(
         "n_layers": subject.facts.n_layers,
         "hook": hook,
         "threshold": cfg.threshold,
+        "relative_threshold": cfg.relative_threshold,
+        "boundary": BOUNDARY if cfg.noise else None,
         "marker_rule": cfg.marker_rule,
         "occurrences": cfg.occurrences,
         "spliced": cfg.spliced,
@@ -331,16 +419,20 @@ def write_outputs(
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     seeds = list(stability[0].counts) if stability else []
-    writer.writerow(["layer", "count", *(f"{SEED_COLUMN}{s}" for s in seeds),
-                     *(("count_mean", "count_std", "stable") if seeds else ())])
+    writer.writerow(["layer", *(("stable",) if seeds else ()), "count", *(f"{SEED_COLUMN}{s}" for s in seeds),
+                     *(("count_mean", "count_std") if seeds else ())])
     for i, r in enumerate(layers):
-        spread = ([*stability[i].counts.values(), round(stability[i].mean, 6), round(stability[i].std, 6),
-                   stability[i].stable_count] if seeds else [])
-        writer.writerow([r.layer, r.count, *spread])
+        if seeds:
+            st = stability[i]
+            writer.writerow([r.layer, st.stable_count, r.count, *st.counts.values(), round(st.mean, 6),
+                             round(st.std, 6)])
+        else:
+            writer.writerow([r.layer, r.count])
     paths["counts"] = atomic_write_text(out / "counts.csv", buffer.getvalue())
     title = f"Reasoning features per layer — {subject.spec} ({'spliced' if cfg.spliced else 'clean'} activations)"
     seed_counts = {s: [st.counts[s] for st in stability] for s in seeds} if seeds else None
-    written = save_figure(counts_figure(layers, title, seed_counts), out / "figures" / "feature_counts")
+    stable = [st.stable_count for st in stability] if seeds else None
+    written = save_figure(counts_figure(layers, title, seed_counts, stable), out / "figures" / "feature_counts")
     paths["figure"] = written[0]
     return paths
 
@@ -370,8 +462,22 @@ def stability_doc(stability: list[LayerStability], cfg: FeatureConfig, min_seeds
     }
 
 
+def format_headline(stability: list[LayerStability]) -> str:
+    """The headline of a multi-seed run: the stable reasoning features in all, and per layer where there are any."""
+    seeds = list(stability[0].counts)
+    total = sum(st.stable_count for st in stability)
+    where = ", ".join(f"blocks.{st.layer}: {st.stable_count}" for st in stability if st.stable_count)
+    means = sum(st.mean for st in stability)
+    return (f"stable reasoning features: {total} over {len(stability)} layers ({where or 'none at any layer'}); "
+            f"{means:.1f} per seed on average, over seeds {','.join(map(str, seeds))}")
+
+
 def format_seed_table(stability: list[LayerStability]) -> str:
-    """Per layer: the count in each seed, mean ± spread, and the stable features (primary seed's ids)."""
+    """Per layer: the count in each seed, mean ± spread, and the stable features (primary seed's ids); for a run of
+    one seed, a line that says what stability needs."""
+    if not stability:
+        return ("one SAE seed per layer: stability across seeds needs a multi-seed run (resa-interp train-saes "
+                "--n-seeds 3, or resa-interp features on an OUT without SAEs, which trains 3 seeds by default)")
     seeds = list(stability[0].counts)
     primary = seeds[0]
     lines = [f"{'blocks.N':>8}  " + "  ".join(f"{'seed ' + str(s):>7}" for s in seeds)
@@ -419,6 +525,8 @@ def heldout_quality(subject: Subject, saes: dict[int, SAE], hook: str, n_texts: 
     """Quality of SAEs that come without Stage I metrics, measured on held-out synthetic trigger texts."""
     texts = [format_trigger(e.problem, e.answer) for e in synthetic_qa(n_texts, seed=10_007)]
     rows = evaluate_saes(subject, saes, hook, encode_texts(subject.tokenizer, texts))
+    add_novel_quality(rows, evaluate_saes(subject, saes, hook, novel_texts(subject.tokenizer, n_texts, "r1"),
+                                          splice=False))
     return {row["layer"]: {k: row[k] for k in QUALITY_KEYS} for row in rows}
 
 
@@ -476,6 +584,8 @@ def run_features(config: FeatureConfig, out: str | Path, subject: Subject | None
     further = run_seeds(run) if source is None else []
     min_seeds = check_min_seeds(config.min_seeds, 1 + len(further))
     infos, results = extract_features(subject, saes, hook, prompts, config, paths, quality)
+    if config.noise:
+        measure_boundary(subject, saes, hook, infos, config, results)
     seed_layers: dict[int, list[LayerFeatures]] = {}
     stability: list[LayerStability] = []
     if further:

@@ -28,6 +28,9 @@ STABILITY_RULE = __doc__.split("\n\n")[1].replace("\n", " ")
 """The matching rule as features.json records it."""
 DEFAULT_MATCH_THRESHOLD = 0.7
 """Decoder cosine a cross-seed match needs (see the module docstring)."""
+MAIN_SEEDS = 3
+"""SAE seeds per layer of the Stage I run `features` makes when its output has no SAEs: every count comes with its
+spread over seeds, and the stable count is the headline."""
 
 
 @dataclass(frozen=True)
