@@ -77,6 +77,12 @@ def train_saes(
     group_size: Annotated[
         int | None, typer.Option(help="Layers per shared forward pass [default: as many as fit in memory].")
     ] = None,
+    select_precision: Annotated[
+        str | None,
+        typer.Option(help="Precision of the product that picks the top-k latents: auto (bfloat16 where the hardware "
+                     "has it natively) | bfloat16 | float32. Selected values and gradients are float32 either way "
+                     "[default: auto]."),
+    ] = None,
     trainer: Annotated[
         str | None,
         typer.Option(help="fused (default: our TopK kernel, the fastest) | saelens (SAELens' own training SAEs and "
@@ -146,7 +152,7 @@ def train_saes(
         SAETrainConfig, {"base": base}, "base", drop, activations=activations,
         model=model, dataset=dataset, layers=layers, hook=hook, mode=mode, source=source, source_hook=from_hook,
         k=k, expansion_factor=expansion_factor, latents=latents, batch_tokens=batch_tokens, optimizer=optimizer,
-        lr=lr, group_size=group_size, trainer=trainer, architecture=architecture,
+        lr=lr, group_size=group_size, select_precision=select_precision, trainer=trainer, architecture=architecture,
         sparsity_coefficient=sparsity_coefficient, template=template, pack=pack, max_seq_len=max_seq_len,
         problem_column=problem_column, answer_column=answer_column,
         keep_first=keep_first or None, seed=seed, seeds=more_seeds, device=device, model_dtype=dtype,
