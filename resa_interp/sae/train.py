@@ -889,8 +889,10 @@ def _stage1(cfg: SAETrainConfig, run: Path, subject: Subject | None, resume: boo
     for seed in cfg.all_seeds:
         final = {layer: load_sae(dirs[layer, seed], device=str(subject.device)) for layer in layers}
         firing: dict[int, Tensor] = {}
+        # the spliced-in figures (a forward pass per layer) for the run's seed only: further seeds are there to be
+        # matched, and their reconstruction figures say whether they are as good
         metrics[seed] = evaluate_saes(subject, final, cfg.hook, data.heldout, keep_first=cfg.keep_first,
-                                      firing=firing)
+                                      firing=firing, splice=seed == cfg.seed)
         add_novel_quality(metrics[seed], evaluate_saes(subject, final, cfg.hook, novel, keep_first=cfg.keep_first,
                                                        splice=False))
         for row in metrics[seed]:
