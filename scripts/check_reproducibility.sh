@@ -27,4 +27,5 @@ variant mkl-avx2 MKL_CBWR=AVX2                                      # another MK
 # top-k picked in float32 (oneDNN's bfloat16 kernels differ between AMX and AVX512-BF16 CPUs)
 variant mkl-compatible MKL_CBWR=COMPATIBLE
 SELECT=float32 variant fp32-select RESA_VARIANT=fp32-select
+SELECT=float32 variant compatible-fp32 MKL_CBWR=COMPATIBLE
 SELECT=float32 variant portable MKL_CBWR=COMPATIBLE ATEN_CPU_CAPABILITY=default
