@@ -70,7 +70,8 @@ def embedded_figures(run: Path, out: Path) -> None:
     title = f"Reasoning features per layer — {doc['model']} (the README's main run"
     title += f", {len(seeds['seeds'])} SAE seeds)" if seeds else ")"
     per_seed = {s: [row["counts"][str(s)] for row in seeds["layers"]] for s in seeds["seeds"]} if seeds else None
-    save_figure(counts_figure(layers, title, per_seed), out / "embedded_feature_counts", plotlyjs="cdn")
+    stable = [row["stable"] for row in seeds["layers"]] if seeds else None
+    save_figure(counts_figure(layers, title, per_seed, stable), out / "embedded_feature_counts", plotlyjs="cdn")
     metrics = list(read_metrics(run).values())
     save_figure(metrics_figure(metrics), out / "embedded_sae_quality", plotlyjs="cdn")
 

@@ -181,7 +181,8 @@ def format_table(rows: Sequence[dict]) -> str:
 
 
 def metrics_figure(rows: Sequence[dict]):
-    """Plotly figure: explained variance (all / q-a) and spliced KL over layers."""
+    """Plotly figure: explained variance (all / q-a, and on novel question kinds where measured) and spliced KL over
+    layers."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
@@ -189,6 +190,9 @@ def metrics_figure(rows: Sequence[dict]):
     fig = make_subplots(specs=[[{"secondary_y": True}]])
     fig.add_trace(go.Scatter(x=layers, y=[r["explained_variance"] for r in rows], name="explained variance"))
     fig.add_trace(go.Scatter(x=layers, y=[r["explained_variance_qa"] for r in rows], name="explained variance (q/a)"))
+    if all(r.get("explained_variance_novel") is not None for r in rows):
+        fig.add_trace(go.Scatter(x=layers, y=[r["explained_variance_novel"] for r in rows],
+                                 name="explained variance (novel question kinds)"))
     fig.add_trace(
         go.Scatter(x=layers, y=[r["kl_spliced_qa"] for r in rows], name="spliced KL (q/a)", line={"dash": "dot"}),
         secondary_y=True,
