@@ -363,7 +363,7 @@ def figure(results: dict[str, dict], out: Path) -> None:
     fig.add_hline(y=0.5, line_dash="dot", annotation_text="goal: half of the reasoning features")
     fig.update_layout(title="Stage I stability across SAE seeds (embedded SmolLM2-135M)", barmode="group",
                       yaxis_title="share replicated", template="plotly_white", xaxis_tickangle=-40)
-    save_figure(fig, out)
+    save_figure(fig, out, plotlyjs="cdn")
 
 
 def main() -> None:
