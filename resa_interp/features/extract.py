@@ -283,7 +283,8 @@ def measure_boundary(subject: Subject, saes: dict[int, SAE], hook: str, infos: l
     against the HF path and its feature set, and the latents within that noise of the definition's boundary."""
     per_prompt = [path_latents(subject, saes, hook, info.token_ids) for info in infos]
     paths = list(per_prompt[0])
-    noise = {layer: {path: torch.stack([path_noise(lat)[layer][path] for lat in per_prompt]).max(0).values
+    per_prompt_noise = [path_noise(lat) for lat in per_prompt]
+    noise = {layer: {path: torch.stack([n[layer][path] for n in per_prompt_noise]).max(0).values
                      for path in paths if path != "hf"} for layer in saes}
     for r in results:
         found = {}
