@@ -3,32 +3,36 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
+from resa_interp.cli.fields import field_option, given
 from resa_interp.cli.options import (
     Dataset,
     Device,
-    Dtype,
     Hook,
-    Layers,
     Model,
     NSeeds,
     Out,
-    Saes,
     Seeds,
-    Source,
     Threshold,
 )
+
+COMMAND_CONFIGS = {"features": [("features.extract", "FeatureConfig")]}
+"""The configs each command of this module builds: its options named like their fields come from them."""
+
+
+def _feature(name: str, *flags: str) -> Any:
+    return field_option("features.extract", "FeatureConfig", name, *flags)
 
 
 def features(
     out: Out = "runs/default",
-    model: Model = None,
-    saes: Saes = None,
-    source: Source = None,
-    layers: Layers = None,
+    model: _feature("model", "--model", "-m") = None,
+    saes: _feature("saes") = None,
+    source: _feature("source", "--from") = None,
+    layers: _feature("layers") = None,
     prompt: Annotated[
         str | None,
         typer.Option(help="Prompt text [default: the R1 system prompt, with <think> and </think> twice each]."),
@@ -43,51 +47,21 @@ def features(
         typer.Option(help="Several prompts (one per line, or JSONL with 'prompt'); a feature must qualify in every "
                      "one."),
     ] = None,
-    threshold: Threshold = 0.0,
-    relative_threshold: Annotated[
-        float,
-        typer.Option("--relative-threshold", help="A declared tolerance: a latent is active only above this fraction "
-                     "of its own peak activation over the prompt (and above --threshold); 0 keeps the paper's rule."),
-    ] = 0.0,
-    noise: Annotated[
-        bool,
-        typer.Option("--noise/--no-noise", help="Recompute the latents along independent code paths (TransformerLens, "
-                     "SAELens' hooked model, the other precision), record each path's feature set and count the "
-                     "features within that noise of the boundary."),
-    ] = True,
-    marker_rule: Annotated[
-        str, typer.Option(help="Multi-token markers: any token of the span | last token | all tokens.")
-    ] = "any",
-    occurrences: Annotated[
-        str, typer.Option(help="all: active at every <think> and </think> | any: at least one of each.")
-    ] = "all",
-    spliced: Annotated[
-        bool,
-        typer.Option("--spliced", help="Splice every SAE's reconstruction in at once; each SAE reads that model's "
-                     "activation."),
-    ] = False,
-    exclude_first: Annotated[
-        bool,
-        typer.Option("--exclude-first", help="Exclude position 0 even when the tokenizer adds no BOS (a sink token)."),
-    ] = False,
-    hook: Hook = "resid_post",
-    allow_model_mismatch: Annotated[
-        bool, typer.Option("--allow-model-mismatch", help="Use SAEs trained on another model of the same width.")
-    ] = False,
-    device: Device = "cpu",
-    dtype: Dtype = "float32",
+    threshold: _feature("threshold") = None,
+    relative_threshold: _feature("relative_threshold") = None,
+    noise: _feature("noise", "--noise/--no-noise") = None,
+    marker_rule: _feature("marker_rule") = None,
+    occurrences: _feature("occurrences") = None,
+    spliced: _feature("spliced", "--spliced") = None,
+    exclude_first: _feature("exclude_first", "--exclude-first") = None,
+    hook: _feature("hook") = None,
+    allow_model_mismatch: _feature("allow_model_mismatch", "--allow-model-mismatch") = None,
+    device: _feature("device") = None,
+    dtype: _feature("dtype") = None,
     seeds: Seeds = None,
     n_seeds: NSeeds = None,
-    min_seeds: Annotated[
-        int | None,
-        typer.Option("--min-seeds", help="Multi-seed runs: a reasoning feature is stable when matched in at least M "
-                     "of the N seeds [default: a majority]."),
-    ] = None,
-    match_threshold: Annotated[
-        float,
-        typer.Option("--match-threshold", help="Multi-seed runs: decoder cosine similarity a cross-seed match needs "
-                     "(chance level for unrelated latents is about 0.2)."),
-    ] = 0.7,
+    min_seeds: _feature("min_seeds") = None,
+    match_threshold: _feature("match_threshold") = None,
 ) -> None:
     """Prompt-only reasoning features: SAE latents active only at <think> and </think>, counted per layer.
 
@@ -118,22 +92,21 @@ def features(
     from resa_interp.sae import SAETrainConfig, run_sae_dirs, run_seeds, train_saes
     from resa_interp.sae.train import parse_seeds
 
-    cfg = FeatureConfig(
+    cfg = FeatureConfig(**given(
         threshold=threshold, relative_threshold=relative_threshold, noise=noise, marker_rule=marker_rule,
         occurrences=occurrences, spliced=spliced, exclude_first=exclude_first, model=model,
         prompts=tuple(read_prompts(prompt, prompt_file, prompt_style)), saes=saes, source=source, layers=layers,
-        hook=hook,
-        allow_model_mismatch=allow_model_mismatch, device=device, dtype=dtype, match_threshold=match_threshold,
-        min_seeds=min_seeds,
-    )
+        hook=hook, allow_model_mismatch=allow_model_mismatch, device=device, dtype=dtype,
+        match_threshold=match_threshold, min_seeds=min_seeds,
+    ))
     cfg.check()  # prompts and options first: nothing below is cheap
     seed, more_seeds = parse_seeds(None, seeds, n_seeds)
     train_cfg = None
-    if source is None and saes is None and not run_sae_dirs(out, hook):
+    if source is None and saes is None and not run_sae_dirs(out, cfg.hook):
         if more_seeds is None:
             seed, more_seeds = parse_seeds(seed, None, MAIN_SEEDS)
-        train_cfg = SAETrainConfig(model=model, layers=layers or "", hook=hook, device=device, model_dtype=dtype,
-                                   seed=seed or 0, seeds=more_seeds or ())
+        train_cfg = SAETrainConfig(model=model, layers=layers or "", hook=cfg.hook, device=cfg.device,
+                                   model_dtype=cfg.dtype, seed=seed or 0, seeds=more_seeds or ())
         train_cfg.check()
         if min_seeds is not None:
             check_min_seeds(min_seeds, len(train_cfg.all_seeds))
@@ -141,7 +114,7 @@ def features(
         raise ResaError(f"--seeds/--n-seeds {','.join(map(str, (seed, *more_seeds)))}: {source or saes or out} "
                         "already has SAEs of other seeds; these options only choose the seeds of the Stage I run "
                         "made when OUT has none")
-    subject = load_subject(model, dtype=dtype, device=device)
+    subject = load_subject(model, dtype=cfg.dtype, device=cfg.device)
     if train_cfg is not None:
         train_cfg.layers = layers or default_layers(subject.facts.n_layers)
         typer.echo(f"{out} has no SAEs: training them first (Stage I defaults, layers {train_cfg.layers}, "
