@@ -28,6 +28,8 @@ def test_readme_is_short_and_has_the_two_commands():
     assert TEST_COMMAND in readme  # CI runs the README's test command
     assert QUICK_LOOP in readme
     assert QUICK_LOOP in (ROOT / "docs" / "development.md").read_text()
+    for link in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", readme):  # relative links resolve in the repository
+        assert (ROOT / link).exists(), link
 
 
 @pytest.fixture(scope="module")
