@@ -3,6 +3,8 @@
 - The CLI reference is generated at build time from the Typer app: the page `reference/cli.md` holds the marker
   `<!-- cli-reference -->`, replaced by every command's usage, help and a table of every option and argument with
   the help `--help` prints (so the page cannot drift from the CLI).
+- The markers `<think>` and `</think>` written bare in prose or docstrings stay visible text (Markdown would pass
+  them through as unknown HTML tags, which browsers hide).
 - The figures of the repository's `figures/` folder are added to the site as they are (nothing is copied into
   docs/), so pages link them as `../figures/NAME.png` and the strict build checks that every link resolves.
 """
@@ -37,6 +39,11 @@ def on_page_markdown(markdown: str, page, config, files) -> str:
     if MARKER not in markdown:
         return markdown
     return markdown.replace(MARKER, cli_reference())
+
+
+def on_page_content(content: str, page, config, files) -> str:
+    """Show bare `<think>`/`</think>` markers as text (in code they are escaped already)."""
+    return content.replace("<think>", "&lt;think&gt;").replace("</think>", "&lt;/think&gt;")
 
 
 def cli_reference() -> str:
