@@ -34,7 +34,7 @@ STILL_EXAMPLES = 33_000
 write-ups about 33k problems)."""
 TOKENS_PER_EXAMPLE = 200
 """An estimate for one example in the authors' template with R1-Distill's tokenizer: the system prompt (~91 of
-~140 tokens of a synthetic example with the embedded tokenizer, README) plus a competition problem and its
+~140 tokens of a synthetic example with the embedded tokenizer, docs/guide/stage1-saes.md) plus a competition problem and its
 answer written twice."""
 PRETRAINING_TOKENS = 1_000_000_000
 """A second budget for scale: SAEs pretrained on a general corpus see billions of tokens."""

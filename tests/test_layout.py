@@ -1,9 +1,10 @@
 """The package layout holds by itself: the import graph has no cycles, stages import only earlier stages, no module
 imports another's private names, and the library imports its own modules at module level (the CLI excepted).
 
-The graph is read from the source with `ast`, function-level imports included and `if TYPE_CHECKING:` blocks
-excluded (they never run). Importing `resa_interp.P.m` from outside package P also runs `P/__init__.py`, so that
-edge is in the graph too."""
+The graph is read from the source with `ast`, function-level imports and `if TYPE_CHECKING:` blocks included (a
+circle that only type checkers see is still two modules that cannot be read apart). Importing `resa_interp.P.m`
+from outside package P also runs `P/__init__.py`, so that edge is in the graph too; and outside P the only way in
+is P itself, through the names its `__init__` exports in `__all__`."""
 
 from __future__ import annotations
 
@@ -37,14 +38,12 @@ def type_checking_nodes(tree: ast.Module) -> set[int]:
 
 
 def imports(name: str) -> list[tuple[str, list[str], bool]]:
-    """(imported module, imported names, at module level) for every resa_interp import of a module."""
+    """(imported module, imported names, at module level) for every resa_interp import of a module; an import
+    under `if TYPE_CHECKING:` counts as one at module level."""
     tree = ast.parse(MODULES[name].read_text())
-    skip = type_checking_nodes(tree)
-    top = {id(n) for n in tree.body}
+    top = {id(n) for n in tree.body} | type_checking_nodes(tree)
     found = []
     for node in ast.walk(tree):
-        if id(node) in skip:
-            continue
         if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "resa_interp":
             names = [a.name for a in node.names]
             submodules = [f"{node.module}.{n}" for n in names if f"{node.module}.{n}" in MODULES]
@@ -139,6 +138,57 @@ def test_packages_declare_their_public_api():
         bound = {a.asname or a.name for n in tree.body if isinstance(n, ast.ImportFrom) for a in n.names}
         bound |= {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
         assert set(exported) <= bound, f"{path}: __all__ names {set(exported) - bound}, which it does not define"
+
+
+def exported(package: str) -> set[str]:
+    tree = ast.parse(MODULES[package].read_text())
+    declared = [n for n in tree.body if isinstance(n, ast.Assign) and ast.unparse(n.targets[0]) == "__all__"]
+    return set(ast.literal_eval(declared[0].value)) if declared else set()
+
+
+def api_violations(name: str) -> list[str]:
+    """Imports by `name` that reach into another package's modules, or take a name its `__all__` does not export."""
+    tree = ast.parse(MODULES[name].read_text())
+    mine = name if MODULES[name].name == "__init__.py" else name.rpartition(".")[0]
+    found = []
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("resa_interp.")):
+            continue
+        package = ".".join(node.module.split(".")[:2])
+        if package == mine or mine.startswith(package + ".") or MODULES[package].name != "__init__.py":
+            continue
+        if node.module != package:
+            found.append(f"{name} imports {node.module} (import from {package} instead)")
+        else:
+            missing = sorted({a.name for a in node.names} - exported(package))
+            if missing:
+                found.append(f"{name} imports {missing} from {package}, whose __all__ does not export them")
+    return found
+
+
+def test_packages_import_each_other_through_their_api():
+    problems = [p for name in MODULES for p in api_violations(name)]
+    assert problems == []
+
+
+def test_api_check_finds_a_reach_into_a_module(tmp_path, monkeypatch):
+    planted = tmp_path / "resa_interp" / "features" / "planted.py"
+    planted.parent.mkdir(parents=True)
+    planted.write_text("from resa_interp.model.subject import load_subject\nfrom resa_interp.model import _private\n")
+    monkeypatch.setitem(MODULES, "resa_interp.features.planted", planted)
+    assert api_violations("resa_interp.features.planted") == [
+        "resa_interp.features.planted imports resa_interp.model.subject (import from resa_interp.model instead)",
+        "resa_interp.features.planted imports ['_private'] from resa_interp.model, whose __all__ does not export them",
+    ]
+
+
+def test_checker_sees_type_checking_imports(tmp_path, monkeypatch):
+    planted = tmp_path / "resa_interp" / "data" / "qa.py"
+    planted.parent.mkdir(parents=True)
+    planted.write_text("from typing import TYPE_CHECKING\n"
+                       "if TYPE_CHECKING:\n    from resa_interp.model import Subject\n")
+    monkeypatch.setitem(MODULES, "resa_interp.data.qa", planted)
+    assert imports("resa_interp.data.qa") == [("resa_interp.model", ["Subject"], True)]
 
 
 def test_checker_finds_a_planted_cycle(tmp_path, monkeypatch):
