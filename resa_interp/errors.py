@@ -9,3 +9,9 @@ def check_choice(what: str, value: object, accepted: object, problem: str = "is 
     """Raise the one-line error "WHAT 'VALUE' is unknown; accepted: A, B" unless `value` is in `accepted`."""
     if value not in accepted:
         raise ResaError(f"{what} {value!r} {problem}; accepted: {', '.join(map(str, accepted))}")
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's first line (its type name when it has no message), for one-line errors."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
