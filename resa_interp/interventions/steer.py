@@ -1,19 +1,6 @@
 """`steer`: do the reasoning features matter? Edit them (ablate, clamp, scale) and measure, always beside a
-control of random latents with the same firing frequencies edited the same way.
-
-Latents: the run's reasoning features (features.json), per layer, or ids given as `L:ID,...`. Each layer's
-latents are edited alone ("layer L") and, with several layers, all at once ("all"). Control: for every chosen
-latent, a random other latent of the same SAE whose firing frequency (the log10 rates in sparsity.safetensors)
-sits at a nearby quantile (among the `window` nearest by quantile, drawn with `seed`); `control_draws`
-independent draws, each text's control effect the mean over draws.
-
-Texts: the R1 system prompt alone ('r1-prompt'), synthetic trigger texts ('trigger'), or a JSONL file with a
-'text' per row (taken as is) or 'problem'/'answer' (put in the r1 trigger template). Generation (`generate` > 0)
-needs questions: greedy continuations of the r1 template cut after `Assistant: <think>`, clean, with every
-layer's latents edited at once, and with the first control draw; the answer is graded by the `grade` callable
-the caller passes (the CLI passes the evaluation stage's grader, which needs the `eval` extra: the grader
-belongs to a later stage, so this stage takes it as an argument instead of importing it).
-"""
+control of random latents with the same firing frequencies edited the same way (`DEFINITION` says how; it is
+written into effects.json)."""
 
 from __future__ import annotations
 
@@ -55,6 +42,24 @@ if TYPE_CHECKING:
     from sae_lens import SAE
 
 SPARSITY_FILE = "sparsity.safetensors"
+DEFINITION = " ".join("""
+`steer`: do the reasoning features matter? Edit them (ablate, clamp, scale) and measure, always beside a
+control of random latents with the same firing frequencies edited the same way.
+
+Latents: the run's reasoning features (features.json), per layer, or ids given as `L:ID,...`. Each layer's
+latents are edited alone ("layer L") and, with several layers, all at once ("all"). Control: for every chosen
+latent, a random other latent of the same SAE whose firing frequency (the log10 rates in sparsity.safetensors)
+sits at a nearby quantile (among the `window` nearest by quantile, drawn with `seed`); `control_draws`
+independent draws, each text's control effect the mean over draws.
+
+Texts: the R1 system prompt alone ('r1-prompt'), synthetic trigger texts ('trigger'), or a JSONL file with a
+'text' per row (taken as is) or 'problem'/'answer' (put in the r1 trigger template). Generation (`generate` > 0)
+needs questions: greedy continuations of the r1 template cut after `Assistant: <think>`, clean, with every
+layer's latents edited at once, and with the first control draw; the answer is graded by the `grade` callable
+the caller passes (the CLI passes the evaluation stage's grader, which needs the `eval` extra: the grader
+belongs to a later stage, so this stage takes it as an argument instead of importing it).
+""".split())
+"""What `steer` measures and against what, in one line: effects.json's "definition"."""
 
 
 @dataclass
@@ -312,7 +317,7 @@ def run_steer(cfg: SteerConfig, out: str | Path, subject: Subject | None = None,
     """`steer`, then OUT/effects.json, OUT/samples.json/.html, OUT/figures/steer_effects.html and the manifest."""
     result = steer(cfg, subject, grade, progress)
     spec = cfg.model or result.model
-    header = {"definition": " ".join((__doc__ or "").split()), "measures": MEASURES,
+    header = {"definition": DEFINITION, "measures": MEASURES,
               "model": spec, "mode": cfg.mode, "value": cfg.value, "texts": cfg.texts,
               "n_texts": result.n_texts, "graded": grade is not None, "config": asdict(cfg)}
     result.paths = write_steer(result, out, header)
