@@ -25,11 +25,9 @@ Model = Annotated[
     typer.Option(
         "--model",
         "-m",
-        help="Model spec: HF directory, .gguf file, hub id (org/name), or 'smollm2-135m' (the embedded default). "
-        "eval also takes a tune output folder (its merged/ model is evaluated).",
+        help="Model spec: HF directory, .gguf file, hub id (org/name), or 'smollm2-135m' (the embedded default).",
     ),
 ]
-Adapter = Annotated[str | None, typer.Option("--adapter", help="peft LoRA adapter folder (tune writes OUT/adapter/).")]
 Device = Annotated[
     str | None,
     typer.Option("--device", help="cpu, cuda, cuda:N or auto (CUDA when present; under accelerate launch each "
@@ -37,8 +35,8 @@ Device = Annotated[
 ]
 Dtype = Annotated[
     str | None,
-    typer.Option("--dtype", help="Model dtype: float32, bfloat16 or float16 (bfloat16 wants a GPU); auto (or unset "
-                 "for eval): bfloat16 on CUDA, float32 on CPU, and for attach the checkpoint's own dtype."),
+    typer.Option("--dtype", help="Model dtype: float32, bfloat16 or float16 (bfloat16 wants a GPU); auto: bfloat16 "
+                 "on CUDA, float32 on CPU."),
 ]
 Out = Annotated[str, typer.Option("--out", "-o", help="Output folder (what is written there: see above).")]
 Saes = Annotated[
