@@ -1,4 +1,5 @@
-"""The one error type for bad input: the CLI prints it as a single line and exits with code 2."""
+"""The one error type for bad input (the CLI prints it as a single line and exits with code 2), and the helpers
+that word such one-line errors."""
 
 
 class ResaError(Exception):
