@@ -78,10 +78,11 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         raise
 
 
-def library_versions() -> dict[str, str]:
-    """Versions of the libraries whose behaviour a result depends on, plus Python and the platform."""
+def library_versions(*extra: str) -> dict[str, str]:
+    """Versions of the libraries whose behaviour a result depends on (and of the `extra` ones a stage adds), plus
+    Python and the platform; a library that is not installed is left out."""
     versions = {"python": platform.python_version(), "platform": platform.platform()}
-    for name in _VERSIONED:
+    for name in (*_VERSIONED, *extra):
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -151,6 +152,15 @@ def sha256_text(*parts: str) -> str:
     for part in parts:
         digest.update(part.encode("utf-8"))
         digest.update(b"\x00")
+    return digest.hexdigest()
+
+
+def sha256_file(path: str | Path) -> str:
+    """SHA-256 of a file's bytes (hex), read in blocks."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 24), b""):
+            digest.update(block)
     return digest.hexdigest()
 
 

@@ -67,6 +67,12 @@ def launcher_shard() -> Shard:
     return ONLY
 
 
+def is_main_process() -> bool:
+    """Whether this process is its launcher's rank 0, or runs on its own (a `--shard` process too): the one that
+    prints a run's settings and summary and writes what all ranks share."""
+    return launcher_shard().index == 0
+
+
 def process_shard(option: str | None) -> Shard:
     """The shard of this process: `--shard` when given (refused under a launcher with more than one rank, whose
     ranks would all do the same shard), else the launcher's."""

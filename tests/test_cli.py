@@ -43,9 +43,13 @@ def test_help_lists_commands(cli):
     assert code == 0 and "info" in out
 
 
-def test_eval_default_tasks_are_the_papers():
-    """The CLI spells the paper's tasks as a string (its --help loads no torch); it is the library's default."""
-    from resa_interp.cli.options import PAPER_TASK_LIST
+def test_eval_default_tasks_are_the_papers(cli):
+    """eval's --tasks default is the config's, the paper's six, and its --help (which loads no torch) shows them."""
+    from resa_interp.cli.fields import config_fields
     from resa_interp.evaluation import DEFAULT_TASKS, EvalConfig
 
-    assert tuple(PAPER_TASK_LIST.split(",")) == DEFAULT_TASKS == EvalConfig().tasks
+    parsed = config_fields("evaluation.config", "EvalConfig")["tasks"].default
+    assert parsed == DEFAULT_TASKS == EvalConfig().tasks == ("aime24", "aime25", "amc23", "math_500", "minerva",
+                                                            "gpqa:diamond")
+    code, out, _ = cli(["eval", "--help"])
+    assert code == 0 and "[default:aime24,aime25,amc23,math_500,minerva,gpqa:diamond]" in "".join(out.split())

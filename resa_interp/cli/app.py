@@ -60,6 +60,9 @@ _STATE = {"debug": False}
 # Typer vendors click in recent releases and uses click itself in older ones: take its exception classes
 # from wherever typer's own BadParameter lives.
 _CLICK_ERRORS = sys.modules[typer.BadParameter.__module__]
+_NO_ARGS_IS_HELP = getattr(_CLICK_ERRORS, "NoArgsIsHelpError", ())
+"""What click 8.2 and later raise for a group called with no arguments (earlier releases print the help themselves;
+the empty tuple matches nothing)."""
 
 
 @app.callback()
@@ -81,7 +84,7 @@ def main() -> None:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
     except _CLICK_ERRORS.UsageError as exc:
-        if type(exc).__name__ == "NoArgsIsHelpError" and exc.ctx is not None:
+        if isinstance(exc, _NO_ARGS_IS_HELP) and exc.ctx is not None:
             typer.echo(exc.ctx.get_help())
             sys.exit(0)
         typer.echo(f"error: {exc.format_message()} (see resa-interp {_command_path(exc)}--help)", err=True)

@@ -3,65 +3,62 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Any
 
 import typer
 
+from resa_interp.cli.fields import field_option, given
 from resa_interp.cli.options import (
-    PAPER_TASK_LIST,
-    Backend,
-    BatchSize,
     Dataset,
     Device,
     DryRun,
-    Dtype,
     Epochs,
-    EvalLimit,
-    EvalSeed,
     Hook,
-    Layers,
     LoraAlpha,
     LoraDropout,
     LoraLr,
     LoraR,
     LoraTargets,
-    MaxNewTokens,
     Model,
     Out,
     Preset,
-    Saes,
-    Samples,
     SaveEvery,
     Shard,
     Steps,
-    SweepEvalSeed,
     SweepTrainLimit,
-    Tasks,
-    Temperature,
     TuneSeed,
 )
+
+COMMAND_CONFIGS = {"eval": [("evaluation.config", "EvalConfig")], "sweep": [("evaluation.sweep", "SweepConfig")]}
+"""The configs each command of this module builds: its options named like their fields come from them. The sweep's
+evaluation options are `EvalConfig`'s fields too, but its --model, --seed and --device are tuning's (or every
+stage's), so `EvalConfig` is not listed for it."""
+
+
+def _eval(name: str, *flags: str, default: str | None = None) -> Any:
+    return field_option("evaluation.config", "EvalConfig", name, *flags, default=default)
+
+
+def _sweep(name: str, *flags: str, default: str | None = None) -> Any:
+    return field_option("evaluation.sweep", "SweepConfig", name, *flags, default=default)
 
 
 def evaluate(
     out: Out,
-    model: Model = None,
-    tasks: Tasks = PAPER_TASK_LIST,
-    backend: Backend = "auto",
-    samples: Samples = 1,
-    max_new_tokens: MaxNewTokens = 32768,
-    temperature: Temperature = 0.6,
-    top_p: Annotated[float, typer.Option("--top-p", help="Nucleus sampling (paper: 0.95).")] = 0.95,
-    limit: EvalLimit = None,
-    seed: EvalSeed = 0,
-    batch_size: BatchSize = 8,
-    device: Device = "auto",
-    dtype: Dtype = None,
-    gpu_memory_utilization: Annotated[
-        float, typer.Option("--gpu-memory-utilization", help="vLLM's share of GPU memory (paper: 0.7).")
-    ] = 0.7,
-    data_parallel_size: Annotated[
-        int | None, typer.Option("--data-parallel-size", help="vLLM replicas, one per GPU (default: all GPUs).")
-    ] = None,
+    model: _eval("model", "--model", "-m") = None,
+    tasks: _eval("tasks") = None,
+    backend: _eval("backend") = None,
+    samples: _eval("samples") = None,
+    max_new_tokens: _eval("max_new_tokens") = None,
+    temperature: _eval("temperature") = None,
+    top_p: _eval("top_p") = None,
+    limit: _eval("limit") = None,
+    seed: _eval("seed") = None,
+    batch_size: _eval("batch_size") = None,
+    device: _eval("device") = None,
+    dtype: _eval("dtype") = None,
+    gpu_memory_utilization: _eval("gpu_memory_utilization") = None,
+    data_parallel_size: _eval("data_parallel_size") = None,
     dry_run: DryRun = False,
 ) -> None:
     """Evaluate a model: zero-shot Pass@1 on the paper's tasks (lighteval + vLLM on GPU) or locally (transformers).
@@ -76,12 +73,12 @@ def evaluate(
     from resa_interp.evaluation import evaluate as run_evaluate
     from resa_interp.evaluation.plan import eval_settings, plan_evaluation
 
-    config = EvalConfig(
-        model=model, tasks=tuple(parse_task_list(tasks)), backend=backend, samples=samples,
-        max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, limit=limit, seed=seed,
+    config = EvalConfig(**given(
+        model=model, tasks=tuple(parse_task_list(tasks)) if tasks is not None else None, backend=backend,
+        samples=samples, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, limit=limit, seed=seed,
         batch_size=batch_size, device=device, dtype=dtype, gpu_memory_utilization=gpu_memory_utilization,
         data_parallel_size=data_parallel_size,
-    )
+    ))
     typer.echo(eval_settings(config).format())
     typer.echo(plan_evaluation(config, out))
     if dry_run:
@@ -93,9 +90,9 @@ def evaluate(
 
 def sweep(
     out: Out,
-    layers: Layers = None,
+    layers: _sweep("layers", default="1..L-2; --preset paper: 1-26") = None,
     model: Model = None,
-    saes: Saes = None,
+    saes_run: _sweep("saes_run", "--saes") = None,
     hook: Hook = None,
     dataset: Dataset = None,
     train_limit: SweepTrainLimit = None,
@@ -108,14 +105,14 @@ def sweep(
     lora_targets: LoraTargets = None,
     save_every: SaveEvery = None,
     seed: TuneSeed = None,
-    tasks: Tasks = None,
-    backend: Backend = None,
-    samples: Samples = None,
-    max_new_tokens: MaxNewTokens = None,
-    temperature: Temperature = None,
-    limit: EvalLimit = None,
-    eval_seed: SweepEvalSeed = None,
-    batch_size: BatchSize = None,
+    tasks: _sweep("tasks", default="synthetic; --preset paper: the paper's six") = None,
+    backend: _eval("backend", default="transformers; --preset paper: vllm") = None,
+    samples: _eval("samples") = None,
+    max_new_tokens: _eval("max_new_tokens", default="256; --preset paper: 32768") = None,
+    temperature: _eval("temperature") = None,
+    limit: _eval("limit", default="20; --preset paper: all") = None,
+    eval_seed: _eval("seed", "--eval-seed") = None,
+    batch_size: _eval("batch_size") = None,
     device: Device = None,
     preset: Preset = "cpu",
     shard: Shard = None,
@@ -141,16 +138,16 @@ def sweep(
     from resa_interp.evaluation.plan import plan_sweep, sweep_settings
     from resa_interp.evaluation.sweep import GOLD_LOGPROB
     from resa_interp.model.loading import quiet_transformers
-    from resa_interp.shards import pin_rank_gpu, process_shard
+    from resa_interp.shards import is_main_process, pin_rank_gpu, process_shard
     from resa_interp.tuning import lora_targets as parse_targets
 
     part = process_shard(shard)
     pin_rank_gpu()  # before anything touches CUDA
     quiet_transformers()
     # under a launcher the ranks share one terminal: rank 0 alone prints the settings, the plan and the summary
-    talks = not (part.launched and part.index > 0)
+    talks = is_main_process()
     config = sweep_config(
-        preset, layers=layers, tasks=parse_task_list(tasks) if tasks is not None else None, saes_run=saes,
+        preset, layers=layers, tasks=parse_task_list(tasks) if tasks is not None else None, saes_run=saes_run,
         device=device,
         tune=dict(
             model=model, hook=hook, dataset=dataset, limit=train_limit, epochs=epochs, steps=steps, lr=lr,

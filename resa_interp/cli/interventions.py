@@ -2,50 +2,42 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Any
 
 import typer
 
-from resa_interp.cli.options import Device, Hook, Model, Out
+from resa_interp.cli.fields import field_option, given
+from resa_interp.cli.options import Out
 
-Run = Annotated[str, typer.Option("--run", help="Run folder with saes/ (and features.json for 'reasoning').")]
-Layers = Annotated[
-    str | None,
-    typer.Option("--layers", help="Only these layers (blocks.N): A-B or L,L,... [default: every layer with chosen "
-                 "latents]."),
-]
-Latents = Annotated[
-    str,
-    typer.Option("--latents", help="'reasoning' (the run's reasoning features, per layer) or LAYER:ID pairs like "
-                 "3:17,3:20,6:5."),
-]
+COMMAND_CONFIGS = {"steer": [("interventions.config", "SteerConfig")],
+                   "trace": [("interventions.config", "TraceConfig")]}
+"""The configs each command of this module builds: its options named like their fields come from them."""
+
+
+def _steer(name: str, *flags: str, default: str | None = None) -> Any:
+    return field_option("interventions.config", "SteerConfig", name, *flags, default=default)
+
+
+def _trace(name: str, *flags: str, default: str | None = None) -> Any:
+    return field_option("interventions.config", "TraceConfig", name, *flags, default=default)
 
 
 def steer(
-    run: Run,
+    run: _steer("run"),
     out: Out,
-    layers: Layers = None,
-    latents: Latents = "reasoning",
-    mode: Annotated[str, typer.Option("--mode", help="ablate (set to 0) | clamp (set to --value) | scale (times "
-                                      "--value).")] = "ablate",
-    value: Annotated[float, typer.Option("--value", help="Clamp value or scale factor (ablate ignores it).")] = 0.0,
-    texts: Annotated[
-        str,
-        typer.Option("--texts", help="r1-prompt | trigger (synthetic trigger texts) | FILE.jsonl ('text', or "
-                     "'problem' and 'answer', per row)."),
-    ] = "trigger",
-    n_texts: Annotated[int, typer.Option("--n-texts", help="Teacher-forced texts to measure on.")] = 16,
-    generate: Annotated[
-        int, typer.Option("--generate", help="Questions to continue greedily (clean, edited, control); 0: none.")
-    ] = 0,
-    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Tokens per continuation.")] = 96,
-    control_draws: Annotated[
-        int, typer.Option("--control-draws", help="Independent draws of frequency-matched random latents.")
-    ] = 3,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the control draws, bootstrap and texts.")] = 0,
-    model: Model = None,
-    hook: Hook = None,
-    device: Device = "cpu",
+    layers: _steer("layers") = None,
+    latents: _steer("latents", default="reasoning") = None,
+    mode: _steer("mode") = None,
+    value: _steer("value") = None,
+    texts: _steer("texts") = None,
+    n_texts: _steer("n_texts") = None,
+    generate: _steer("generate") = None,
+    max_new_tokens: _steer("max_new_tokens") = None,
+    control_draws: _steer("control_draws") = None,
+    seed: _steer("seed") = None,
+    model: _steer("model", "--model", "-m") = None,
+    hook: _steer("hook") = None,
+    device: _steer("device") = None,
 ) -> None:
     """Edit SAE latents (the SAE's error term kept) and measure what changes, beside a random control.
 
@@ -65,12 +57,12 @@ def steer(
     from resa_interp.model.loading import quiet_transformers
 
     quiet_transformers()
-    cfg = SteerConfig(run=run, layers=layers, latents=latents, mode=mode, value=value, texts=texts, n_texts=n_texts,
-                      generate=generate, max_new_tokens=max_new_tokens, control_draws=control_draws, seed=seed,
-                      model=model, hook=hook, device=device or "cpu")
+    cfg = SteerConfig(**given(run=run, layers=layers, latents=latents, mode=mode, value=value, texts=texts,
+                              n_texts=n_texts, generate=generate, max_new_tokens=max_new_tokens,
+                              control_draws=control_draws, seed=seed, model=model, hook=hook, device=device))
     cfg.check()
     grader = None
-    if generate:
+    if cfg.generate:
         try:
             require_grader()
             grader = lambda answer, gold: grade(answer, gold, "expr").correct  # noqa: E731
@@ -93,19 +85,16 @@ def steer(
 
 
 def trace(
-    run: Run,
+    run: _trace("run"),
     out: Out,
-    text: Annotated[str | None, typer.Option("--text", help="Text to trace.")] = None,
-    generate: Annotated[
-        int, typer.Option("--generate", help="Instead of --text: trace a greedy continuation of this many tokens "
-                          "after a synthetic question in the r1 template (ending in an open <think>).")
-    ] = 0,
-    layers: Layers = None,
-    latents: Latents = "reasoning",
-    seed: Annotated[int, typer.Option("--seed", help="Which synthetic question --generate continues.")] = 0,
-    model: Model = None,
-    hook: Hook = None,
-    device: Device = "cpu",
+    text: _trace("text") = None,
+    generate: _trace("generate") = None,
+    layers: _trace("layers") = None,
+    latents: _trace("latents", default="reasoning") = None,
+    seed: _trace("seed") = None,
+    model: _trace("model", "--model", "-m") = None,
+    hook: _trace("hook") = None,
+    device: _trace("device") = None,
 ) -> None:
     """Per-token activations of the reasoning features (or --latents) over a given or generated text.
 
@@ -114,12 +103,12 @@ def trace(
 
     Example: resa-interp trace --run runs/default --generate 96 --out runs/default/trace
     """
-    from resa_interp.interventions import run_trace
+    from resa_interp.interventions import TraceConfig, run_trace
     from resa_interp.model.loading import quiet_transformers
 
     quiet_transformers()
-    result = run_trace(run, out, text=text, generate=generate, latents=latents, layers=layers, model=model,
-                       hook=hook, device=device or "cpu", seed=seed)
+    result = run_trace(TraceConfig(**given(run=run, text=text, generate=generate, latents=latents, layers=layers,
+                                           model=model, hook=hook, device=device, seed=seed)), out)
     t = result.trace
     fired = (t.acts > 0).sum(1)
     at_markers = (t.acts[:, t.markers] > 0).sum(1) if t.markers else fired * 0

@@ -3,19 +3,31 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from resa_interp.cli.options import Adapter, Device, Dtype, Model, Out
+from resa_interp.cli.fields import field_option, given
+from resa_interp.cli.options import Out
+
+COMMAND_CONFIGS = {"info": [("model.config", "InfoConfig")], "attach": [("model.config", "AttachConfig")]}
+"""The configs each command of this module builds: its options named like their fields come from them."""
+
+
+def _info(name: str, *flags: str) -> Any:
+    return field_option("model.config", "InfoConfig", name, *flags)
+
+
+def _attach(name: str, *flags: str) -> Any:
+    return field_option("model.config", "AttachConfig", name, *flags)
 
 
 def info(
-    model: Model = None,
-    adapter: Adapter = None,
+    model: _info("model", "--model", "-m") = None,
+    adapter: _info("adapter") = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the facts as JSON.")] = False,
-    device: Device = "cpu",
-    dtype: Dtype = "float32",
+    device: _info("device") = None,
+    dtype: _info("dtype") = None,
 ) -> None:
     """Print a model's facts: layers, width, hook names, the TransformerLens view it gets, and how <think> and
     </think> tokenize.
@@ -24,9 +36,10 @@ def info(
 
     Example: resa-interp info --model smollm2-135m
     """
-    from resa_interp.model import load_subject
+    from resa_interp.model import InfoConfig, load_subject
 
-    subject = load_subject(model, adapter=adapter, dtype=dtype, device=device)
+    cfg = InfoConfig(**given(model=model, adapter=adapter, device=device, dtype=dtype))
+    subject = load_subject(cfg.model, adapter=cfg.adapter, dtype=cfg.dtype, device=cfg.device)
     facts = subject.facts.to_dict()
     if as_json:
         typer.echo(json.dumps({"model": subject.spec, "model_path": str(subject.path), **facts}, indent=2))
@@ -53,10 +66,10 @@ def info(
 
 
 def attach(
-    adapter: Adapter,
+    adapter: _attach("adapter"),
     out: Out,
-    model: Model = None,
-    dtype: Dtype = "auto",
+    model: _attach("model", "--model", "-m") = None,
+    dtype: _attach("dtype") = None,
 ) -> None:
     """Attach an adapter trained on one model to another of the same architecture and write the merged model.
 
@@ -64,9 +77,11 @@ def attach(
 
     Example: resa-interp attach --adapter runs/tuned/adapter --model deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B -o merged
     """
+    from resa_interp.model import AttachConfig
     from resa_interp.model import attach as run_attach
     from resa_interp.model.loading import quiet_transformers
 
     quiet_transformers()
-    typer.echo(f"merged model written to {run_attach(adapter, model, out, dtype=dtype)}")
+    cfg = AttachConfig(**given(adapter=adapter, model=model, dtype=dtype))
+    typer.echo(f"merged model written to {run_attach(cfg.adapter, cfg.model, out, dtype=cfg.dtype)}")
 

@@ -1,7 +1,7 @@
 """Every option that more than one command takes, declared once as a typed `Annotated` alias.
 
 A command writes `model: Model = None`; its default stays in its own signature (presets decide where it is None).
-Where one option goes by another flag in one command (sweep's `--train-limit`, `--eval-seed`), `renamed` gives
+Where one option goes by another flag in one command (sweep's `--train-limit`), `renamed` gives
 the same declaration another flag. Options only one command takes are declared in that command.
 """
 
@@ -25,11 +25,9 @@ Model = Annotated[
     typer.Option(
         "--model",
         "-m",
-        help="Model spec: HF directory, .gguf file, hub id (org/name), or 'smollm2-135m' (the embedded default). "
-        "eval also takes a tune output folder (its merged/ model is evaluated).",
+        help="Model spec: HF directory, .gguf file, hub id (org/name), or 'smollm2-135m' (the embedded default).",
     ),
 ]
-Adapter = Annotated[str | None, typer.Option("--adapter", help="peft LoRA adapter folder (tune writes OUT/adapter/).")]
 Device = Annotated[
     str | None,
     typer.Option("--device", help="cpu, cuda, cuda:N or auto (CUDA when present; under accelerate launch each "
@@ -37,8 +35,8 @@ Device = Annotated[
 ]
 Dtype = Annotated[
     str | None,
-    typer.Option("--dtype", help="Model dtype: float32, bfloat16 or float16 (bfloat16 wants a GPU); auto (or unset "
-                 "for eval): bfloat16 on CUDA, float32 on CPU, and for attach the checkpoint's own dtype."),
+    typer.Option("--dtype", help="Model dtype: float32, bfloat16 or float16 (bfloat16 wants a GPU); auto: bfloat16 "
+                 "on CUDA, float32 on CPU."),
 ]
 Out = Annotated[str, typer.Option("--out", "-o", help="Output folder (what is written there: see above).")]
 Saes = Annotated[
@@ -154,29 +152,3 @@ TuneSeed = Annotated[
     int | None, typer.Option("--seed", help="Tuning seed: LoRA init, dropout, data order (default 42).")
 ]
 SweepTrainLimit = renamed(TrainLimit, "--train-limit")
-
-# ------------------------------------------------------------------ evaluation (eval, sweep)
-
-PAPER_TASK_LIST = "aime24,aime25,amc23,math_500,minerva,gpqa:diamond"
-Tasks = Annotated[
-    str | None,
-    typer.Option("--tasks", help="Comma-separated: the paper's aime24, aime25, amc23, math_500, minerva, gpqa:diamond "
-                 "(from the hub), 'synthetic' (built-in held-out set), or local .jsonl files (problem, answer[, "
-                 "choices]) [sweep's cpu preset: synthetic]."),
-]
-Backend = Annotated[
-    str | None, typer.Option("--backend", help="vllm (lighteval on vLLM, GPU), transformers (local, CPU), or auto.")
-]
-Samples = Annotated[int | None, typer.Option("--samples", help="Generations per problem; Pass@1 averages them.")]
-MaxNewTokens = Annotated[
-    int | None, typer.Option("--max-new-tokens", help="Generation budget (paper: 32768; sweep's cpu preset: 256).")
-]
-Temperature = Annotated[float | None, typer.Option("--temperature", help="Sampling temperature (paper: 0.6).")]
-EvalLimit = Annotated[
-    int | None, typer.Option("--limit", help="Only the first N problems of each task (sweep's cpu preset: 20).")
-]
-EvalSeed = Annotated[int | None, typer.Option("--seed", help="Seed of sampling and of GPQA's option order.")]
-SweepEvalSeed = renamed(EvalSeed, "--eval-seed")
-BatchSize = Annotated[
-    int | None, typer.Option("--batch-size", help="Sequences per generation batch (transformers backend).")
-]

@@ -6,13 +6,15 @@ sweep); gives `scores.json` and `samples.jsonl` (the sweep: `scores.csv`, which 
 `EvalResult` (`SweepResult`).
 """
 
-from resa_interp.evaluation.evaluator import EvalConfig, EvalResult, evaluate, format_table, read_scores
+from resa_interp.evaluation.config import DEFAULT_TASKS, EVAL_PRESETS, EvalConfig, parse_task_list
+from resa_interp.evaluation.evaluator import EvalResult, evaluate, format_table, read_scores
 from resa_interp.evaluation.grading import grade
 from resa_interp.evaluation.sweep import SweepConfig, SweepResult, sweep, sweep_config
-from resa_interp.evaluation.tasks import DEFAULT_TASKS, PAPER_ORDER, EvalTask, load_tasks, parse_task_list
+from resa_interp.evaluation.tasks import PAPER_ORDER, EvalTask, load_tasks
 
 __all__ = [
     "DEFAULT_TASKS",
+    "EVAL_PRESETS",
     "PAPER_ORDER",
     "EvalConfig",
     "EvalResult",

@@ -20,13 +20,12 @@ import torch
 from tqdm.auto import tqdm
 
 from resa_interp.errors import ResaError
+from resa_interp.evaluation.config import EvalConfig
 from resa_interp.evaluation.tasks import EvalTask, chat_prompt
 from resa_interp.model.loading import resolve_device, resolve_dtype
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
-
-    from resa_interp.evaluation.evaluator import EvalConfig
 
 
 @dataclass(frozen=True)

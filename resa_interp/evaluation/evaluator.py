@@ -15,90 +15,24 @@ import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
-from importlib import metadata
 from pathlib import Path
 
 import torch
 
-from resa_interp.errors import ResaError, check_choice
+from resa_interp.errors import ResaError
 from resa_interp.evaluation.backends import BackendRun, generate_transformers, load_local_model
+from resa_interp.evaluation.config import EvalConfig, generation_settings
 from resa_interp.evaluation.grading import grade, require_grader
 from resa_interp.evaluation.lighteval_backend import check_vllm, generate_vllm
 from resa_interp.evaluation.likelihood import AnswerLikelihood, gold_likelihoods
-from resa_interp.evaluation.tasks import DEFAULT_TASKS, PAPER_ORDER, PAPER_TASKS, EvalTask, load_tasks
-from resa_interp.model.loading import EMBEDDED_ALIASES, resolve_dtype, resolve_model_path
+from resa_interp.evaluation.tasks import PAPER_ORDER, PAPER_TASKS, EvalTask, load_tasks
+from resa_interp.model.loading import EMBEDDED_ALIASES, resolve_model_path
 from resa_interp.runs import atomic_write_json, atomic_write_text, library_versions
 
-BACKENDS = ("auto", "vllm", "transformers")
 log = logging.getLogger(__name__)
 SCORES, SAMPLES = "scores.json", "samples.jsonl"
-
-
-@dataclass
-class EvalConfig:
-    """What and how to evaluate; the defaults are the paper's (its six tasks, temperature 0.6, top-p 0.95, up to
-    32,768 new tokens)."""
-
-    backend: str = "auto"
-    """'vllm' (lighteval + vLLM, GPU), 'transformers' (local sampling, CPU or GPU), or 'auto': vllm when a CUDA
-    GPU is visible and vLLM is installed, else transformers."""
-    samples: int = 1
-    """Generations per problem; pass@1 is the mean verdict over them."""
-    max_new_tokens: int = 32768
-    """Generation budget per sample; the model length is set so that every prompt plus this fits."""
-    temperature: float = 0.6
-    """Sampling temperature (0 = greedy, which allows only one sample)."""
-    top_p: float = 0.95
-    """Nucleus sampling threshold."""
-    limit: int | None = None
-    """Evaluate only the first N problems of each task (None: all)."""
-    seed: int = 0
-    """Seed of the sampling and of GPQA's option order."""
-    batch_size: int = 8
-    """Sequences per batch (transformers backend)."""
-    device: str = "auto"
-    """Device of the transformers backend: cpu, cuda, cuda:N or auto."""
-    dtype: str | None = None
-    """Weights dtype; None: bfloat16 on GPU (the authors' vLLM setting), float32 on CPU."""
-    gpu_memory_utilization: float = 0.7
-    """Share of GPU memory vLLM may take (the authors' setting)."""
-    data_parallel_size: int | None = None
-    """vLLM replicas, one per GPU; None: every visible GPU (the authors ran 2)."""
-    model: str | None = None
-    """Model to evaluate: a spec, an HF folder or a tuning output folder (its merged/ model); None: the embedded
-    default."""
-    tasks: tuple[str, ...] = DEFAULT_TASKS
-    """Tasks: the paper's task names, 'synthetic' or local .jsonl files (default: the paper's six)."""
-
-    def check(self) -> None:
-        """Raise a one-line error for values no backend can run."""
-        check_choice("--backend", self.backend, BACKENDS)
-        for name in ("samples", "max_new_tokens", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ResaError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be at least 1")
-        if self.temperature < 0:
-            raise ResaError(f"--temperature {self.temperature}: must be 0 (greedy) or positive")
-        if self.temperature == 0 and self.samples > 1:
-            raise ResaError(f"--samples {self.samples} with --temperature 0: greedy decoding gives one answer; "
-                            "use --samples 1 or a positive temperature")
-        if not 0 < self.top_p <= 1:
-            raise ResaError(f"--top-p {self.top_p}: must be in (0, 1]")
-        if not 0 < self.gpu_memory_utilization <= 1:
-            raise ResaError(f"--gpu-memory-utilization {self.gpu_memory_utilization}: must be in (0, 1]")
-        if self.data_parallel_size is not None and self.data_parallel_size < 1:
-            raise ResaError(f"--data-parallel-size {self.data_parallel_size}: must be at least 1")
-        if self.dtype is not None:
-            resolve_dtype(self.dtype)
-
-
-INPUT_FIELDS = ("model", "tasks")
-"""EvalConfig fields that name what is evaluated rather than how; scores.json records the model and the tasks on
-their own, so its "config" leaves them out."""
-
-
-def generation_settings(config: EvalConfig) -> dict:
-    """The config as scores.json records it (JSON types): every setting, without the model and the tasks."""
-    return json.loads(json.dumps({k: v for k, v in asdict(config).items() if k not in INPUT_FIELDS}))
+EVAL_LIBRARIES = ("lighteval", "latex2sympy2_extended", "vllm")
+"""Libraries besides `runs.library_versions`' whose versions scores.json records (the grader's and the vLLM path's)."""
 
 
 @dataclass(frozen=True)
@@ -198,23 +132,13 @@ def evaluate(config: EvalConfig, out: str | Path) -> EvalResult:
         wall_time_s=round(time.perf_counter() - started, 2),
         tokens_generated=sum(s.tokens_generated for s in scores.values()),
         config=generation_settings(config),
-        versions=_versions(),
+        versions=library_versions(*EVAL_LIBRARIES),
         gold_logprob=sum(s.gold_logprob for s in scores.values()) / len(scores),
         gold_logprob_sum=sum(s.gold_logprob_sum for s in scores.values()) / len(scores),
     )
     atomic_write_text(out / SAMPLES, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
     atomic_write_json(out / SCORES, _to_json(result))
     return result
-
-
-def _versions() -> dict[str, str]:
-    versions = library_versions()
-    for name in ("lighteval", "latex2sympy2_extended", "vllm"):
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return versions
 
 
 def _grade(

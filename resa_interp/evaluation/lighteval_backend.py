@@ -19,7 +19,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from unittest import mock
 
 import torch
 
@@ -34,6 +33,7 @@ from resa_interp.evaluation.backends import (
     required_length,
     split_by_task,
 )
+from resa_interp.evaluation.config import EvalConfig
 from resa_interp.evaluation.grading import REASONING_TAGS, extractive_match, grading_doc
 from resa_interp.evaluation.tasks import EvalTask
 from resa_interp.extras import require_extra
@@ -44,8 +44,6 @@ if TYPE_CHECKING:
     from lighteval.models.abstract_model import ModelConfig
     from lighteval.models.vllm.vllm_model import VLLMModelConfig
     from lighteval.tasks.requests import Doc
-
-    from resa_interp.evaluation.evaluator import EvalConfig
 
 METRIC = "pass@1"
 DATA_SPLIT = "train"
@@ -127,16 +125,23 @@ def task_module(tasks: list[EvalTask], data_dir: Path, config: EvalConfig) -> ty
 
 @contextlib.contextmanager
 def only_these_tasks(module: types.ModuleType) -> Iterator[None]:
-    """Within: lighteval's task registry holds only the tasks of `module`.
+    """Within: lighteval's task registry holds only the tasks of `module` (its `TASKS_TABLE`, by name).
 
-    The registry imports every built-in task module to index them, and one of them (tiny_benchmarks) downloads a
-    file from GitHub while being imported, which fails offline; the tasks here are all custom, so it needs none.
+    lighteval's `Registry.load_all_task_configs` imports every built-in task module to index them, and one of them
+    (tiny_benchmarks) downloads a file from GitHub while being imported, which fails offline; the tasks here are all
+    custom, so it needs none. lighteval 0.13 has no option to skip the built-in tasks and `Pipeline` builds its
+    `Registry` itself, so that public static method is replaced for the duration (restored on exit), by one that
+    returns the configs built here, whatever it is asked.
     """
     from lighteval.tasks.registry import Registry
 
-    only_ours = staticmethod(lambda custom_tasks=None, load_multilingual=False: Registry._extract_configs(module))
-    with mock.patch.object(Registry, "load_all_task_configs", only_ours):
+    configs = {config.name: config for config in module.TASKS_TABLE}
+    original = Registry.__dict__["load_all_task_configs"]
+    Registry.load_all_task_configs = staticmethod(lambda custom_tasks=None, load_multilingual=False: dict(configs))
+    try:
         yield
+    finally:
+        Registry.load_all_task_configs = original
 
 
 def vllm_config(model_path: Path, max_model_length: int, config: EvalConfig, cache_dir: Path) -> VLLMModelConfig:

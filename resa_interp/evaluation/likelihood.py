@@ -23,11 +23,10 @@ import torch
 from resa_interp.data.qa import final_answer
 from resa_interp.errors import ResaError
 from resa_interp.evaluation.backends import split_by_task
+from resa_interp.evaluation.tasks import EvalProblem, EvalTask
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
-
-    from resa_interp.evaluation.tasks import EvalProblem, EvalTask
 
 MATH_ANSWER_PREFIX = "Therefore, the final answer is: $\\boxed{"
 """The start of the answer line the math prompt asks for; the gold answer and `}` follow it."""

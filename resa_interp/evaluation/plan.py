@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from resa_interp.evaluation.evaluator import SAMPLES, SCORES, EvalConfig, resolve_backend
-from resa_interp.evaluation.sweep import EVAL_DIR, EVAL_PRESETS, SCORES_CSV, SweepConfig, sweep_config
+from resa_interp.evaluation.config import EVAL_PRESETS, EvalConfig
+from resa_interp.evaluation.evaluator import SAMPLES, SCORES, resolve_backend
+from resa_interp.evaluation.sweep import EVAL_DIR, SCORES_CSV, SweepConfig, sweep_config
 from resa_interp.features.extract import default_layers
 from resa_interp.model.loading import EMBEDDED_ALIASES, model_shape
 from resa_interp.numbering import describe_layers

@@ -33,15 +33,8 @@ import torch
 from filelock import FileLock
 
 from resa_interp.errors import ResaError, check_choice
-from resa_interp.evaluation.evaluator import (
-    SCORES,
-    EvalConfig,
-    EvalResult,
-    evaluate,
-    generation_settings,
-    read_scores,
-    table_columns,
-)
+from resa_interp.evaluation.config import EVAL_PRESETS, EvalConfig, generation_settings
+from resa_interp.evaluation.evaluator import SCORES, EvalResult, evaluate, read_scores, table_columns
 from resa_interp.evaluation.tasks import PAPER_ORDER, SYNTHETIC, load_tasks
 from resa_interp.features.extract import default_layers
 from resa_interp.model.hooks import check_splice_hook
@@ -94,15 +87,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper": {"layers": "1-26", "tasks": PAPER_ORDER},  # hook indices of Table 6's 2nd..27th layers
 }
 """Sweep-level values of each preset; the stages' own presets of the same name supply the rest: tuning's
-'cpu' and 'paper' (`tuning.sae_tuning.PRESETS`), evaluation's below, and Stage I's 'paper' (`sae.train.PRESETS`)."""
-
-EVAL_PRESETS: dict[str, dict[str, Any]] = {
-    "cpu": {"backend": "transformers", "limit": 20, "max_new_tokens": 256},
-    "paper": {"backend": "vllm"},
-}
-"""'cpu': 20 synthetic problems, 256 new tokens, local sampling (the eval README's CPU example). 'paper': the
-paper's setting, which is `EvalConfig`'s defaults (1 sample, temperature 0.6, top-p 0.95, 32,768 new tokens)
-on lighteval + vLLM."""
+'cpu' and 'paper' (`tuning.sae_tuning.PRESETS`), evaluation's (`evaluation.config.EVAL_PRESETS`), and Stage I's
+'paper' (`sae.train.PRESETS`)."""
 
 
 def sweep_config(

@@ -71,8 +71,6 @@ PAPER_TASKS = {
 }
 """The paper's six tasks, in the column order of its tables (AIME24, AIME25, AMC23, MATH500, GPQA, Minerva)."""
 PAPER_ORDER = tuple(PAPER_TASKS)
-DEFAULT_TASKS = ("aime24", "aime25", "amc23", "math_500", "minerva", "gpqa:diamond")
-"""What eval runs by default: the paper's six tasks, as its --tasks default lists them."""
 GPQA_WRONG_FIELDS = ("Incorrect Answer 1", "Incorrect Answer 2", "Incorrect Answer 3")
 
 
@@ -235,11 +233,3 @@ def load_tasks(specs: list[str], limit: int | None = None, seed: int = 0) -> lis
     if duplicates:
         raise ResaError(f"--tasks: task name(s) {', '.join(duplicates)} given twice; rename one of the files")
     return tasks
-
-
-def parse_task_list(text: str) -> list[str]:
-    """`--tasks` text: comma-separated task specs (paths may not contain commas)."""
-    specs = [part.strip() for part in text.split(",") if part.strip()]
-    if not specs:
-        raise ResaError("--tasks is empty; give one or more of: " + ", ".join([*PAPER_TASKS, SYNTHETIC, "file.jsonl"]))
-    return specs

@@ -6,6 +6,7 @@ Reads a run's SAEs (and its features.json for the default latents, the reasoning
 samples and figures into an output folder, and gives small result dataclasses for notebooks.
 """
 
+from resa_interp.interventions.config import SteerConfig, TraceConfig, parse_latents
 from resa_interp.interventions.hook import MODES, Intervention, LatentEdit, edit_latents, residual_delta
 from resa_interp.interventions.measure import (
     AblationEffect,
@@ -16,28 +17,25 @@ from resa_interp.interventions.measure import (
     bootstrap,
     text_effect,
 )
-from resa_interp.interventions.steer import (
-    SteerConfig,
-    SteerResult,
-    load_chosen,
-    matched_controls,
-    parse_latents,
-    run_steer,
-    steer,
-)
+from resa_interp.interventions.results import ConditionEffect, Difference, GenerationSample, SteerResult
+from resa_interp.interventions.steer import load_chosen, matched_controls, run_steer, steer
 from resa_interp.interventions.trace import Trace, TraceRun, run_trace, trace_text
 
 __all__ = [
     "MODES",
     "AblationEffect",
+    "ConditionEffect",
+    "Difference",
     "Estimate",
     "Generation",
+    "GenerationSample",
     "Intervention",
     "LatentEdit",
     "SteerConfig",
     "SteerResult",
     "TextEffect",
     "Trace",
+    "TraceConfig",
     "TraceRun",
     "ablation_effects",
     "bootstrap",

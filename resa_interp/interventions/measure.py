@@ -1,16 +1,5 @@
-"""What an intervention does, measured against the clean model.
-
-Teacher-forced: on a fixed text, the change in log-probability of each next token (edited minus clean) at the
-tokens of `<think>`/`</think>` ("marker" targets) and at every other token, and the KL divergence
-KL(clean || edited) of the next-token distributions per position. Targets predicted from a position below
-`keep_first` are left out (the intervention never edits there, so they cannot change).
-
-Generation: greedy continuations of a prompt that ends inside an open `<think>`; the reasoning span is the
-tokens generated before the first `</think>` (all of them when none is generated), the answer what follows.
-
-Intervals: percentile bootstrap over texts (the text is the unit; positions within one text are not
-independent).
-"""
+"""What an intervention does, measured against the clean model: teacher-forced changes of log-probability and KL,
+greedy generations, bootstrap intervals over texts (`MEASURES` says how; it is written into effects.json)."""
 
 from __future__ import annotations
 
@@ -30,8 +19,21 @@ from resa_interp.model.subject import Subject
 if TYPE_CHECKING:
     from sae_lens import SAE
 
-MEASURES = " ".join((__doc__ or "").split())
-"""What the measurements are (this module's description, one line), written into effects.json."""
+MEASURES = " ".join("""
+What an intervention does, measured against the clean model.
+
+Teacher-forced: on a fixed text, the change in log-probability of each next token (edited minus clean) at the
+tokens of `<think>`/`</think>` ("marker" targets) and at every other token, and the KL divergence
+KL(clean || edited) of the next-token distributions per position. Targets predicted from a position below
+`keep_first` are left out (the intervention never edits there, so they cannot change).
+
+Generation: greedy continuations of a prompt that ends inside an open `<think>`; the reasoning span is the
+tokens generated before the first `</think>` (all of them when none is generated), the answer what follows.
+
+Intervals: percentile bootstrap over texts (the text is the unit; positions within one text are not
+independent).
+""".split())
+"""What the measurements are, in one line, written into effects.json."""
 
 
 @dataclass(frozen=True)

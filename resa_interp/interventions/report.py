@@ -9,12 +9,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from resa_interp.figures import save_figure
+from resa_interp.interventions.results import SteerResult
 from resa_interp.runs import atomic_write_json, atomic_write_text
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
-
-    from resa_interp.interventions.steer import SteerResult
 
 PAGE_STYLE = """<style>body{font-family:system-ui,sans-serif;margin:1.5em;max-width:1400px}
 .tok{white-space:pre-wrap;font-family:ui-monospace,monospace;font-size:12.5px}

@@ -1,4 +1,49 @@
 """`steer`: do the reasoning features matter? Edit them (ablate, clamp, scale) and measure, always beside a
+control of random latents with the same firing frequencies edited the same way (`DEFINITION` says how; it is
+written into effects.json)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from resa_interp.data.qa import load_qa
+from resa_interp.data.synthetic import synthetic_qa
+from resa_interp.data.templates import R1_SYSTEM_PROMPT, TEMPLATES, format_trigger, marker_spans
+from resa_interp.errors import ResaError
+from resa_interp.features.selection import REASONING, layer_ranges, model_spec, select_features
+from resa_interp.interventions.config import SteerConfig, parse_latents
+from resa_interp.interventions.hook import Intervention, LatentEdit
+from resa_interp.interventions.measure import (
+    MEASURES,
+    Estimate,
+    TextEffect,
+    bootstrap,
+    greedy,
+    log_probs,
+    split_generation,
+    text_effect,
+)
+from resa_interp.interventions.report import write_steer
+from resa_interp.interventions.results import ConditionEffect, Difference, GenerationSample, SteerResult
+from resa_interp.model.subject import Subject, load_subject
+from resa_interp.runs import record_stage
+from resa_interp.sae.folders import check_sae_fits, load_sae
+from resa_interp.sae.train import parse_layers
+
+if TYPE_CHECKING:
+    from sae_lens import SAE
+
+SPARSITY_FILE = "sparsity.safetensors"
+DEFINITION = " ".join("""
+`steer`: do the reasoning features matter? Edit them (ablate, clamp, scale) and measure, always beside a
 control of random latents with the same firing frequencies edited the same way.
 
 Latents: the run's reasoning features (features.json), per layer, or ids given as `L:ID,...`. Each layer's
@@ -13,103 +58,8 @@ needs questions: greedy continuations of the r1 template cut after `Assistant: <
 layer's latents edited at once, and with the first control draw; the answer is graded by the `grade` callable
 the caller passes (the CLI passes the evaluation stage's grader, which needs the `eval` extra: the grader
 belongs to a later stage, so this stage takes it as an argument instead of importing it).
-"""
-
-from __future__ import annotations
-
-import json
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING
-
-import numpy as np
-import torch
-from safetensors.torch import load_file
-
-from resa_interp.data.qa import load_qa
-from resa_interp.data.synthetic import synthetic_qa
-from resa_interp.data.templates import TEMPLATES, format_trigger, marker_spans
-from resa_interp.errors import ResaError, check_choice
-from resa_interp.features.selection import REASONING, layer_ranges, model_spec, select_features
-from resa_interp.interventions.hook import MODES, Intervention, LatentEdit
-from resa_interp.interventions.measure import (
-    MEASURES,
-    Estimate,
-    Generation,
-    TextEffect,
-    bootstrap,
-    greedy,
-    log_probs,
-    split_generation,
-    text_effect,
-)
-from resa_interp.interventions.report import write_steer
-from resa_interp.model.subject import Subject, load_subject
-from resa_interp.runs import record_stage
-from resa_interp.sae.folders import check_sae_fits, load_sae
-from resa_interp.sae.train import parse_layers
-
-if TYPE_CHECKING:
-    from sae_lens import SAE
-
-TEXT_SOURCES = ("r1-prompt", "trigger")
-SPARSITY_FILE = "sparsity.safetensors"
-
-
-@dataclass
-class SteerConfig:
-    """What to edit, how, and on which texts."""
-
-    run: str
-    """Run folder with saes/ (and features.json for the default latents)."""
-    layers: str | None = None
-    """Only these layers ('3,6' or 'A-B'); None: every layer with chosen latents."""
-    latents: str = REASONING
-    """'reasoning' (the run's reasoning features) or 'L:ID,L:ID,...'."""
-    mode: str = "ablate"
-    """'ablate', 'clamp' or 'scale' (see `LatentEdit`)."""
-    value: float = 0.0
-    """The clamp value or scale factor."""
-    texts: str = "trigger"
-    """'r1-prompt', 'trigger' (synthetic trigger texts) or a JSONL file ('text', or 'problem' and 'answer')."""
-    n_texts: int = 16
-    """Texts to measure on (trigger data and JSONL files: the first ones)."""
-    generate: int = 0
-    """Questions to generate greedy continuations for (0: none)."""
-    max_new_tokens: int = 96
-    """Tokens per greedy continuation."""
-    control_draws: int = 3
-    """Independent draws of frequency-matched random latents."""
-    window: int = 20
-    """A control latent is drawn among this many latents nearest in firing-frequency quantile."""
-    keep_first: int = 1
-    """Positions before this keep their clean activation (the sink position 0)."""
-    batch_size: int = 8
-    """Teacher-forced texts per forward pass."""
-    samples: int = 4
-    """Teacher-forced texts whose per-position effects go into samples.json/html."""
-    bootstrap: int = 1000
-    """Bootstrap resamples of the texts."""
-    seed: int = 0
-    """Seed of the control draws, the bootstrap and the synthetic texts."""
-    model: str | None = None
-    """Model to run; None: the one the SAEs were trained on."""
-    hook: str | None = None
-    """Hookpoint kind; None: features.json's, else resid_post."""
-    device: str = "cpu"
-    """Device of the model and the SAEs."""
-
-    def check(self) -> None:
-        """One-line errors for settings nothing can run with, before any model is loaded."""
-        check_choice("--mode", self.mode, MODES)
-        if self.texts not in TEXT_SOURCES and not Path(self.texts).is_file():
-            raise ResaError(f"--texts {self.texts!r}: accepted r1-prompt, trigger or an existing .jsonl file")
-        if min(self.n_texts, self.control_draws, self.window, self.bootstrap, self.batch_size) < 1 \
-                or self.generate < 0:
-            raise ResaError("--n-texts, --control-draws, --window and --bootstrap must be >= 1, --generate >= 0")
-        if self.generate and self.texts == "r1-prompt":
-            raise ResaError("--generate needs questions: use --texts trigger or a JSONL file with problem/answer")
+""".split())
+"""What `steer` measures and against what, in one line: effects.json's "definition"."""
 
 
 @dataclass
@@ -124,24 +74,11 @@ class SteerText:
     answer: str | None = None
 
 
-def parse_latents(spec: str) -> dict[int, list[int]]:
-    """'3:17,3:20,6:5' -> {3: [17, 20], 6: [5]} (one-line error otherwise)."""
-    chosen: dict[int, list[int]] = {}
-    for part in (p.strip() for p in spec.split(",") if p.strip()):
-        layer, sep, latent = part.partition(":")
-        if not sep or not layer.strip().isdigit() or not latent.strip().isdigit():
-            raise ResaError(f"--latents {part!r}: accepted 'reasoning' or LAYER:ID pairs like 3:17,6:5")
-        chosen.setdefault(int(layer), []).append(int(latent))
-    if not chosen:
-        raise ResaError(f"--latents {spec!r}: no LAYER:ID pairs given")
-    return {layer: sorted(set(ids)) for layer, ids in sorted(chosen.items())}
-
-
 def load_texts(spec: str, subject: Subject, n: int, seed: int = 0) -> list[SteerText]:
     """The texts `spec` names (see `SteerConfig.texts`), tokenized with their marker positions."""
     pairs: list[tuple[str, str | None, str | None]]
     if spec == "r1-prompt":
-        pairs = [(TEMPLATES["r1"].split("User:")[0], None, None)]
+        pairs = [(R1_SYSTEM_PROMPT, None, None)]
     elif spec == "trigger":
         pairs = [(format_trigger(e.problem, e.answer), e.problem, e.answer) for e in synthetic_qa(n, seed=seed)]
     else:
@@ -207,59 +144,6 @@ class Condition:
     edits: dict[int, LatentEdit]
     draw: int = 0
     """Which control draw (0 for the chosen latents)."""
-
-
-@dataclass
-class ConditionEffect:
-    """The teacher-forced effect of one condition (controls: pooled over draws), with intervals over texts."""
-
-    name: str
-    kind: str
-    latents: dict[int, list[list[int]]]
-    """Layer -> the edited latent ids, one list per draw."""
-    dlogp_marker: Estimate
-    dlogp_other: Estimate
-    kl: Estimate
-    per_text: dict[str, list[float]] = field(repr=False)
-    """'dlogp_marker', 'dlogp_other', 'kl' -> one value per text (controls: the mean over draws)."""
-
-
-@dataclass
-class Difference:
-    """Chosen minus control on the same texts (paired), with intervals."""
-
-    name: str
-    dlogp_marker: Estimate
-    dlogp_other: Estimate
-    kl: Estimate
-
-
-@dataclass
-class GenerationSample:
-    """One question's greedy continuations side by side."""
-
-    problem: str
-    gold: str
-    clean: Generation
-    edited: Generation
-    control: Generation
-
-
-@dataclass
-class SteerResult:
-    """What `steer` measured (small and named, for notebooks)."""
-
-    effects: list[ConditionEffect]
-    differences: list[Difference]
-    generations: list[GenerationSample]
-    generation_summary: dict[str, Estimate]
-    """'reasoning_tokens_<clean|edited|control>', 'correct_<...>' and the paired differences."""
-    samples: list[dict] = field(repr=False)
-    model: str = ""
-    """The model run (its spec)."""
-    n_texts: int = 0
-    """Teacher-forced texts measured."""
-    paths: dict[str, Path] = field(default_factory=dict)
 
 
 def conditions(chosen: dict[int, list[int]], controls: dict[int, list[list[int]]], mode: str,
@@ -433,7 +317,7 @@ def run_steer(cfg: SteerConfig, out: str | Path, subject: Subject | None = None,
     """`steer`, then OUT/effects.json, OUT/samples.json/.html, OUT/figures/steer_effects.html and the manifest."""
     result = steer(cfg, subject, grade, progress)
     spec = cfg.model or result.model
-    header = {"definition": " ".join((__doc__ or "").split()), "measures": MEASURES,
+    header = {"definition": DEFINITION, "measures": MEASURES,
               "model": spec, "mode": cfg.mode, "value": cfg.value, "texts": cfg.texts,
               "n_texts": result.n_texts, "graded": grade is not None, "config": asdict(cfg)}
     result.paths = write_steer(result, out, header)

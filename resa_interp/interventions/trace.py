@@ -16,8 +16,8 @@ import torch
 from resa_interp.data.synthetic import synthetic_qa
 from resa_interp.data.templates import marker_spans
 from resa_interp.errors import ResaError
-from resa_interp.features.selection import REASONING
 from resa_interp.figures import save_figure
+from resa_interp.interventions.config import TraceConfig
 from resa_interp.interventions.measure import greedy
 from resa_interp.interventions.steer import generation_prompt, load_chosen
 from resa_interp.model.subject import Subject
@@ -96,16 +96,13 @@ class TraceRun:
     paths: dict[str, Path]
 
 
-def run_trace(run: str | Path, out: str | Path, text: str | None = None, generate: int = 0, latents: str = REASONING,
-              layers: str | None = None, model: str | None = None, hook: str | None = None, device: str = "cpu",
-              seed: int = 0, subject: Subject | None = None) -> TraceRun:
-    """Trace `text` (or, with `generate` > 0, a greedy continuation of that many tokens) and write OUT/trace.json
-    and OUT/trace.html."""
-    if (text is None) == (generate <= 0):
-        raise ResaError("trace needs exactly one of --text TEXT and --generate N (N >= 1)")
-    loaded = load_chosen(run, latents, layers, hook, model, device, subject)
-    if text is None:
-        text = generated_text(loaded.subject, generate, seed)
+def run_trace(config: TraceConfig, out: str | Path, subject: Subject | None = None) -> TraceRun:
+    """Trace `config.text` (or, with `config.generate` > 0, a greedy continuation of that many tokens) and write
+    OUT/trace.json and OUT/trace.html."""
+    config.check()
+    loaded = load_chosen(config.run, config.latents, config.layers, config.hook, config.model, config.device,
+                         subject)
+    text = config.text if config.text is not None else generated_text(loaded.subject, config.generate, config.seed)
     if not text.strip():
         raise ResaError("--text is empty; give the text to trace")
     result = trace_text(loaded.subject, loaded.saes, loaded.hook, loaded.latents, text)

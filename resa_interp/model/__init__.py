@@ -7,6 +7,7 @@ and adapters saved, merged or attached to another model of the family (`attach`)
 """
 
 from resa_interp.model.adapters import attach, merge_adapter, save_adapter
+from resa_interp.model.config import AttachConfig, InfoConfig
 from resa_interp.model.harvest import EncodedText, Harvester, encode_packed, encode_texts, iter_batches, make_batch
 from resa_interp.model.hooks import HOOKS, canonical_hook, decoder_layers, hf_point, hook_name, parse_hook_name
 from resa_interp.model.loading import EMBEDDED_ALIASES, cache_dir, resolve_device, resolve_dtype, resolve_model_path
@@ -17,8 +18,10 @@ from resa_interp.model.tiny import build_tiny_model
 __all__ = [
     "EMBEDDED_ALIASES",
     "HOOKS",
+    "AttachConfig",
     "EncodedText",
     "Harvester",
+    "InfoConfig",
     "ModelFacts",
     "Subject",
     "attach",

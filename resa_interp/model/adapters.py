@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from resa_interp.errors import ResaError
+from resa_interp.errors import ResaError, first_line
 from resa_interp.model.loading import resolve_dtype, resolve_model_path
 from resa_interp.runs import atomic_dir, atomic_write_json
 
@@ -132,8 +132,7 @@ def merge_adapter(model: PreTrainedModel, adapter: str | Path, spec: str = "the 
     try:
         peft_model = PeftModel.from_pretrained(model, str(adapter))
     except (RuntimeError, ValueError, KeyError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ResaError(f"adapter {str(adapter)!r} does not fit {spec}: {first}") from exc
+        raise ResaError(f"adapter {str(adapter)!r} does not fit {spec}: {first_line(exc)}") from exc
     return peft_model.merge_and_unload()
 
 

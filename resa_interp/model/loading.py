@@ -4,7 +4,6 @@ into a local HF model directory, GGUF files converted once into the cache, and d
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -16,8 +15,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from resa_interp.errors import ResaError, check_choice
-from resa_interp.runs import atomic_dir
+from resa_interp.errors import ResaError, check_choice, first_line
+from resa_interp.runs import atomic_dir, sha256_file
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
@@ -55,17 +54,9 @@ def embedded_gguf_path() -> Path:
     raise ResaError(f"{EMBEDDED_PACKAGE} is installed but holds no {EMBEDDED_GGUF}; reinstall: {EMBEDDED_INSTALL}")
 
 
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:16]
-
-
 def convert_gguf(gguf: Path) -> Path:
     """Convert a GGUF checkpoint (dequantised to fp32) into an HF directory in the cache, once."""
-    out = cache_dir() / "models" / f"{gguf.stem}-{_file_digest(gguf)}"
+    out = cache_dir() / "models" / f"{gguf.stem}-{sha256_file(gguf)[:16]}"
     if (out / "config.json").exists():
         return out
     from safetensors.torch import save_file
@@ -140,7 +131,7 @@ def _model_config(spec: str | None) -> PretrainedConfig:
     try:
         if path is None or (path.is_file() and path.suffix == ".gguf"):
             gguf = embedded_gguf_path() if path is None else path.resolve()
-            converted = cache_dir() / "models" / f"{gguf.stem}-{_file_digest(gguf)}"
+            converted = cache_dir() / "models" / f"{gguf.stem}-{sha256_file(gguf)[:16]}"
             if (converted / "config.json").exists():
                 return AutoConfig.from_pretrained(converted)
             return AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -151,8 +142,7 @@ def _model_config(spec: str | None) -> PretrainedConfig:
         except OSError:
             return AutoConfig.from_pretrained(spec)
     except (OSError, ValueError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ResaError(f"model {spec!r}: its config could not be read ({reason})") from exc
+        raise ResaError(f"model {spec!r}: its config could not be read ({first_line(exc)})") from exc
 
 
 def hub_id(spec: str | None) -> str | None:

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from resa_interp.data.templates import R1_SYSTEM_PROMPT, marker_spans
-from resa_interp.errors import ResaError
+from resa_interp.errors import ResaError, first_line
 from resa_interp.model.adapters import merge_adapter
 from resa_interp.model.harvest import Harvester
 from resa_interp.model.hooks import HOOKS, canonical_hook, decoder_layers, hf_point, hook_name
@@ -171,11 +171,6 @@ def load_subject(
         tl_config=tl_config,
         adapter=adapter,
     )
-
-
-def first_line(exc: BaseException) -> str:
-    """An exception's first line (its type name when it has no message), for one-line errors."""
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 def check_decoder_only(config: PretrainedConfig, spec: str | None) -> None:

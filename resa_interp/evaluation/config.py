@@ -1,0 +1,102 @@
+"""What `eval` runs and how: `EvalConfig` (a docstring under every field, which is also its `--help`), its
+presets and the `--tasks` parser. Everything that takes an evaluation config imports it from here."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from resa_interp.errors import ResaError, check_choice
+from resa_interp.evaluation.tasks import PAPER_TASKS, SYNTHETIC
+from resa_interp.model.loading import resolve_dtype
+
+BACKENDS = ("auto", "vllm", "transformers")
+DEFAULT_TASKS = ("aime24", "aime25", "amc23", "math_500", "minerva", "gpqa:diamond")
+"""What eval runs by default: the paper's six tasks, as its --tasks default lists them."""
+
+
+@dataclass
+class EvalConfig:
+    """What and how to evaluate; the defaults are the paper's (its six tasks, temperature 0.6, top-p 0.95, up to
+    32,768 new tokens)."""
+
+    backend: str = "auto"
+    """vllm (lighteval on vLLM, GPU), transformers (local sampling, CPU or GPU), or auto: vllm when a CUDA GPU is
+    visible and vLLM is installed, else transformers."""
+    samples: int = 1
+    """Generations per problem; Pass@1 is the mean verdict over them."""
+    max_new_tokens: int = 32768
+    """Generation budget per sample (the paper's: 32768); the model length is set so that every prompt plus this
+    fits."""
+    temperature: float = 0.6
+    """Sampling temperature (the paper's: 0.6; 0 = greedy, which allows only one sample)."""
+    top_p: float = 0.95
+    """Nucleus sampling threshold (the paper's: 0.95)."""
+    limit: int | None = None
+    """Evaluate only the first N problems of each task (unset: all)."""
+    seed: int = 0
+    """Seed of the sampling and of GPQA's option order."""
+    batch_size: int = 8
+    """Sequences per generation batch (transformers backend)."""
+    device: str = "auto"
+    """Device of the transformers backend: cpu, cuda, cuda:N or auto (CUDA when present)."""
+    dtype: str | None = None
+    """Weights dtype: float32, bfloat16 or float16; unset: bfloat16 on GPU (the authors' vLLM setting), float32 on
+    CPU."""
+    gpu_memory_utilization: float = 0.7
+    """Share of GPU memory vLLM may take (the authors' setting: 0.7)."""
+    data_parallel_size: int | None = None
+    """vLLM replicas, one per GPU; unset: every visible GPU (the authors ran 2)."""
+    model: str | None = None
+    """Model to evaluate: a model spec (HF folder, .gguf file, hub id org/name, or smollm2-135m), or a tune output
+    folder (its merged/ model is evaluated); unset: the embedded default."""
+    tasks: tuple[str, ...] = DEFAULT_TASKS
+    """Tasks, comma-separated: the paper's aime24, aime25, amc23, math_500, minerva, gpqa:diamond (from the hub),
+    synthetic (the built-in held-out set), or local .jsonl files (problem, answer[, choices])."""
+
+    def check(self) -> None:
+        """Raise a one-line error for values no backend can run."""
+        check_choice("--backend", self.backend, BACKENDS)
+        for name in ("samples", "max_new_tokens", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ResaError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be at least 1")
+        if self.temperature < 0:
+            raise ResaError(f"--temperature {self.temperature}: must be 0 (greedy) or positive")
+        if self.temperature == 0 and self.samples > 1:
+            raise ResaError(f"--samples {self.samples} with --temperature 0: greedy decoding gives one answer; "
+                            "use --samples 1 or a positive temperature")
+        if not 0 < self.top_p <= 1:
+            raise ResaError(f"--top-p {self.top_p}: must be in (0, 1]")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ResaError(f"--gpu-memory-utilization {self.gpu_memory_utilization}: must be in (0, 1]")
+        if self.data_parallel_size is not None and self.data_parallel_size < 1:
+            raise ResaError(f"--data-parallel-size {self.data_parallel_size}: must be at least 1")
+        if self.dtype is not None:
+            resolve_dtype(self.dtype)
+
+
+EVAL_PRESETS: dict[str, dict[str, Any]] = {
+    "cpu": {"backend": "transformers", "limit": 20, "max_new_tokens": 256},
+    "paper": {"backend": "vllm"},
+}
+"""'cpu': 20 synthetic problems, 256 new tokens, local sampling (the eval README's CPU example). 'paper': the
+paper's setting, which is `EvalConfig`'s defaults (1 sample, temperature 0.6, top-p 0.95, 32,768 new tokens)
+on lighteval + vLLM."""
+
+INPUT_FIELDS = ("model", "tasks")
+"""EvalConfig fields that name what is evaluated rather than how; scores.json records the model and the tasks on
+their own, so its "config" leaves them out."""
+
+
+def generation_settings(config: EvalConfig) -> dict:
+    """The config as scores.json records it (JSON types): every setting, without the model and the tasks."""
+    return json.loads(json.dumps({k: v for k, v in asdict(config).items() if k not in INPUT_FIELDS}))
+
+
+def parse_task_list(text: str) -> list[str]:
+    """`--tasks` text: comma-separated task specs (paths may not contain commas)."""
+    specs = [part.strip() for part in text.split(",") if part.strip()]
+    if not specs:
+        raise ResaError("--tasks is empty; give one or more of: " + ", ".join([*PAPER_TASKS, SYNTHETIC, "file.jsonl"]))
+    return specs
