@@ -38,13 +38,12 @@ from resa_interp.features.boundary import span_value
 from resa_interp.features.selection import REASONING, Selection, model_spec, select_features
 from resa_interp.interventions.measure import AblationEffect, ablation_effects
 from resa_interp.model.hooks import HOOKS, SPLICE_HOOKS, hook_name
-from resa_interp.model.subject import load_subject
+from resa_interp.model.subject import Subject, load_subject
 from resa_interp.sae.folders import check_sae_fits, load_sae
 
 if TYPE_CHECKING:
     from sae_lens import SAE
 
-    from resa_interp.model.subject import Subject
 
 
 class _Assembly:

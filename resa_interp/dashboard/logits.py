@@ -8,12 +8,9 @@ equal to the HookedTransformer's `W_U` because no weight processing is applied.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
-if TYPE_CHECKING:
-    from resa_interp.model.subject import Subject
+from resa_interp.model.subject import Subject
 
 
 def unembedding(subject: Subject) -> tuple[torch.Tensor, str]:
