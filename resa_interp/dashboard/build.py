@@ -45,7 +45,6 @@ if TYPE_CHECKING:
     from sae_lens import SAE
 
 
-
 class _Assembly:
     """What one run's dashboards are assembled from: the harvested corpus, the features prompt and the chosen
     latents' activations over both, and the ablation effects."""
@@ -153,16 +152,16 @@ def build_dashboards(
     threshold = cfg.threshold if cfg.threshold is not None else float((sel.doc or {}).get("threshold", 0.0))
     corpus, dataset, template = trigger_corpus(subject, first, cfg)
     latents = harvest_latents(subject, saes, sel.features, sel.hook, corpus, cfg.batch_size, progress)
-    parts = _Assembly(cfg, sel, subject, saes, corpus, latents, threshold)
-    out = parts.empty_set(run, dataset, template)
+    assembly = _Assembly(cfg, sel, subject, saes, corpus, latents, threshold)
+    out = assembly.empty_set(run, dataset, template)
     total = sum(len(ids) for ids in sel.features.values())
     with tqdm(total=total, desc="dashboard: features", unit="feature", disable=not progress) as bar:
         for lay, ids in sel.features.items():
-            view, sinks = parts.layer_view(lay)
+            view, sinks = assembly.layer_view(lay)
             if not cfg.include_sinks:
-                out.sinks[lay] = int(parts.weight[sinks].sum())
-            effects = parts.effects(lay, ids)
+                out.sinks[lay] = int(assembly.weight[sinks].sum())
+            effects = assembly.effects(lay, ids)
             for j, fid in enumerate(ids):
-                out.features.append(parts.feature(lay, j, fid, view, effects))
+                out.features.append(assembly.feature(lay, j, fid, view, effects))
                 bar.update(1)
     return out

@@ -32,7 +32,6 @@ if TYPE_CHECKING:
     from sae_lens import SAE
 
 
-
 @dataclass
 class Corpus:
     """Trigger texts as positions: the shared prefix once, then each text's own tokens."""
