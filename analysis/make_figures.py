@@ -84,8 +84,7 @@ def embedded_figures(run: Path, out: Path) -> None:
 
 def dashboard_example(run: Path, out: Path, layer: int | None, texts: int) -> None:
     """The dashboard page of one layer's reasoning features (None: the layer with the most), and a PNG of it."""
-    from resa_interp.dashboard.build import DashboardConfig, build_dashboards
-    from resa_interp.dashboard.html import page_html
+    from resa_interp.dashboard import DashboardConfig, build_dashboards, page_html
     from resa_interp.runs import atomic_write_text
 
     if layer is None:

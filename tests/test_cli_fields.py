@@ -15,7 +15,7 @@ from resa_interp.cli.fields import NO_DEFAULT, config_fields, field_option, show
 def command_configs() -> dict[str, list[tuple[str, str]]]:
     """Every command's configs, as the command modules declare them in COMMAND_CONFIGS."""
     found: dict[str, list[tuple[str, str]]] = {}
-    for name in ("evaluation", "export", "features", "interventions", "layers", "model", "sae", "tuning"):
+    for name in ("dashboard", "evaluation", "export", "features", "interventions", "layers", "model", "sae", "tuning"):
         found.update(getattr(importlib.import_module(f"resa_interp.cli.{name}"), "COMMAND_CONFIGS", {}))
     return found
 

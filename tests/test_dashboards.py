@@ -12,8 +12,7 @@ import pytest
 import torch
 from test_features import LAYER, PROMPT, _clean_acts, _planted
 
-from resa_interp.dashboard.build import DashboardConfig, build_dashboards, logit_effects, sink_mask
-from resa_interp.dashboard.html import page_html
+from resa_interp.dashboard import DashboardConfig, build_dashboards, logit_effects, page_html, sink_mask
 from resa_interp.data.synthetic import synthetic_qa
 from resa_interp.data.templates import format_trigger, marker_spans
 from resa_interp.features.extract import FeatureConfig, run_features

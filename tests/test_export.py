@@ -16,8 +16,14 @@ import torch
 import yaml
 from sae_lens import SAE
 
-from resa_interp.dashboard.build import Context, DashboardConfig, FeatureDashboard, run_dashboard
-from resa_interp.dashboard.export import activation_rows, read_dashboards
+from resa_interp.dashboard import (
+    Context,
+    DashboardConfig,
+    FeatureDashboard,
+    activation_rows,
+    read_dashboards,
+    run_dashboard,
+)
 from resa_interp.model.loading import hub_id
 from resa_interp.sae.folders import load_sae
 from resa_interp.sae.hub import export_hub

@@ -9,8 +9,7 @@ import json
 import pytest
 import torch
 
-from resa_interp.dashboard.build import DashboardConfig, build_dashboards
-from resa_interp.dashboard.html import write_dashboard
+from resa_interp.dashboard import DashboardConfig, build_dashboards, write_dashboard
 from resa_interp.errors import ResaError
 from resa_interp.features.extract import FeatureConfig, run_features
 from resa_interp.model.harvest import encode_texts, make_batch, shared_prefix_length

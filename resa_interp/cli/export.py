@@ -63,7 +63,7 @@ def export(
         typer.echo(f"hf: {len(result.sae_ids)} SAEs ({', '.join(result.sae_ids)}) and {result.card.name} in "
                    f"{result.out}")
         return
-    from resa_interp.dashboard.export import NeuronpediaConfig, export_neuronpedia
+    from resa_interp.dashboard import NeuronpediaConfig, export_neuronpedia
 
     cfg = NeuronpediaConfig(dashboard=dashboard, model_id=model_id, source_set=source_set, release=release,
                             creator_name=creator_name, creator_id=creator_id, url=repo and f"https://huggingface.co/"

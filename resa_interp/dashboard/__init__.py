@@ -3,26 +3,53 @@ frequency and activation at the prompt's markers, as SAEDashboard and Neuronpedi
 
 Takes a `DashboardConfig` and a run with SAEs (and features.json); gives one offline HTML page and
 `dashboard.json` in the output folder, and a `DashboardRun` (its `DashboardSet` also displays inline in
-Jupyter).
+Jupyter). `export_neuronpedia` writes that dashboard data in Neuronpedia's bulk-import layout.
+
+Modules: `config` (the configs), `harvest` (the data and its sinks), `stats` (statistics and contexts), `logits`
+(logit effects), `results` (the dashboard data), `build` (assembling it), `html` (the page), `run` (the stage),
+`export` (Neuronpedia).
 """
 
-from resa_interp.dashboard.build import (
-    DashboardConfig,
-    DashboardRun,
-    DashboardSet,
-    FeatureDashboard,
-    build_dashboards,
-    run_dashboard,
+from resa_interp.dashboard.build import build_dashboards
+from resa_interp.dashboard.config import PLOTLYJS, DashboardConfig, NeuronpediaConfig, check_plotlyjs
+from resa_interp.dashboard.export import (
+    NeuronpediaExport,
+    activation_rows,
+    export_neuronpedia,
+    feature_row,
+    read_dashboards,
 )
-from resa_interp.dashboard.html import page_html, write_dashboard
+from resa_interp.dashboard.harvest import Corpus, LayerLatents, harvest_latents, sink_mask
+from resa_interp.dashboard.html import DashboardSet, fragment_html, histogram_figure, page_html, write_dashboard
+from resa_interp.dashboard.logits import logit_effects, unembedding
+from resa_interp.dashboard.results import Context, DashboardData, FeatureDashboard
+from resa_interp.dashboard.run import DashboardRun, run_dashboard
 
 __all__ = [
+    "PLOTLYJS",
+    "Context",
+    "Corpus",
     "DashboardConfig",
+    "DashboardData",
     "DashboardRun",
     "DashboardSet",
     "FeatureDashboard",
+    "LayerLatents",
+    "NeuronpediaConfig",
+    "NeuronpediaExport",
+    "activation_rows",
     "build_dashboards",
+    "check_plotlyjs",
+    "export_neuronpedia",
+    "feature_row",
+    "fragment_html",
+    "harvest_latents",
+    "histogram_figure",
+    "logit_effects",
     "page_html",
+    "read_dashboards",
     "run_dashboard",
+    "sink_mask",
+    "unembedding",
     "write_dashboard",
 ]

@@ -31,7 +31,9 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from resa_interp.dashboard.build import Context, DashboardSet, FeatureDashboard
+from resa_interp.dashboard.config import NeuronpediaConfig
+from resa_interp.dashboard.html import DashboardSet
+from resa_interp.dashboard.results import Context, FeatureDashboard
 from resa_interp.errors import ResaError
 from resa_interp.interventions.measure import AblationEffect
 from resa_interp.model.loading import hub_id
@@ -45,32 +47,6 @@ NEWLINE_SHOWN = "↵"
 """How the dashboard's token strings show a newline."""
 SOURCE_SET_KINDS = {"resid_post": "res", "mlp_out": "mlp"}
 """Hook kind -> the prefix Neuronpedia's source set names use for it (res-jb, mlp-...)."""
-
-
-@dataclass
-class NeuronpediaConfig:
-    """Names and ids of a Neuronpedia export (each None is derived from the run)."""
-
-    dashboard: str | None = None
-    """dashboard.json (or its folder) written by `resa-interp dashboard`; None: RUN/dashboard/dashboard.json."""
-    model_id: str | None = None
-    """Neuronpedia model id; None: the model's name, lowercased, without org or path."""
-    source_set: str | None = None
-    """Source set name; None: '<res|mlp>-resa' after the hook."""
-    release: str | None = None
-    """Release id; None: the run folder's name."""
-    release_title: str | None = None
-    """Release description; None: one line naming the model and the method."""
-    creator_name: str = "resa-interp"
-    """Creator name on the release and source set."""
-    creator_id: str | None = None
-    """Neuronpedia creator id; None: $DEFAULT_CREATOR_ID, else the exporter's fallback id."""
-    url: str | None = None
-    """Release URL (e.g. the hub repo of the SAEs)."""
-    hf_repo: str | None = None
-    """Hub repo holding the SAEs (`export --to hf`, uploaded): recorded on each source with the SAE's folder."""
-    features_per_batch: int = 128
-    """Latents per features/activations batch file."""
 
 
 # ------------------------------------------------------------------------------------ Neuronpedia's rows
@@ -351,22 +327,66 @@ def _dump(path: Path, rows: list, compress: bool = False) -> None:
         path.write_bytes(text)
 
 
+@dataclass(frozen=True)
+class _Names:
+    """The ids and names an export writes on its rows."""
+
+    model_id: str
+    source_set: str
+    release: str
+    title: str
+    creator: str
+    created: datetime
+
+    @classmethod
+    def of(cls, run: Path, dset: DashboardSet, cfg: NeuronpediaConfig) -> _Names:
+        """The names `cfg` gives, the others derived from the run and its dashboards."""
+        kind = SOURCE_SET_KINDS.get(dset.hook) or re.sub(r"[^a-z0-9]+", "-", dset.hook.lower()).strip("-")
+        return cls(
+            model_id=cfg.model_id or default_model_id(dset.model),
+            source_set=cfg.source_set or f"{kind}-resa",
+            release=cfg.release or run.resolve().name,
+            title=cfg.release_title or f"Resa SAEs of {dset.model} ({dset.hook}, resa-interp)",
+            creator=cfg.creator_id or os.environ.get("DEFAULT_CREATOR_ID") or FALLBACK_CREATOR_ID,
+            created=datetime.now(),
+        )
+
+
+def _write_source_rows(folder: Path, dset: DashboardSet, cfg: NeuronpediaConfig, names: _Names, source: str,
+                       hook: str) -> None:
+    """The one-row files of a source folder: release, model, source set and source."""
+    model_id, source_set, release, title = names.model_id, names.source_set, names.release, names.title
+    creator, created = names.creator, names.created
+    _dump(folder / "release.jsonl", [SourceRelease(
+        name=release, description=title, descriptionShort=title, urls=[cfg.url] if cfg.url else [],
+        creatorNameShort=cfg.creator_name, creatorName=cfg.creator_name, creatorId=creator, createdAt=created,
+    )])
+    _dump(folder / "model.jsonl", [Model(
+        id=model_id, instruct=model_id.endswith("-it"), displayNameShort=model_id, displayName=model_id,
+        creatorId=creator, createdAt=created, updatedAt=created,
+    )])
+    _dump(folder / "sourceset.jsonl", [SourceSet(
+        modelId=model_id, name=source_set, creatorId=creator, createdAt=created, creatorName=cfg.creator_name,
+        releaseName=release, description=f"{dset.hook} SAEs (resa-interp)", visibility="PUBLIC",
+    )])
+    _dump(folder / "source.jsonl", [Source(
+        modelId=model_id, setName=source_set, visibility="PUBLIC", dataset=dset.dataset, id=source,
+        num_prompts=dset.n_texts, hfRepoId=cfg.hf_repo, hfFolderId=hook if cfg.hf_repo else None,
+        saelensRelease=cfg.hf_repo if hub_id(cfg.hf_repo) else None,
+        saelensSaeId=hook if hub_id(cfg.hf_repo) else None, creatorId=creator, createdAt=created,
+    )])
+
+
 def export_neuronpedia(run: str | Path, out: str | Path, cfg: NeuronpediaConfig | None = None) -> NeuronpediaExport:
     """Write the run's dashboards to OUT in Neuronpedia's bulk-import layout (temporary name, then renamed)."""
     cfg = cfg or NeuronpediaConfig()
-    if cfg.features_per_batch < 1:
-        raise ResaError(f"features per batch {cfg.features_per_batch}: must be >= 1")
+    cfg.check()
     run, out = Path(run), check_export_target(out)
     dset = read_dashboards(cfg.dashboard or run / "dashboard")
     if not dset.features:
         raise ResaError(f"the dashboard data of {str(run)!r} holds no latents; build dashboards for some first")
-    model_id = cfg.model_id or default_model_id(dset.model)
-    kind = SOURCE_SET_KINDS.get(dset.hook) or re.sub(r"[^a-z0-9]+", "-", dset.hook.lower()).strip("-")
-    source_set = cfg.source_set or f"{kind}-resa"
-    release = cfg.release or run.resolve().name
-    creator = cfg.creator_id or os.environ.get("DEFAULT_CREATOR_ID") or FALLBACK_CREATOR_ID
-    title = cfg.release_title or f"Resa SAEs of {dset.model} ({dset.hook}, resa-interp)"
-    created, ids = datetime.now(), _Ids()
+    names, ids = _Names.of(run, dset, cfg), _Ids()
+    model_id, source_set, creator, created = names.model_id, names.source_set, names.creator, names.created
     layers = sorted({f.layer for f in dset.features})
     n_activations = 0
     with atomic_dir(out) as tmp:
@@ -374,24 +394,7 @@ def export_neuronpedia(run: str | Path, out: str | Path, cfg: NeuronpediaConfig 
             source = source_id(layer, source_set)
             folder = tmp / model_id / source
             hook = next(f.hook_name for f in dset.features if f.layer == layer)
-            _dump(folder / "release.jsonl", [SourceRelease(
-                name=release, description=title, descriptionShort=title, urls=[cfg.url] if cfg.url else [],
-                creatorNameShort=cfg.creator_name, creatorName=cfg.creator_name, creatorId=creator, createdAt=created,
-            )])
-            _dump(folder / "model.jsonl", [Model(
-                id=model_id, instruct=model_id.endswith("-it"), displayNameShort=model_id, displayName=model_id,
-                creatorId=creator, createdAt=created, updatedAt=created,
-            )])
-            _dump(folder / "sourceset.jsonl", [SourceSet(
-                modelId=model_id, name=source_set, creatorId=creator, createdAt=created, creatorName=cfg.creator_name,
-                releaseName=release, description=f"{dset.hook} SAEs (resa-interp)", visibility="PUBLIC",
-            )])
-            _dump(folder / "source.jsonl", [Source(
-                modelId=model_id, setName=source_set, visibility="PUBLIC", dataset=dset.dataset, id=source,
-                num_prompts=dset.n_texts, hfRepoId=cfg.hf_repo, hfFolderId=hook if cfg.hf_repo else None,
-                saelensRelease=cfg.hf_repo if hub_id(cfg.hf_repo) else None,
-                saelensSaeId=hook if hub_id(cfg.hf_repo) else None, creatorId=creator, createdAt=created,
-            )])
+            _write_source_rows(folder, dset, cfg, names, source, hook)
             latents = [f for f in dset.features if f.layer == layer]
             for i in range(0, len(latents), cfg.features_per_batch):
                 features, activations = [], []

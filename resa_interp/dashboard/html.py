@@ -10,16 +10,12 @@ from __future__ import annotations
 
 import html
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from resa_interp.dashboard.config import check_plotlyjs
+from resa_interp.dashboard.results import Context, DashboardData, FeatureDashboard
 from resa_interp.data.templates import END_THINK, THINK
-from resa_interp.errors import check_choice
 from resa_interp.runs import atomic_write_json, atomic_write_text
 
-if TYPE_CHECKING:
-    from resa_interp.dashboard.build import Context, DashboardSet, FeatureDashboard
-
-PLOTLYJS = ("inline", "cdn")
 STYLE = """
 .resa-dash{font-family:system-ui,sans-serif;color:#222;max-width:1180px}
 .resa-dash table{border-collapse:collapse;margin:.4em 0 1em;font-size:13px}
@@ -54,7 +50,7 @@ def _context(ctx: Context, scale: float) -> str:
     return f'<div class="ctx" title="{where}, position {ctx.position}">{value}{tokens}</div>'
 
 
-def _prompt(dset: DashboardSet, f: FeatureDashboard, scale: float) -> str:
+def _prompt(dset: DashboardData, f: FeatureDashboard, scale: float) -> str:
     marker_pos = {p for spans in dset.prompt_markers.values() for s, e in spans for p in range(s, e)}
     return "".join(
         _tok(t, v, scale, ("marker " if i in marker_pos else "") + ("sink" if i in dset.prompt_excluded else ""))
@@ -108,7 +104,7 @@ def histogram_figure(f: FeatureDashboard):
     return fig
 
 
-def feature_html(dset: DashboardSet, f: FeatureDashboard) -> str:
+def feature_html(dset: DashboardData, f: FeatureDashboard) -> str:
     """One latent's section (the histogram as a plotly div; plotly.js must be on the page)."""
     scale = max(f.max_activation, max(f.prompt_acts, default=0.0))
     hist = histogram_figure(f).to_html(full_html=False, include_plotlyjs=False, div_id=f"hist-{f.anchor}",
@@ -128,7 +124,7 @@ mean when firing {f.mean_when_firing:.3f} · <a href="#index">index</a></p>
 </section>"""
 
 
-def _index(dset: DashboardSet) -> str:
+def _index(dset: DashboardData) -> str:
     rows = []
     for f in dset.features:
         think = f.marker_activations[THINK]
@@ -149,7 +145,7 @@ def _index(dset: DashboardSet) -> str:
     )
 
 
-def _header(dset: DashboardSet) -> str:
+def _header(dset: DashboardData) -> str:
     sinks = ", ".join(f"layer {k}: {v}" for k, v in dset.sinks.items())
     return f"""<h1>Feature dashboards</h1>
 <p class="note">run <code>{html.escape(dset.run)}</code> · model <code>{html.escape(dset.model)}</code> ·
@@ -159,11 +155,6 @@ template), {dset.n_positions} positions (the shared system prompt counted once p
 contexts) · a latent fires where its activation exceeds {dset.threshold:g}<br>
 sinks: {html.escape(dset.sink_rule)}{f" (excluded positions: {sinks})" if sinks else ""}<br>
 logit effects: {html.escape(dset.logit_rule)}</p>"""
-
-
-def check_plotlyjs(plotlyjs: str) -> None:
-    """One-line error unless `plotlyjs` is 'inline' or 'cdn'."""
-    check_choice("--plotlyjs", plotlyjs, PLOTLYJS)
 
 
 def _plotly_script(plotlyjs: str) -> str:
@@ -177,14 +168,14 @@ def _plotly_script(plotlyjs: str) -> str:
     return f'<script type="text/javascript">{get_plotlyjs()}</script>'
 
 
-def fragment_html(dset: DashboardSet, plotlyjs: str = "cdn") -> str:
+def fragment_html(dset: DashboardData, plotlyjs: str = "cdn") -> str:
     """The dashboards as an HTML fragment (style, plotly.js, index, sections): for notebooks."""
     body = "".join(feature_html(dset, f) for f in dset.features)
     head = f"<style>{STYLE}</style>{_plotly_script(plotlyjs)}"
     return f'{head}<div class="resa-dash">{_header(dset)}{_index(dset)}{body}</div>'
 
 
-def page_html(dset: DashboardSet, plotlyjs: str = "inline") -> str:
+def page_html(dset: DashboardData, plotlyjs: str = "inline") -> str:
     """A whole HTML page that opens from disk."""
     return (
         '<!DOCTYPE html><html><head><meta charset="utf-8"><title>Feature dashboards</title></head><body>'
@@ -192,9 +183,17 @@ def page_html(dset: DashboardSet, plotlyjs: str = "inline") -> str:
     )
 
 
-def write_dashboard(dset: DashboardSet, out: str | Path, plotlyjs: str = "inline") -> Path:
+def write_dashboard(dset: DashboardData, out: str | Path, plotlyjs: str = "inline") -> Path:
     """OUT/dashboard.html (the page) and OUT/dashboard.json (the numbers behind it); returns the page."""
     out = Path(out)
     page = atomic_write_text(out / "dashboard.html", page_html(dset, plotlyjs))
     atomic_write_json(out / "dashboard.json", dset.to_dict())
     return page
+
+
+class DashboardSet(DashboardData):
+    """The dashboards of a run (`DashboardData`), displayed inline in Jupyter as their HTML fragment (plotly.js
+    from its CDN)."""
+
+    def _repr_html_(self) -> str:
+        return fragment_html(self, plotlyjs="cdn")
