@@ -283,12 +283,8 @@ def test_embedded_features_match_an_independent_recount(cli, embedded, embedded_
     assert "EV q/a" in out
 
 
-def test_errors(cli, tiny_qwen2, tiny_llama, tmp_path):
-    from resa_interp.sae.train import SAETrainConfig, train_saes
-
-    run = tmp_path / "run"
-    train_saes(SAETrainConfig(model=tiny_qwen2, layers="1,2", expansion_factor=2, k=4, tokens=1024,
-                              batch_tokens=256, buffer_tokens=512, heldout=2, n_examples=30), run)
+def test_errors(cli, tiny_qwen2, tiny_llama, tiny_stage1, tmp_path):
+    run = tiny_stage1.run
     base = ["features", "--model", tiny_qwen2, "--saes", str(run), "--out", str(tmp_path / "f")]
     cases = [
         (base + ["--layers", "1,2", "--prompt", "no markers here"], "has no <think> and no </think>"),
@@ -313,12 +309,8 @@ def test_d_in_mismatch(tmp_path, tiny_qwen2):
         extract_features(subject, {1: wrong}, "resid_post", [PROMPT], FeatureConfig())
 
 
-def test_prompt_file_jsonl_through_the_cli(cli, tiny_qwen2, tmp_path):
-    from resa_interp.sae.train import SAETrainConfig, train_saes
-
-    run = tmp_path / "run"
-    train_saes(SAETrainConfig(model=tiny_qwen2, layers="1,2", expansion_factor=2, k=4, tokens=1024,
-                              batch_tokens=256, buffer_tokens=512, heldout=2, n_examples=30), run)
+def test_prompt_file_jsonl_through_the_cli(cli, tiny_qwen2, tiny_stage1, tmp_path):
+    run = tiny_stage1.run
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text(json.dumps({"prompt": PROMPT}) + "\n" + json.dumps({"text": "a <think> b </think> c"}) + "\n")
     code, out, err = cli(["features", "--model", tiny_qwen2, "--saes", str(run), "--prompt-file", str(prompts),
@@ -333,13 +325,10 @@ def test_prompt_file_jsonl_through_the_cli(cli, tiny_qwen2, tmp_path):
     assert code == 2 and "line 1 is not JSON with 'prompt' or 'text'" in err
 
 
-def test_a_moved_run_still_points_at_its_saes(cli, tiny_qwen2, tmp_path):
+def test_a_moved_run_still_points_at_its_saes(cli, tiny_qwen2, tiny_stage1_copy, tmp_path):
     from resa_interp.sae.folders import load_sae
-    from resa_interp.sae.train import SAETrainConfig, train_saes
 
-    run = tmp_path / "run"
-    train_saes(SAETrainConfig(model=tiny_qwen2, layers="1,2", expansion_factor=2, k=4, tokens=1024,
-                              batch_tokens=256, buffer_tokens=512, heldout=2, n_examples=30), run)
+    run = tiny_stage1_copy(tmp_path / "run")
     code, _, err = cli(["features", "--model", tiny_qwen2, "--layers", "1,2", "--out", str(run)])
     assert code == 0, err
     moved = tmp_path / "elsewhere" / "moved"
