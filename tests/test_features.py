@@ -153,7 +153,7 @@ def test_spliced_mode(tiny_qwen2):
 @pytest.fixture(scope="session")
 def embedded_run(tmp_path_factory, embedded):
     """A small Stage I run on the embedded model at three layers, shared by the integration tests."""
-    from resa_interp.sae.train import SAETrainConfig, train_saes
+    from resa_interp.sae import SAETrainConfig, train_saes
 
     run = tmp_path_factory.mktemp("embedded") / "run"
     train_saes(SAETrainConfig(layers="3,12,24", tokens=8192, heldout=8), run, subject=embedded)
@@ -246,7 +246,7 @@ def test_the_saelens_recount_compares_clean_activations(tiny_qwen2):
 
 
 @pytest.mark.slow
-def test_embedded_features_match_an_independent_recount(cli, embedded, embedded_run):
+def test_embedded_features_match_an_independent_recount(cli, embedded, embedded_run, plotly_traces):
     from sae_lens import SAE
 
     code, out, _ = cli(["features", "--out", str(embedded_run), "--layers", "3,12,24"])
@@ -277,9 +277,20 @@ def test_embedded_features_match_an_independent_recount(cli, embedded, embedded_
         assert layer["boundary"]["noise"]["transformerlens"] < 1e-2 and not layer["boundary"]["fragile_fp32"]
         clear = [f for f in layer["features"] if f not in layer["boundary"]["fragile_precision"]]
         assert set(clear) <= set(paths["bfloat16"]), layer["layer"]
+    # counts.csv and the figure hold the recounted numbers: one row and one bar per layer, each layer's count the
+    # length of its (recounted) feature list, the figure's EV line the run's metrics.json
+    recounted = [(layer["layer"], len(layer["features"])) for layer in doc["layers"]]
+    assert [layer["count"] for layer in doc["layers"]] == [n for _, n in recounted]
     counts = (embedded_run / "counts.csv").read_text().splitlines()
-    assert counts[0] == "layer,count" and len(counts) == 4
-    assert (embedded_run / "figures" / "feature_counts.html").exists()
+    assert counts == ["layer,count", *(f"{layer},{n}" for layer, n in recounted)]
+    traces = {trace["name"]: trace for trace in plotly_traces(embedded_run / "figures" / "feature_counts.html")}
+    assert set(traces) == {"reasoning features", "SAE explained variance (q/a tokens)"}
+    assert list(traces["reasoning features"]["x"]) == [3, 12, 24]
+    assert list(traces["reasoning features"]["y"]) == [n for _, n in recounted]
+    metrics = {row["layer"]: row for row in json.loads((embedded_run / "saes" / "metrics.json").read_text())}
+    ev = traces["SAE explained variance (q/a tokens)"]
+    assert list(ev["x"]) == [3, 12, 24]
+    assert list(ev["y"]) == pytest.approx([metrics[layer]["explained_variance_qa"] for layer in (3, 12, 24)])
     assert "EV q/a" in out
 
 

@@ -145,6 +145,7 @@ def _run(cfg: dict, out: Path, mode: str = "fresh") -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", [{"seeds": [5]}, {"trainer": "saelens", "architecture": "batchtopk", "lr": 1e-3}],
                          ids=["fused-two-seeds", "saelens"])
 def test_resume_after_a_real_interruption_equals_an_uninterrupted_run(tiny_train_settings, tmp_path, variant):
@@ -180,6 +181,7 @@ def _weights(folder: Path) -> dict[str, torch.Tensor]:
     return load_file(folder / "sae_weights.safetensors")
 
 
+@pytest.mark.slow
 def test_seeds_train_on_the_same_batches_and_differ_only_in_their_initialisation(tiny_train_config, tiny_stage1,
                                                                                   tmp_path):
     """Each seed's SAE is exactly what it would be without the others: the primary equals a one-seed run, a
@@ -259,6 +261,7 @@ def test_sparsify_import_matches_sparsify_maths(tmp_path):
     assert sae.cfg.metadata.hook_name == "blocks.5.hook_resid_post"
 
 
+@pytest.mark.slow
 def test_pretrained_and_finetune_modes(tiny_train_config, tmp_path):
     from sae_lens import SAE
 
@@ -373,6 +376,7 @@ def test_latents_override_the_expansion_factor(tiny_train_config):
         tiny_train_config(model="m", expansion_factor=1).latents_for(4)
 
 
+@pytest.mark.slow
 def test_cli_latents_and_expansion_factor(cli, tiny_qwen2, tmp_path):
     small = ["--model", tiny_qwen2, "--layers", "1", "--k", "8", "--tokens", "512", "--batch-tokens", "256"]
     code, out, err = cli(["train-saes", *small, "--latents", "96", "--out", str(tmp_path / "n")])
@@ -387,6 +391,7 @@ def test_cli_latents_and_expansion_factor(cli, tiny_qwen2, tmp_path):
     assert code == 2 and err.strip() == "error: --latents 4: needs a positive number of latents, at least --k 8"
 
 
+@pytest.mark.slow
 def test_from_hook_starts_from_the_mlp_sae_and_says_so(tiny_train_config, tmp_path, capsys):
     """The EleutherAI R1-Distill release holds only layers.N.mlp/: the authors fine-tune those at the residual
     stream (scripts/train/finetune.py rename_layer). Without --from-hook that is refused, naming what is there."""
@@ -538,6 +543,7 @@ def test_packed_training_reads_full_chunks_of_the_training_texts(tiny_qwen2, tin
     assert meta.packed is True and meta.context_size == 128
 
 
+@pytest.mark.slow
 def test_folders_hold_what_saelens_runner_records(tiny_qwen2, tiny_train_config, tiny_stage1, tmp_path):
     """cfg.json carries SAELens' runner fields with true values, sparsity.safetensors holds log10 firing rates
     that an independent count on the held-out texts reproduces, and SAELens' fold_W_dec_norm runs as a no-op."""
