@@ -49,6 +49,7 @@ def _whole_text_activations(model: str, cfg: SAETrainConfig, layer: int) -> torc
     return torch.cat(out)
 
 
+@pytest.mark.slow
 def test_round_trip_holds_the_counted_positions(tiny_qwen2, fp32_cache, tmp_path, small_cfg):
     cfg = small_cfg()
     cache = ActivationCache(fp32_cache.path)
@@ -77,6 +78,7 @@ def test_round_trip_holds_the_counted_positions(tiny_qwen2, fp32_cache, tmp_path
     assert torch.equal(restored, exact.bfloat16().float())
 
 
+@pytest.mark.slow
 def test_training_from_an_fp32_cache_equals_the_forward_pass(tiny_qwen2, fp32_cache, tmp_path, small_cfg):
     cfg = small_cfg()
     direct = train_saes(cfg, tmp_path / "direct")

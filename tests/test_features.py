@@ -380,6 +380,7 @@ def _saved(sae, folder, seed, order=None, w_dec=None, negate=()):
     return folder
 
 
+@pytest.mark.slow
 def test_multi_seed_run_matches_planted_copies_and_counts_each_seed_as_a_single_run(tiny_qwen2, tmp_path, cli):
     """Three seeds of one layer: seed 1 is seed 0's SAE with its latents permuted (every reasoning feature has a
     twin), seed 2 keeps latent 2, loses latent 0 (encoder flipped: no longer a reasoning feature) and gets a

@@ -107,6 +107,7 @@ def test_saved_folder_encodes_by_the_architectures_rule(tiny_train_config, rows,
     assert saved.cfg.metadata.hook_name == "blocks.1.hook_resid_post"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("architecture", ["jumprelu", "gated"])
 def test_features_run_on_saelens_trained_saes(tiny_qwen2, tmp_path, architecture, tiny_train_config):
     """Stage I with SAELens' trainer writes a folder `features` reads; its reasoning features equal a recount by
@@ -169,6 +170,7 @@ def test_cli_plans_and_refuses_in_one_line(cli, tiny_qwen2, tmp_path):
                                          "saelens")
 
 
+@pytest.mark.slow
 def test_saelens_trains_the_same_saes_from_a_float32_cache_as_from_forward_passes(tiny_train_config, tmp_path):
     from safetensors.torch import load_file
 
