@@ -124,6 +124,7 @@ def test_the_view_agrees_with_hf_and_takes_saes(arch_model):
             assert (attached - hf_spliced).abs().max().item() < TOLERANCE, hook
 
 
+@pytest.mark.slow
 def test_every_stage_runs(arch_model, tiny_train_config, tmp_path):
     """Stage I at layers 1 and 2, `features` on those SAEs, and one SAE-Tuning step with the layer-1 SAE."""
     _, path = arch_model

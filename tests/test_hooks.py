@@ -72,6 +72,7 @@ def test_the_view_path_gives_the_hf_models_activations(tiny_qwen2):
             torch.testing.assert_close(full[layer][row, :n], expected, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_stage_one_features_and_dashboard_on_a_view_only_hook(tiny_qwen2, tiny_train_config, tmp_path):
     """Stage I trains SAEs at blocks.{l}.mlp.hook_post into SAELens folders named by the hook, measures them
     (no spliced KL: the HF model has no module to splice at), and `features` and `dashboard` run on them."""
