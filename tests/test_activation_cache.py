@@ -17,20 +17,20 @@ from resa_interp.sae.activations import ActivationCache
 from resa_interp.sae.cache import cache_activations
 from resa_interp.sae.train import SAETrainConfig, train_saes, trigger_data
 
-SMALL = dict(
-    expansion_factor=4, k=8, tokens=2048, batch_tokens=256, buffer_tokens=1024, seq_batch=8, heldout=4,
-    n_examples=60, lr=3e-3, layers="0,2",
-)
-
-
-def small_cfg(model: str, **overrides) -> SAETrainConfig:
-    return SAETrainConfig(model=model, **{**SMALL, **overrides})
+CACHED = dict(tokens=2048, layers="0,2")
+"""The cache tests' Stage I: the shared tiny settings at layers 0 (the first) and 2, 2,048 tokens per SAE."""
 
 
 @pytest.fixture(scope="module")
-def fp32_cache(tiny_qwen2, tmp_path_factory):
+def small_cfg(tiny_train_config):
+    """small_cfg(**overrides) -> the cache tests' config (CACHED over the shared tiny settings) with `overrides`."""
+    return lambda **overrides: tiny_train_config(**{**CACHED, **overrides})
+
+
+@pytest.fixture(scope="module")
+def fp32_cache(small_cfg, tmp_path_factory):
     out = tmp_path_factory.mktemp("cache") / "fp32"
-    return cache_activations(small_cfg(tiny_qwen2), out, dtype="float32")
+    return cache_activations(small_cfg(), out, dtype="float32")
 
 
 def _whole_text_activations(model: str, cfg: SAETrainConfig, layer: int) -> torch.Tensor:
@@ -49,8 +49,9 @@ def _whole_text_activations(model: str, cfg: SAETrainConfig, layer: int) -> torc
     return torch.cat(out)
 
 
-def test_round_trip_holds_the_counted_positions(tiny_qwen2, fp32_cache, tmp_path):
-    cfg = small_cfg(tiny_qwen2)
+@pytest.mark.slow
+def test_round_trip_holds_the_counted_positions(tiny_qwen2, fp32_cache, tmp_path, small_cfg):
+    cfg = small_cfg()
     cache = ActivationCache(fp32_cache.path)
     manifest = cache.manifest
     assert manifest["dtype"] == "float32" and manifest["layers"] == [0, 2]
@@ -77,29 +78,30 @@ def test_round_trip_holds_the_counted_positions(tiny_qwen2, fp32_cache, tmp_path
     assert torch.equal(restored, exact.bfloat16().float())
 
 
-def test_training_from_an_fp32_cache_equals_the_forward_pass(tiny_qwen2, fp32_cache, tmp_path):
-    cfg = small_cfg(tiny_qwen2)
+@pytest.mark.slow
+def test_training_from_an_fp32_cache_equals_the_forward_pass(tiny_qwen2, fp32_cache, tmp_path, small_cfg):
+    cfg = small_cfg()
     direct = train_saes(cfg, tmp_path / "direct")
-    cached = train_saes(small_cfg(tiny_qwen2, activations=str(fp32_cache.path)), tmp_path / "cached")
+    cached = train_saes(small_cfg(activations=str(fp32_cache.path)), tmp_path / "cached")
     for layer in (0, 2):
         a = load_file(direct.sae_dirs[layer] / "sae_weights.safetensors")
         b = load_file(cached.sae_dirs[layer] / "sae_weights.safetensors")
         assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
     assert [m["explained_variance"] for m in direct.metrics] == [m["explained_variance"] for m in cached.metrics]
     # fewer tokens than the cache holds: the same prefix of the stream as a forward pass with that budget
-    fewer = train_saes(small_cfg(tiny_qwen2, tokens=1024, layers="2", activations=str(fp32_cache.path)),
+    fewer = train_saes(small_cfg(tokens=1024, layers="2", activations=str(fp32_cache.path)),
                        tmp_path / "fewer").sae_dirs[2]
-    again = train_saes(small_cfg(tiny_qwen2, tokens=1024, layers="2"), tmp_path / "again").sae_dirs[2]
+    again = train_saes(small_cfg(tokens=1024, layers="2"), tmp_path / "again").sae_dirs[2]
     a, b = load_file(fewer / "sae_weights.safetensors"), load_file(again / "sae_weights.safetensors")
     assert all(torch.equal(a[key], b[key]) for key in a)
 
 
-def test_a_bf16_cache_trains_and_says_so(tiny_qwen2, tmp_path):
-    cfg = small_cfg(tiny_qwen2, layers="1")
+def test_a_bf16_cache_trains_and_says_so(tiny_qwen2, tmp_path, small_cfg):
+    cfg = small_cfg(layers="1")
     result = cache_activations(cfg, tmp_path / "bf16")
     manifest = json.loads((result.path / "manifest.json").read_text())
     assert manifest["dtype"] == "bfloat16" and manifest["shards"]["1"]["bytes"] == result.tokens_per_layer * 64 * 2
-    run = train_saes(small_cfg(tiny_qwen2, layers="1", activations=str(result.path)), tmp_path / "run")
+    run = train_saes(small_cfg(layers="1", activations=str(result.path)), tmp_path / "run")
     assert run.tokens_per_layer == cfg.tokens
     assert run.metrics[0]["explained_variance"] > 0.5
     stage = json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"]["train-saes"]
@@ -115,19 +117,19 @@ def test_a_bf16_cache_trains_and_says_so(tiny_qwen2, tmp_path):
         ({"tokens": 4096}, "asks for more"),
     ],
 )
-def test_mismatches_are_refused(tiny_qwen2, fp32_cache, tmp_path, overrides, message):
+def test_mismatches_are_refused(tiny_qwen2, fp32_cache, tmp_path, overrides, message, small_cfg):
     with pytest.raises(ResaError, match=message):
-        train_saes(small_cfg(tiny_qwen2, activations=str(fp32_cache.path), **overrides), tmp_path / "x")
+        train_saes(small_cfg(activations=str(fp32_cache.path), **overrides), tmp_path / "x")
     assert not (tmp_path / "x").exists()
 
 
-def test_another_model_is_refused(tiny_llama, fp32_cache, tmp_path):
+def test_another_model_is_refused(tiny_llama, fp32_cache, tmp_path, small_cfg):
     with pytest.raises(ResaError, match="was harvested from"):
-        train_saes(small_cfg(tiny_llama, activations=str(fp32_cache.path)), tmp_path / "x")
+        train_saes(small_cfg(model=tiny_llama, activations=str(fp32_cache.path)), tmp_path / "x")
 
 
-def test_a_truncated_shard_is_refused(tiny_qwen2, tmp_path):
-    result = cache_activations(small_cfg(tiny_qwen2, layers="1", tokens=512), tmp_path / "c", dtype="float16")
+def test_a_truncated_shard_is_refused(tiny_qwen2, tmp_path, small_cfg):
+    result = cache_activations(small_cfg(layers="1", tokens=512), tmp_path / "c", dtype="float16")
     with open(result.path / "layer-1.bin", "r+b") as handle:
         handle.truncate(100)
     with pytest.raises(ResaError, match="layer-1.bin has 100 bytes"):

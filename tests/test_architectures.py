@@ -19,7 +19,7 @@ from resa_interp.model.splice import spliced
 from resa_interp.model.subject import load_subject
 from resa_interp.model.tiny import ARCHITECTURES, build_tiny_model
 from resa_interp.sae.folders import load_sae, sae_dir
-from resa_interp.sae.train import SAETrainConfig, train_saes
+from resa_interp.sae.train import train_saes
 from resa_interp.tuning.sae_tuning import SAETuner, TuneConfig
 
 VIEWS = {
@@ -124,14 +124,14 @@ def test_the_view_agrees_with_hf_and_takes_saes(arch_model):
             assert (attached - hf_spliced).abs().max().item() < TOLERANCE, hook
 
 
-def test_every_stage_runs(arch_model, tmp_path):
+@pytest.mark.slow
+def test_every_stage_runs(arch_model, tiny_train_config, tmp_path):
     """Stage I at layers 1 and 2, `features` on those SAEs, and one SAE-Tuning step with the layer-1 SAE."""
     _, path = arch_model
     run = tmp_path / "run"
     subject = load_subject(path)
-    result = train_saes(SAETrainConfig(model=path, layers="1,2", expansion_factor=2, k=4, tokens=1024,
-                                       batch_tokens=256, buffer_tokens=512, heldout=2, n_examples=30), run,
-                        subject=subject)
+    result = train_saes(tiny_train_config(model=path, expansion_factor=2, k=4, tokens=1024, buffer_tokens=512,
+                                          heldout=2, n_examples=30), run, subject=subject)
     assert sorted(result.sae_dirs) == [1, 2]
     assert all(m["explained_variance"] > 0 for m in result.metrics), result.metrics
     features = run_features(FeatureConfig(prompts=(PROMPT,), layers="1,2"), run, subject=subject)

@@ -15,7 +15,7 @@ import torch
 
 from resa_interp.checkpoints import STATE, TENSORS, load_state, save_state
 from resa_interp.errors import ResaError
-from resa_interp.sae import SAETrainConfig, train_saes
+from resa_interp.sae import train_saes
 from resa_interp.sae.optimizers import Signum
 
 
@@ -115,7 +115,8 @@ def test_corrupted_or_mismatched_pairs_are_refused_in_one_line(tmp_path):
     refused(b, "not a safetensors file")
 
 
-def test_stage_one_refuses_planted_pickles_without_running_them(tiny_qwen2, tmp_path, pickle_payload, cli):
+def test_stage_one_refuses_planted_pickles_without_running_them(tiny_qwen2, tiny_train_config, tmp_path,
+                                                                pickle_payload, cli):
     marker = tmp_path / "pwned"
     payload = pickle_payload(marker)
     run = tmp_path / "run"
@@ -127,7 +128,7 @@ def test_stage_one_refuses_planted_pickles_without_running_them(tiny_qwen2, tmp_
     code, _, err = cli(args)
     assert code == 2 and "pickled checkpoints are not read" in err and len(err.strip().splitlines()) == 1, err
     with pytest.raises(ResaError, match="pickled checkpoints are not read"):  # also without --resume
-        train_saes(SAETrainConfig(model=tiny_qwen2, layers="1"), run)
+        train_saes(tiny_train_config(layers="1"), run)
     old.unlink()
 
     folder = run / "saes" / ".checkpoint-0"  # the payload as each file the loader reads

@@ -38,9 +38,65 @@ def test_debug_shows_the_traceback(cli, tmp_path):
     assert code == 2 and "Traceback" in err
 
 
+def _command_functions() -> dict:
+    """The command functions the command modules define (every resa_interp.cli module but the shell's own: app,
+    fields, options): public functions with a Typer argument or option, found by reading the modules, not the app."""
+    import importlib
+    import inspect
+    import pkgutil
+    import typing
+
+    import typer.models
+
+    import resa_interp.cli
+
+    def is_typer(parameter) -> bool:
+        metadata = getattr(parameter.annotation, "__metadata__", ())
+        return any(isinstance(m, typer.models.ParameterInfo) for m in (*metadata, parameter.default))
+
+    found = {}
+    for info in pkgutil.iter_modules(resa_interp.cli.__path__):
+        if info.name in ("__main__", "app", "fields", "options"):
+            continue
+        module = importlib.import_module(f"resa_interp.cli.{info.name}")
+        for name, function in vars(module).items():
+            if inspect.isfunction(function) and function.__module__ == module.__name__ and not name.startswith("_"):
+                hints = typing.get_type_hints(function, include_extras=True)
+                parameters = [p.replace(annotation=hints.get(p.name, p.annotation))
+                              for p in inspect.signature(function).parameters.values()]
+                if any(is_typer(p) for p in parameters):
+                    found[function] = f"{info.name}.{name}"
+    return found
+
+
 def test_help_lists_commands(cli):
+    """Every command function of the command modules is registered, each registered command is listed by --help
+    with the first words of its docstring, and answers its own --help."""
+    import sys
+
+    import typer
+
+    from resa_interp.cli import app
+
+    functions = _command_functions()
+    assert len(functions) >= 13, functions  # info ... export: the modules were read, not skipped
+    registered = {command.name: command.callback for command in app.registered_commands}
+    assert set(registered.values()) == set(functions), "a command function is not registered, or vice versa"
     code, out, _ = cli(["--help"])
-    assert code == 0 and "info" in out
+    assert code == 0
+    listed = out.split("Commands:\n", 1)[1].splitlines()
+    assert {line.split()[0] for line in listed if line.strip()} == set(registered)
+    click = typer.main.get_command(app)
+    for line in listed:
+        name, summary = line.split(maxsplit=1)
+        assert summary.rstrip(".") and click.commands[name].help.startswith(summary.rstrip(".").rstrip()), line
+    for name in registered:
+        code, out, _ = cli([name, "--help"])
+        assert code == 0 and out.startswith(f"Usage: resa-interp {name} "), (name, out[:200])
+    configs = {}
+    for function in functions:
+        configs.update(getattr(sys.modules[function.__module__], "COMMAND_CONFIGS", {}))
+    assert set(configs) <= set(registered), "COMMAND_CONFIGS names a command the app does not have"
 
 
 def test_eval_default_tasks_are_the_papers(cli):

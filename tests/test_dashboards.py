@@ -21,20 +21,16 @@ from resa_interp.model.hooks import decoder_layers
 from resa_interp.model.subject import load_subject
 from resa_interp.sae.folders import load_sae, sae_dir
 from resa_interp.sae.pretrained import build_topk_sae
-from resa_interp.sae.train import SAETrainConfig, train_saes
 
 TEXTS = 12
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory, tiny_qwen2):
-    """A tiny Stage I run (layers 1, 2) whose layer-2 SAE is replaced by one with planted marker latents, and
-    the features of the short test prompt extracted from it."""
-    run = tmp_path_factory.mktemp("dash") / "run"
+def tiny_run(tmp_path_factory, tiny_qwen2, tiny_stage1_copy):
+    """The shared tiny Stage I run (layers 1, 2) whose layer-2 SAE is replaced by one with planted marker latents,
+    and the features of the short test prompt extracted from it."""
+    run = tiny_stage1_copy(tmp_path_factory.mktemp("dash") / "run")
     subject = load_subject(tiny_qwen2)
-    train_saes(SAETrainConfig(model=tiny_qwen2, layers="1,2", expansion_factor=4, k=8, tokens=3072,
-                              batch_tokens=256, buffer_tokens=1024, seq_batch=8, heldout=4, n_examples=60, lr=3e-3),
-               run, subject=subject)
     planted, _, _ = _planted(subject, PROMPT)
     for key, value in {"model_name": tiny_qwen2, "model_path": str(subject.path), "dataset_path": "synthetic",
                        "template": "r1"}.items():

@@ -20,10 +20,10 @@ from safetensors.torch import load_file
 from resa_interp.errors import ResaError
 from resa_interp.sae.train import SAETrainConfig, train_saes
 
-CFG = dict(expansion_factor=4, k=8, tokens=None, batch_tokens=256, buffer_tokens=512, seq_batch=4, heldout=4,
-           n_examples=29, lr=3e-3, layers="1,2,3", seeds=[1], checkpoint_every=1)
-"""Three layers over two ranks (1 and 3 on rank 0, 2 on rank 1), two seeds, a checkpoint after every flush, one
-epoch over 25 texts: the last batch has one row, so rank 1's slice of it is empty."""
+CFG = dict(tokens=None, buffer_tokens=512, seq_batch=4, n_examples=29, layers="1,2,3", seeds=[1], checkpoint_every=1)
+"""Over the shared tiny settings (`tiny_train_settings`): three layers over two ranks (1 and 3 on rank 0, 2 on rank
+1), two seeds, a checkpoint after every flush, one epoch over 25 texts: the last batch has one row, so rank 1's slice
+of it is empty."""
 
 RUNNER = """
 import json, sys
@@ -62,20 +62,20 @@ def _saes(run: Path) -> dict[str, dict[str, torch.Tensor]]:
 
 
 @pytest.fixture(scope="module")
-def one_process(tiny_qwen2, tmp_path_factory) -> Path:
+def one_process(tiny_train_config, tmp_path_factory) -> Path:
     """The reference: the same config in one process."""
     run = tmp_path_factory.mktemp("one") / "run"
     torch.set_num_threads(1)  # as torchrun sets OMP_NUM_THREADS for its ranks
     try:
-        train_saes(SAETrainConfig(model=tiny_qwen2, **CFG), run)
+        train_saes(tiny_train_config(**CFG), run)
     finally:
         torch.set_num_threads(os.cpu_count() or 1)
     return run
 
 
-def test_two_ranks_train_the_saes_of_one_process(tiny_qwen2, one_process, tmp_path):
+def test_two_ranks_train_the_saes_of_one_process(tiny_train_settings, one_process, tmp_path):
     run = tmp_path / "run"
-    proc = _torchrun({**CFG, "model": tiny_qwen2}, run)
+    proc = _torchrun(tiny_train_settings(**CFG), run)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-3000:]
     reference, spread = _saes(one_process), _saes(run)
@@ -106,12 +106,12 @@ def _rank_pids(launcher: int) -> dict[int, int]:
     return found
 
 
-def test_a_silent_rank_fails_the_run_in_one_line_and_the_ranks_resume(tiny_qwen2, one_process, tmp_path):
+def test_a_silent_rank_fails_the_run_in_one_line_and_the_ranks_resume(tiny_train_settings, one_process, tmp_path):
     """Rank 1 stops answering (SIGSTOP) after the first checkpoint: rank 0 ends the run with one line once the
     collective times out (RESA_DIST_TIMEOUT); a single process refuses that checkpoint; two ranks resume it and
     end with the SAEs of one uninterrupted process. (A rank killed outright is reported by torchrun itself, which
     then stops the others: 'Root Cause ... rank 1 ... SIGKILL'.)"""
-    run, cfg = tmp_path / "run", {**CFG, "model": tiny_qwen2}
+    run, cfg = tmp_path / "run", tiny_train_settings(**CFG)
     proc = _torchrun(cfg, run, timeout=15)
     deadline = time.time() + 240
     while not list((run / "saes").glob(".checkpoint-[0-9]")) and proc.poll() is None and time.time() < deadline:

@@ -28,7 +28,6 @@ from resa_interp.model.loading import hub_id
 from resa_interp.sae.folders import load_sae
 from resa_interp.sae.hub import export_hub
 from resa_interp.sae.metrics import COLUMNS
-from resa_interp.sae.train import SAETrainConfig, train_saes
 
 LATENTS = ",".join(str(i) for i in range(24))
 
@@ -69,11 +68,9 @@ SOURCESET_KEYS = [
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory, tiny_qwen2):
-    """A tiny Stage I run (layers 1, 2) with dashboards of layer 1's first latents in RUN/dashboard."""
-    run = tmp_path_factory.mktemp("export") / "run"
-    train_saes(SAETrainConfig(model=tiny_qwen2, layers="1,2", expansion_factor=4, k=8, tokens=1024,
-                              batch_tokens=256, buffer_tokens=512, seq_batch=8, heldout=2, n_examples=24, lr=3e-3), run)
+def tiny_run(tmp_path_factory, tiny_stage1_copy):
+    """The shared tiny Stage I run (layers 1, 2) with dashboards of layer 1's first latents in RUN/dashboard."""
+    run = tiny_stage1_copy(tmp_path_factory.mktemp("export") / "run")
     made = run_dashboard(DashboardConfig(run=str(run), layer=1, features=LATENTS, texts=4, top=3), run / "dashboard")
     return run, made.dashboards
 

@@ -153,7 +153,7 @@ def test_spliced_mode(tiny_qwen2):
 @pytest.fixture(scope="session")
 def embedded_run(tmp_path_factory, embedded):
     """A small Stage I run on the embedded model at three layers, shared by the integration tests."""
-    from resa_interp.sae.train import SAETrainConfig, train_saes
+    from resa_interp.sae import SAETrainConfig, train_saes
 
     run = tmp_path_factory.mktemp("embedded") / "run"
     train_saes(SAETrainConfig(layers="3,12,24", tokens=8192, heldout=8), run, subject=embedded)
@@ -246,7 +246,7 @@ def test_the_saelens_recount_compares_clean_activations(tiny_qwen2):
 
 
 @pytest.mark.slow
-def test_embedded_features_match_an_independent_recount(cli, embedded, embedded_run):
+def test_embedded_features_match_an_independent_recount(cli, embedded, embedded_run, plotly_traces):
     from sae_lens import SAE
 
     code, out, _ = cli(["features", "--out", str(embedded_run), "--layers", "3,12,24"])
@@ -277,18 +277,25 @@ def test_embedded_features_match_an_independent_recount(cli, embedded, embedded_
         assert layer["boundary"]["noise"]["transformerlens"] < 1e-2 and not layer["boundary"]["fragile_fp32"]
         clear = [f for f in layer["features"] if f not in layer["boundary"]["fragile_precision"]]
         assert set(clear) <= set(paths["bfloat16"]), layer["layer"]
+    # counts.csv and the figure hold the recounted numbers: one row and one bar per layer, each layer's count the
+    # length of its (recounted) feature list, the figure's EV line the run's metrics.json
+    recounted = [(layer["layer"], len(layer["features"])) for layer in doc["layers"]]
+    assert [layer["count"] for layer in doc["layers"]] == [n for _, n in recounted]
     counts = (embedded_run / "counts.csv").read_text().splitlines()
-    assert counts[0] == "layer,count" and len(counts) == 4
-    assert (embedded_run / "figures" / "feature_counts.html").exists()
+    assert counts == ["layer,count", *(f"{layer},{n}" for layer, n in recounted)]
+    traces = {trace["name"]: trace for trace in plotly_traces(embedded_run / "figures" / "feature_counts.html")}
+    assert set(traces) == {"reasoning features", "SAE explained variance (q/a tokens)"}
+    assert list(traces["reasoning features"]["x"]) == [3, 12, 24]
+    assert list(traces["reasoning features"]["y"]) == [n for _, n in recounted]
+    metrics = {row["layer"]: row for row in json.loads((embedded_run / "saes" / "metrics.json").read_text())}
+    ev = traces["SAE explained variance (q/a tokens)"]
+    assert list(ev["x"]) == [3, 12, 24]
+    assert list(ev["y"]) == pytest.approx([metrics[layer]["explained_variance_qa"] for layer in (3, 12, 24)])
     assert "EV q/a" in out
 
 
-def test_errors(cli, tiny_qwen2, tiny_llama, tmp_path):
-    from resa_interp.sae.train import SAETrainConfig, train_saes
-
-    run = tmp_path / "run"
-    train_saes(SAETrainConfig(model=tiny_qwen2, layers="1,2", expansion_factor=2, k=4, tokens=1024,
-                              batch_tokens=256, buffer_tokens=512, heldout=2, n_examples=30), run)
+def test_errors(cli, tiny_qwen2, tiny_llama, tiny_stage1, tmp_path):
+    run = tiny_stage1.run
     base = ["features", "--model", tiny_qwen2, "--saes", str(run), "--out", str(tmp_path / "f")]
     cases = [
         (base + ["--layers", "1,2", "--prompt", "no markers here"], "has no <think> and no </think>"),
@@ -313,12 +320,8 @@ def test_d_in_mismatch(tmp_path, tiny_qwen2):
         extract_features(subject, {1: wrong}, "resid_post", [PROMPT], FeatureConfig())
 
 
-def test_prompt_file_jsonl_through_the_cli(cli, tiny_qwen2, tmp_path):
-    from resa_interp.sae.train import SAETrainConfig, train_saes
-
-    run = tmp_path / "run"
-    train_saes(SAETrainConfig(model=tiny_qwen2, layers="1,2", expansion_factor=2, k=4, tokens=1024,
-                              batch_tokens=256, buffer_tokens=512, heldout=2, n_examples=30), run)
+def test_prompt_file_jsonl_through_the_cli(cli, tiny_qwen2, tiny_stage1, tmp_path):
+    run = tiny_stage1.run
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text(json.dumps({"prompt": PROMPT}) + "\n" + json.dumps({"text": "a <think> b </think> c"}) + "\n")
     code, out, err = cli(["features", "--model", tiny_qwen2, "--saes", str(run), "--prompt-file", str(prompts),
@@ -333,13 +336,10 @@ def test_prompt_file_jsonl_through_the_cli(cli, tiny_qwen2, tmp_path):
     assert code == 2 and "line 1 is not JSON with 'prompt' or 'text'" in err
 
 
-def test_a_moved_run_still_points_at_its_saes(cli, tiny_qwen2, tmp_path):
+def test_a_moved_run_still_points_at_its_saes(cli, tiny_qwen2, tiny_stage1_copy, tmp_path):
     from resa_interp.sae.folders import load_sae
-    from resa_interp.sae.train import SAETrainConfig, train_saes
 
-    run = tmp_path / "run"
-    train_saes(SAETrainConfig(model=tiny_qwen2, layers="1,2", expansion_factor=2, k=4, tokens=1024,
-                              batch_tokens=256, buffer_tokens=512, heldout=2, n_examples=30), run)
+    run = tiny_stage1_copy(tmp_path / "run")
     code, _, err = cli(["features", "--model", tiny_qwen2, "--layers", "1,2", "--out", str(run)])
     assert code == 0, err
     moved = tmp_path / "elsewhere" / "moved"
@@ -380,6 +380,7 @@ def _saved(sae, folder, seed, order=None, w_dec=None, negate=()):
     return folder
 
 
+@pytest.mark.slow
 def test_multi_seed_run_matches_planted_copies_and_counts_each_seed_as_a_single_run(tiny_qwen2, tmp_path, cli):
     """Three seeds of one layer: seed 1 is seed 0's SAE with its latents permuted (every reasoning feature has a
     twin), seed 2 keeps latent 2, loses latent 0 (encoder flipped: no longer a reasoning feature) and gets a

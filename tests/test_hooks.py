@@ -16,7 +16,7 @@ from resa_interp.model.harvest import encode_texts, make_batch, shared_prefix_le
 from resa_interp.model.hooks import HOOKS, canonical_hook, hook_name, parse_hook_name
 from resa_interp.model.subject import load_subject
 from resa_interp.sae.folders import load_sae, run_sae_dirs
-from resa_interp.sae.train import SAETrainConfig, train_saes
+from resa_interp.sae.train import train_saes
 
 MLP_POST = "blocks.{l}.mlp.hook_post"
 PROMPT = "Problem: What is 12 * 7? <think> 84, so the product is 84 </think> <answer> Answer: 84 </answer>"
@@ -71,14 +71,14 @@ def test_the_view_path_gives_the_hf_models_activations(tiny_qwen2):
             torch.testing.assert_close(full[layer][row, :n], expected, atol=1e-5, rtol=1e-4)
 
 
-def test_stage_one_features_and_dashboard_on_a_view_only_hook(tiny_qwen2, tmp_path):
+@pytest.mark.slow
+def test_stage_one_features_and_dashboard_on_a_view_only_hook(tiny_qwen2, tiny_train_config, tmp_path):
     """Stage I trains SAEs at blocks.{l}.mlp.hook_post into SAELens folders named by the hook, measures them
     (no spliced KL: the HF model has no module to splice at), and `features` and `dashboard` run on them."""
     subject = load_subject(tiny_qwen2)
     run = tmp_path / "run"
-    result = train_saes(SAETrainConfig(model=tiny_qwen2, layers="1,2", hook=MLP_POST, expansion_factor=2, k=8,
-                                       tokens=2048, batch_tokens=256, buffer_tokens=512, heldout=4, n_examples=40),
-                        run, subject=subject)
+    result = train_saes(tiny_train_config(hook=MLP_POST, expansion_factor=2, tokens=2048, buffer_tokens=512,
+                                          n_examples=40), run, subject=subject)
     assert {layer: path.name for layer, path in result.sae_dirs.items()} == {1: "blocks.1.mlp.hook_post",
                                                                             2: "blocks.2.mlp.hook_post"}
     assert run_sae_dirs(run, MLP_POST) == result.sae_dirs and run_sae_dirs(run, "resid_post") == {}
@@ -135,7 +135,7 @@ def test_hooks_the_view_lacks_are_refused(tmp_path, tiny_qwen2):
 
 
 @pytest.mark.parametrize("detach", [False, True])
-def test_stage_one_and_tuning_at_hook_z(tiny_qwen2, tmp_path, detach):
+def test_stage_one_and_tuning_at_hook_z(tiny_qwen2, tiny_train_config, tmp_path, detach):
     """hook_z (heads flattened, read from the input of o_proj): Stage I trains there with spliced-in metrics, and
     SAE-Tuning splices the SAE in with a pre-hook on o_proj; with --detach-sae the gradient stops at the SAE's
     input, so the layer's q/k/v LoRA weights (upstream of hook_z only) get none."""
@@ -144,9 +144,8 @@ def test_stage_one_and_tuning_at_hook_z(tiny_qwen2, tmp_path, detach):
     z_hook = "blocks.{l}.attn.hook_z"
     subject = load_subject(tiny_qwen2)
     run = tmp_path / "run"
-    result = train_saes(SAETrainConfig(model=tiny_qwen2, layers="1", hook=z_hook, expansion_factor=2, k=8,
-                                       tokens=1024, batch_tokens=256, buffer_tokens=512, heldout=2, n_examples=30),
-                        run, subject=subject)
+    result = train_saes(tiny_train_config(layers="1", hook=z_hook, expansion_factor=2, tokens=1024,
+                                          buffer_tokens=512, heldout=2, n_examples=30), run, subject=subject)
     assert result.sae_dirs[1].name == "blocks.1.attn.hook_z"
     assert result.metrics[0]["kl_spliced"] > 0 and result.metrics[0]["explained_variance"] > 0
     tuner = SAETuner(TuneConfig(model=tiny_qwen2, saes_run=str(run), layer=1, hook=z_hook, dataset="synthetic",
@@ -161,16 +160,15 @@ def test_stage_one_and_tuning_at_hook_z(tiny_qwen2, tmp_path, detach):
     assert moved and (moved.isdisjoint(upstream) if detach else moved & upstream)
 
 
-def test_an_activation_cache_at_a_view_only_hook(tiny_qwen2, tmp_path):
+def test_an_activation_cache_at_a_view_only_hook(tiny_qwen2, tiny_train_config, tmp_path):
     """cache-activations harvests mlp.hook_post (d_mlp wide) and Stage I trains from that cache."""
     from resa_interp.sae.activations import ActivationCache
     from resa_interp.sae.cache import cache_activations
 
-    cfg = dict(model=tiny_qwen2, layers="1", hook=MLP_POST, expansion_factor=2, k=8, tokens=512, batch_tokens=256,
-               buffer_tokens=512, seq_batch=8, heldout=2, n_examples=30)
-    cache_activations(SAETrainConfig(**cfg), tmp_path / "cache", dtype="float32")
+    cfg = dict(layers="1", hook=MLP_POST, expansion_factor=2, tokens=512, buffer_tokens=512, heldout=2, n_examples=30)
+    cache_activations(tiny_train_config(**cfg), tmp_path / "cache", dtype="float32")
     manifest = ActivationCache(tmp_path / "cache").manifest
     d_mlp = load_subject(tiny_qwen2).hf.config.intermediate_size
     assert (manifest["d_model"], manifest["hook_names"]) == (d_mlp, ["blocks.1.mlp.hook_post"])
-    result = train_saes(SAETrainConfig(**cfg, activations=str(tmp_path / "cache")), tmp_path / "run")
+    result = train_saes(tiny_train_config(**cfg, activations=str(tmp_path / "cache")), tmp_path / "run")
     assert load_sae(result.sae_dirs[1]).cfg.d_in == d_mlp and result.metrics[0]["explained_variance"] > 0

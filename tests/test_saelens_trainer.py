@@ -17,17 +17,17 @@ from resa_interp.sae.activations import ModelFeed
 from resa_interp.sae.cache import cache_activations
 from resa_interp.sae.folders import load_sae
 from resa_interp.sae.saelens_trainer import ARCHITECTURES, SAELensLayer
-from resa_interp.sae.train import DEAD_WINDOW, SAETrainConfig, train_saes, trigger_data
+from resa_interp.sae.train import DEAD_WINDOW, train_saes, trigger_data
 
-SMALL = dict(expansion_factor=4, k=8, tokens=1536, batch_tokens=128, buffer_tokens=1024, seq_batch=8, heldout=4,
-             n_examples=40, lr=1e-3, layers="1", trainer="saelens")
+SMALL = dict(tokens=1536, batch_tokens=128, n_examples=40, lr=1e-3, layers="1", trainer="saelens")
+"""SAELens' trainer on the shared tiny settings: smaller batches of fewer texts, its Adam's learning rate."""
 LAYER = 1
 
 
 @pytest.fixture(scope="module")
-def rows(tiny_qwen2) -> tuple[torch.Tensor, torch.Tensor]:
+def rows(tiny_qwen2, tiny_train_config) -> tuple[torch.Tensor, torch.Tensor]:
     """Layer-1 training activations of the tiny model as Stage I harvests them, split into train and held-out rows."""
-    cfg = SAETrainConfig(model=tiny_qwen2, **SMALL)
+    cfg = tiny_train_config(**SMALL)
     subject = load_subject(tiny_qwen2)
     data = trigger_data(cfg, subject)
     feed = ModelFeed(subject, cfg.hook, [LAYER], data.train, data.prefix_len, cfg.seq_batch, 1)
@@ -36,10 +36,10 @@ def rows(tiny_qwen2) -> tuple[torch.Tensor, torch.Tensor]:
     return x[:1536], x[1536:2048]
 
 
-def _trained(tiny_qwen2: str, architecture: str, rows, seed: int = 0) -> tuple[SAELensLayer, float, float]:
+def _trained(config, architecture: str, rows, seed: int = 0) -> tuple[SAELensLayer, float, float]:
     """A layer trained on the training rows; with the held-out explained variance of its SAE at step 0 and at the
     end (computed here from the saved form's encode/decode)."""
-    cfg = SAETrainConfig(model=tiny_qwen2, architecture=architecture, **SMALL)
+    cfg = config(**SMALL, architecture=architecture)
     train, heldout = rows
     layer = SAELensLayer(cfg, 64, 256, seed, torch.device("cpu"), DEAD_WINDOW)
     layer.make_optimizer(cfg.optimizer, cfg.lr)
@@ -58,12 +58,12 @@ def _explained_variance(sae, x: torch.Tensor) -> float:
 
 
 @pytest.mark.parametrize("architecture", list(ARCHITECTURES))
-def test_every_architecture_learns_and_is_deterministic(tiny_qwen2, rows, architecture):
-    layer, before, after = _trained(tiny_qwen2, architecture, rows)
+def test_every_architecture_learns_and_is_deterministic(tiny_train_config, rows, architecture):
+    layer, before, after = _trained(tiny_train_config, architecture, rows)
     assert after > before + 0.1, (before, after)
     assert int(layer.tokens_seen) == 1536
-    again, _, _ = _trained(tiny_qwen2, architecture, rows)
-    other, _, _ = _trained(tiny_qwen2, architecture, rows, seed=1)
+    again, _, _ = _trained(tiny_train_config, architecture, rows)
+    other, _, _ = _trained(tiny_train_config, architecture, rows, seed=1)
     state, same, different = layer.sae.state_dict(), again.sae.state_dict(), other.sae.state_dict()
     assert all(torch.equal(state[key], same[key]) for key in state)
     assert not torch.equal(state["W_enc"], different["W_enc"])
@@ -92,10 +92,10 @@ def _encode_by_hand(layer: SAELensLayer, x: torch.Tensor, architecture: str) -> 
 
 
 @pytest.mark.parametrize("architecture", list(ARCHITECTURES))
-def test_saved_folder_encodes_by_the_architectures_rule(tiny_qwen2, rows, tmp_path, architecture):
+def test_saved_folder_encodes_by_the_architectures_rule(tiny_train_config, rows, tmp_path, architecture):
     from sae_lens import SAE
 
-    layer, _, _ = _trained(tiny_qwen2, architecture, rows)
+    layer, _, _ = _trained(tiny_train_config, architecture, rows)
     layer.export({"hook_name": "blocks.1.hook_resid_post"}).save_model(tmp_path)
     saved = SAE.load_from_disk(str(tmp_path))
     x = rows[1]
@@ -107,13 +107,14 @@ def test_saved_folder_encodes_by_the_architectures_rule(tiny_qwen2, rows, tmp_pa
     assert saved.cfg.metadata.hook_name == "blocks.1.hook_resid_post"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("architecture", ["jumprelu", "gated"])
-def test_features_run_on_saelens_trained_saes(tiny_qwen2, tmp_path, architecture):
+def test_features_run_on_saelens_trained_saes(tiny_qwen2, tmp_path, architecture, tiny_train_config):
     """Stage I with SAELens' trainer writes a folder `features` reads; its reasoning features equal a recount by
     hand from a plain SAELens encode of the raw hidden states."""
     import sae_lens
 
-    cfg = SAETrainConfig(model=tiny_qwen2, architecture=architecture, **{**SMALL, "layers": "2"})
+    cfg = tiny_train_config(**{**SMALL, "layers": "2"}, architecture=architecture)
     result = train_saes(cfg, tmp_path / "run")
     sae = load_sae(result.sae_dirs[2])
     meta = sae.cfg.metadata
@@ -152,9 +153,9 @@ def test_features_run_on_saelens_trained_saes(tiny_qwen2, tmp_path, architecture
         ({"sparsity_coefficient": 5.0}, "--architecture topk is sparse by --k; the coefficient is for jumprelu"),
     ],
 )
-def test_bad_trainer_settings_are_one_line(tiny_qwen2, tmp_path, overrides, message):
+def test_bad_trainer_settings_are_one_line(tiny_train_config, tmp_path, overrides, message):
     with pytest.raises(ResaError, match=message):
-        train_saes(SAETrainConfig(model=tiny_qwen2, **{**SMALL, **overrides}), tmp_path)
+        train_saes(tiny_train_config(**{**SMALL, **overrides}), tmp_path)
 
 
 def test_cli_plans_and_refuses_in_one_line(cli, tiny_qwen2, tmp_path):
@@ -169,10 +170,11 @@ def test_cli_plans_and_refuses_in_one_line(cli, tiny_qwen2, tmp_path):
                                          "saelens")
 
 
-def test_saelens_trains_the_same_saes_from_a_float32_cache_as_from_forward_passes(tiny_qwen2, tmp_path):
+@pytest.mark.slow
+def test_saelens_trains_the_same_saes_from_a_float32_cache_as_from_forward_passes(tiny_train_config, tmp_path):
     from safetensors.torch import load_file
 
-    cfg = SAETrainConfig(model=tiny_qwen2, architecture="batchtopk", **SMALL)
+    cfg = tiny_train_config(**SMALL, architecture="batchtopk")
     cache = cache_activations(cfg, tmp_path / "cache", "float32")
     direct = train_saes(cfg, tmp_path / "direct").sae_dirs[LAYER]
     cached = train_saes(dataclasses.replace(cfg, activations=str(cache.path)), tmp_path / "cached").sae_dirs[LAYER]

@@ -17,15 +17,6 @@ from resa_interp.errors import ResaError
 from resa_interp.sae.topk_kernel import reconstruction_loss
 from resa_interp.sae.train import LayerSAE, SAETrainConfig, train_saes
 
-SMALL = dict(
-    expansion_factor=4, k=8, tokens=3072, batch_tokens=256, buffer_tokens=1024, seq_batch=8, heldout=4,
-    n_examples=60, lr=3e-3,
-)
-
-
-def small_cfg(model: str, **overrides) -> SAETrainConfig:
-    return SAETrainConfig(model=model, **{**SMALL, **overrides})
-
 
 def _dense_reference(x, enc, b_enc, dec, b_dec, indices):
     """Plain autograd TopK SAE on a given support (the independent computation)."""
@@ -79,30 +70,40 @@ def test_export_folds_the_scale_and_matches_saelens_maths():
     assert torch.allclose(exported.W_dec.norm(dim=-1), torch.ones(64), atol=1e-5)
 
 
-def test_train_writes_saelens_folders_and_metrics(tiny_qwen2, tmp_path):
+def test_train_writes_saelens_folders_and_metrics(tiny_qwen2, tiny_stage1, plotly_traces):
     from sae_lens import SAE
 
-    result = train_saes(small_cfg(tiny_qwen2, layers="1,2"), tmp_path / "run")
+    result = tiny_stage1
+    run = result.run
     assert sorted(result.sae_dirs) == [1, 2]
     for layer, path in result.sae_dirs.items():
-        assert path == tmp_path / "run" / "saes" / f"blocks.{layer}.hook_resid_post"
+        assert path == run / "saes" / f"blocks.{layer}.hook_resid_post"
         sae = SAE.load_from_disk(str(path))
         meta = sae.cfg.metadata
         assert meta.hook_name == f"blocks.{layer}.hook_resid_post"
         assert meta.training_tokens == 3072 and meta.mode == "scratch" and meta.dataset_path == "synthetic"
         assert len(meta.dataset_fingerprint) == 64 and meta.model_path == tiny_qwen2
         assert (sae.cfg.d_in, sae.cfg.d_sae, sae.cfg.k) == (64, 256, 8)
-    metrics = json.loads((tmp_path / "run" / "saes" / "metrics.json").read_text())
+    metrics = json.loads((run / "saes" / "metrics.json").read_text())
     assert [row["layer"] for row in metrics] == [1, 2]
+    assert metrics == result.metrics
     for row in metrics:
         assert 0.5 < row["explained_variance"] <= 1.0
         assert row["l0"] <= 8 and row["kl_spliced"] >= 0 and row["heldout_tokens_qa"] < row["heldout_tokens"]
-    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["stages"]["train-saes"]["layers"] == [1, 2]
-    assert (tmp_path / "run" / "saes" / "metrics.html").exists()
+    # the figure plots metrics.json's numbers over the layers: each curve is one column of the rows
+    curves = {trace["name"]: trace for trace in plotly_traces(run / "saes" / "metrics.html")}
+    columns = {"explained variance": "explained_variance", "explained variance (q/a)": "explained_variance_qa",
+               "explained variance (novel question kinds)": "explained_variance_novel",
+               "spliced KL (q/a)": "kl_spliced_qa"}
+    assert set(curves) == set(columns)
+    for name, key in columns.items():
+        assert list(curves[name]["x"]) == [1, 2], name
+        assert list(curves[name]["y"]) == pytest.approx([row[key] for row in metrics], abs=1e-12), name
 
 
-def test_metrics_recomputed_independently(tiny_qwen2, tmp_path):
+def test_metrics_recomputed_independently(tiny_qwen2, tiny_train_config, tiny_stage1):
     """Explained variance from raw HF hidden states and a plain sae_lens forward, outside our metric code."""
     from sae_lens import SAE
 
@@ -110,8 +111,8 @@ def test_metrics_recomputed_independently(tiny_qwen2, tmp_path):
     from resa_interp.model.subject import load_subject
     from resa_interp.sae.train import trigger_data
 
-    cfg = small_cfg(tiny_qwen2, layers="2")
-    result = train_saes(cfg, tmp_path / "run")
+    cfg = tiny_train_config()
+    result = tiny_stage1
     subject = load_subject(tiny_qwen2)
     data = trigger_data(cfg, subject)
     sae = SAE.load_from_disk(str(result.sae_dirs[2]))
@@ -121,15 +122,16 @@ def test_metrics_recomputed_independently(tiny_qwen2, tmp_path):
         x = hidden.hidden_states[3][batch.train_mask].double()
         recon = sae(x.float()).double()
     ev = 1 - (x - recon).pow(2).sum() / (x - x.mean(0)).pow(2).sum()
-    assert result.metrics[0]["explained_variance"] == pytest.approx(ev.item(), abs=1e-4)
+    assert result.metrics[1]["layer"] == 2
+    assert result.metrics[1]["explained_variance"] == pytest.approx(ev.item(), abs=1e-4)
 
 
-def test_deterministic(tiny_qwen2, tmp_path):
+def test_deterministic(tiny_train_config, tiny_stage1, tmp_path):
+    """The same config trains the same SAE again (here: the shared run's config, trained a second time)."""
     from safetensors.torch import load_file
 
-    cfg = small_cfg(tiny_qwen2, layers="1")
-    a = train_saes(cfg, tmp_path / "a").sae_dirs[1]
-    b = train_saes(cfg, tmp_path / "b").sae_dirs[1]
+    a = tiny_stage1.sae_dirs[1]
+    b = train_saes(tiny_train_config(), tmp_path / "b").sae_dirs[1]
     wa, wb = load_file(a / "sae_weights.safetensors"), load_file(b / "sae_weights.safetensors")
     assert all(torch.equal(wa[key], wb[key]) for key in wa)
 
@@ -143,17 +145,17 @@ def _run(cfg: dict, out: Path, mode: str = "fresh") -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", [{"seeds": [5]}, {"trainer": "saelens", "architecture": "batchtopk", "lr": 1e-3}],
                          ids=["fused-two-seeds", "saelens"])
-def test_resume_after_a_real_interruption_equals_an_uninterrupted_run(tiny_qwen2, tmp_path, variant):
+def test_resume_after_a_real_interruption_equals_an_uninterrupted_run(tiny_train_settings, tmp_path, variant):
     """A separate process is killed (SIGKILL) after its first checkpoint, then resumed (the fused kernel with two
     seeds, and SAELens' trainer with its optimizer, scheduler, scale factor and batch top-k threshold in the
     checkpoint)."""
     from safetensors.torch import load_file
 
     seeds = variant.get("seeds", [])
-    cfg = {**SMALL, "model": tiny_qwen2, "layers": "1,3", "tokens": 6144, "n_examples": 90, "checkpoint_every": 1,
-           **variant}
+    cfg = tiny_train_settings(layers="1,3", tokens=6144, n_examples=90, checkpoint_every=1, **variant)
     proc = _run(cfg, tmp_path / "cut")
     saes = tmp_path / "cut" / "saes"
     deadline = time.time() + 240
@@ -179,16 +181,18 @@ def _weights(folder: Path) -> dict[str, torch.Tensor]:
     return load_file(folder / "sae_weights.safetensors")
 
 
-def test_seeds_train_on_the_same_batches_and_differ_only_in_their_initialisation(tiny_qwen2, tmp_path):
+@pytest.mark.slow
+def test_seeds_train_on_the_same_batches_and_differ_only_in_their_initialisation(tiny_train_config, tiny_stage1,
+                                                                                  tmp_path):
     """Each seed's SAE is exactly what it would be without the others: the primary equals a one-seed run, a
     further seed is unchanged when another seed is dropped, and two seeds give different SAEs."""
     from resa_interp.sae import read_metrics, run_sae_dirs, run_seeds
 
-    three = train_saes(small_cfg(tiny_qwen2, layers="1,3", seeds=(1, 2)), tmp_path / "three")
-    one = train_saes(small_cfg(tiny_qwen2, layers="1,3"), tmp_path / "one")
-    two = train_saes(small_cfg(tiny_qwen2, layers="1,3", seeds=(2,)), tmp_path / "two")
+    three = train_saes(tiny_train_config(seeds=(1, 2)), tmp_path / "three")
+    one = tiny_stage1
+    two = train_saes(tiny_train_config(seeds=(2,)), tmp_path / "two")
     assert run_seeds(three.run) == [1, 2] and run_seeds(one.run) == []
-    for layer in (1, 3):
+    for layer in (1, 2):
         primary, seed1, seed2 = (_weights(three.sae_dirs[layer]), _weights(three.seed_dirs[1][layer]),
                                  _weights(three.seed_dirs[2][layer]))
         assert all(torch.equal(primary[key], _weights(one.sae_dirs[layer])[key]) for key in primary)
@@ -198,9 +202,9 @@ def test_seeds_train_on_the_same_batches_and_differ_only_in_their_initialisation
         recorded = json.loads((three.seed_dirs[1][layer] / "cfg.json").read_text())["metadata"]
         assert recorded["seed"] == 1 and recorded["training_tokens"] == three.tokens_per_layer
     assert run_sae_dirs(three.run, seed=2) == three.seed_dirs[2]
-    assert [row["layer"] for row in three.seed_metrics[1]] == [1, 3]
-    assert read_metrics(three.run, seed=1)[3]["explained_variance"] == three.seed_metrics[1][1]["explained_variance"]
-    assert read_metrics(three.run)[3] == read_metrics(one.run)[3]
+    assert [row["layer"] for row in three.seed_metrics[1]] == [1, 2]
+    assert read_metrics(three.run, seed=1)[2]["explained_variance"] == three.seed_metrics[1][1]["explained_variance"]
+    assert read_metrics(three.run)[2] == read_metrics(one.run)[2]
     manifest = json.loads((three.run / "manifest.json").read_text())
     assert manifest["stages"]["train-saes"]["seeds"] == [0, 1, 2]
 
@@ -257,17 +261,18 @@ def test_sparsify_import_matches_sparsify_maths(tmp_path):
     assert sae.cfg.metadata.hook_name == "blocks.5.hook_resid_post"
 
 
-def test_pretrained_and_finetune_modes(tiny_qwen2, tmp_path):
+@pytest.mark.slow
+def test_pretrained_and_finetune_modes(tiny_train_config, tmp_path):
     from sae_lens import SAE
 
     weights = _sparsify_folder(tmp_path / "sparsify", layer=2, d_in=64, latents=192, k=8)
-    imported = train_saes(small_cfg(tiny_qwen2, layers="2", mode="pretrained", source=str(tmp_path / "sparsify")),
+    imported = train_saes(tiny_train_config(layers="2", mode="pretrained", source=str(tmp_path / "sparsify")),
                           tmp_path / "pre")
     sae = SAE.load_from_disk(str(imported.sae_dirs[2]))
     assert torch.equal(sae.W_dec, weights["W_dec"]) and sae.cfg.metadata.mode == "pretrained"
     before = imported.metrics[0]["explained_variance"]
 
-    tuned = train_saes(small_cfg(tiny_qwen2, layers="2", mode="finetune", source=str(tmp_path / "sparsify")),
+    tuned = train_saes(tiny_train_config(layers="2", mode="finetune", source=str(tmp_path / "sparsify")),
                        tmp_path / "ft")
     after = SAE.load_from_disk(str(tuned.sae_dirs[2]))
     assert after.cfg.d_sae == 192 and after.cfg.k == 8  # the source's shape, not --expansion-factor
@@ -294,21 +299,21 @@ def test_pretrained_and_finetune_modes(tiny_qwen2, tmp_path):
         ({"seeds": (1,), "mode": "finetune", "source": "x"}, "--seeds with --mode finetune"),
     ],
 )
-def test_bad_configs(tiny_qwen2, tmp_path, overrides, message):
+def test_bad_configs(tiny_train_config, tmp_path, overrides, message):
     with pytest.raises(ResaError, match=message):
-        train_saes(small_cfg(tiny_qwen2, **overrides), tmp_path)
+        train_saes(tiny_train_config(**overrides), tmp_path)
 
 
-def test_source_errors(tiny_qwen2, tmp_path):
+def test_source_errors(tiny_train_config, tmp_path):
     _sparsify_folder(tmp_path / "wide", layer=1, d_in=32, latents=64, k=4)
     with pytest.raises(ResaError, match="d_in 32 does not match the model's d_model 64"):
-        train_saes(small_cfg(tiny_qwen2, layers="1", mode="pretrained", source=str(tmp_path / "wide")), tmp_path / "r")
+        train_saes(tiny_train_config(layers="1", mode="pretrained", source=str(tmp_path / "wide")), tmp_path / "r")
     corrupt = tmp_path / "corrupt" / "blocks.1.hook_resid_post"
     corrupt.mkdir(parents=True)
     (corrupt / "cfg.json").write_text("{}")
     (corrupt / "sae_weights.safetensors").write_bytes(b"not safetensors")
     with pytest.raises(ResaError, match="could not be loaded"):
-        train_saes(small_cfg(tiny_qwen2, layers="1", mode="pretrained", source=str(tmp_path / "corrupt")),
+        train_saes(tiny_train_config(layers="1", mode="pretrained", source=str(tmp_path / "corrupt")),
                    tmp_path / "r2")
 
 
@@ -346,30 +351,32 @@ def test_memory_plan_groups_layers_when_they_do_not_fit():
     assert "per SAE" in plan.describe(28)
 
 
-def test_layer_groups_train_the_same_saes(tiny_qwen2, tmp_path):
+def test_layer_groups_train_the_same_saes(tiny_train_config, tiny_stage1, tmp_path):
     """Grouping only changes how many layers share a forward pass, not what each SAE sees."""
     from safetensors.torch import load_file
 
-    together = train_saes(small_cfg(tiny_qwen2, layers="1,3", tokens=2048), tmp_path / "together").sae_dirs
-    apart = train_saes(small_cfg(tiny_qwen2, layers="1,3", tokens=2048, group_size=1), tmp_path / "apart").sae_dirs
-    for layer in (1, 3):
+    together = tiny_stage1.sae_dirs
+    apart = train_saes(tiny_train_config(group_size=1), tmp_path / "apart").sae_dirs
+    assert sorted(together) == sorted(apart) == [1, 2]
+    for layer in (1, 2):
         a = load_file(together[layer] / "sae_weights.safetensors")
         b = load_file(apart[layer] / "sae_weights.safetensors")
         assert all(torch.equal(a[key], b[key]) for key in a)
 
 
-def test_latents_override_the_expansion_factor():
+def test_latents_override_the_expansion_factor(tiny_train_config):
     from resa_interp.sae.train import plan_memory
 
-    by_factor, by_number = small_cfg("m"), small_cfg("m", latents=100)
+    by_factor, by_number = tiny_train_config(model="m"), tiny_train_config(model="m", latents=100)
     assert (by_factor.latents_for(64), by_number.latents_for(64), by_number.latents_for(4096)) == (256, 100, 100)
     plans = [plan_memory(c, d_in=64, n_layers=2, device=torch.device("cpu")) for c in (by_factor, by_number)]
     assert [p.per_layer_sae for p in plans] == [4 * (2 * n * 64 + n + 64) * 4 for n in (256, 100)]  # Adam: 2 copies
     assert [p.step for p in plans] == [4 * 256 * n * 2 for n in (256, 100)]
     with pytest.raises(ResaError, match="--expansion-factor 1: 4 latents for d_model 4, fewer than --k 8"):
-        small_cfg("m", expansion_factor=1).latents_for(4)
+        tiny_train_config(model="m", expansion_factor=1).latents_for(4)
 
 
+@pytest.mark.slow
 def test_cli_latents_and_expansion_factor(cli, tiny_qwen2, tmp_path):
     small = ["--model", tiny_qwen2, "--layers", "1", "--k", "8", "--tokens", "512", "--batch-tokens", "256"]
     code, out, err = cli(["train-saes", *small, "--latents", "96", "--out", str(tmp_path / "n")])
@@ -384,7 +391,8 @@ def test_cli_latents_and_expansion_factor(cli, tiny_qwen2, tmp_path):
     assert code == 2 and err.strip() == "error: --latents 4: needs a positive number of latents, at least --k 8"
 
 
-def test_from_hook_starts_from_the_mlp_sae_and_says_so(tiny_qwen2, tmp_path, capsys):
+@pytest.mark.slow
+def test_from_hook_starts_from_the_mlp_sae_and_says_so(tiny_train_config, tmp_path, capsys):
     """The EleutherAI R1-Distill release holds only layers.N.mlp/: the authors fine-tune those at the residual
     stream (scripts/train/finetune.py rename_layer). Without --from-hook that is refused, naming what is there."""
     from sae_lens import SAE
@@ -394,11 +402,11 @@ def test_from_hook_starts_from_the_mlp_sae_and_says_so(tiny_qwen2, tmp_path, cap
                for layer in (1, 2)}
     with pytest.raises(ResaError, match=r"no resid_post SAE for layer 2 there; it holds mlp_out SAEs for layers 1,2; "
                                         r"to start from its mlp_out SAE pass --from-hook mlp_out"):
-        train_saes(small_cfg(tiny_qwen2, layers="2", mode="finetune", source=str(source)), tmp_path / "refused")
+        train_saes(tiny_train_config(layers="2", mode="finetune", source=str(source)), tmp_path / "refused")
     assert not (tmp_path / "refused" / "saes").exists()
 
     capsys.readouterr()
-    cfg = small_cfg(tiny_qwen2, layers="2", mode="finetune", source=str(source), source_hook="mlp_out")
+    cfg = tiny_train_config(layers="2", mode="finetune", source=str(source), source_hook="mlp_out")
     tuned = train_saes(cfg, tmp_path / "ft")
     assert "the mlp_out SAEs (--from-hook), fine-tuned at resid_post" in capsys.readouterr().out
     sae = SAE.load_from_disk(str(tuned.sae_dirs[2]))
@@ -410,7 +418,7 @@ def test_from_hook_starts_from_the_mlp_sae_and_says_so(tiny_qwen2, tmp_path, cap
            for layer, w in weights.items()}
     assert cos[2] > 0.5 > cos[1]
 
-    imported = train_saes(small_cfg(tiny_qwen2, layers="1", mode="pretrained", source=str(source),
+    imported = train_saes(tiny_train_config(layers="1", mode="pretrained", source=str(source),
                                     source_hook="mlp_out"), tmp_path / "pre")
     meta = SAE.load_from_disk(str(imported.sae_dirs[1])).cfg.metadata
     assert (meta.hook_name, meta.source_hook, meta.source_format) == ("blocks.1.hook_resid_post", "mlp_out", "sparsify")
@@ -512,13 +520,13 @@ def test_finetune_refuses_what_cannot_be_folded_and_notes_what_changes(tmp_path)
     ]
 
 
-def test_packed_training_reads_full_chunks_of_the_training_texts(tiny_qwen2, tmp_path):
+def test_packed_training_reads_full_chunks_of_the_training_texts(tiny_qwen2, tiny_train_config, tmp_path):
     from sae_lens import SAE
 
     from resa_interp.model.subject import load_subject
     from resa_interp.sae.train import trigger_data
 
-    cfg = small_cfg(tiny_qwen2, layers="1", pack=True, max_seq_len=128, tokens=512)
+    cfg = tiny_train_config(layers="1", pack=True, max_seq_len=128, tokens=512)
     subject = load_subject(tiny_qwen2)
     data = trigger_data(cfg, subject)
     assert data.prefix_len == 0 and {len(t.ids) for t in data.train} == {128}
@@ -535,7 +543,8 @@ def test_packed_training_reads_full_chunks_of_the_training_texts(tiny_qwen2, tmp
     assert meta.packed is True and meta.context_size == 128
 
 
-def test_folders_hold_what_saelens_runner_records(tiny_qwen2, tmp_path):
+@pytest.mark.slow
+def test_folders_hold_what_saelens_runner_records(tiny_qwen2, tiny_train_config, tiny_stage1, tmp_path):
     """cfg.json carries SAELens' runner fields with true values, sparsity.safetensors holds log10 firing rates
     that an independent count on the held-out texts reproduces, and SAELens' fold_W_dec_norm runs as a no-op."""
     from sae_lens import SAE
@@ -547,8 +556,9 @@ def test_folders_hold_what_saelens_runner_records(tiny_qwen2, tmp_path):
 
     subject = load_subject(tiny_qwen2)
     for keep_first in (False, True):
-        cfg = small_cfg(tiny_qwen2, layers="1", keep_first=keep_first)
-        path = train_saes(cfg, tmp_path / f"run{keep_first}", subject=subject).sae_dirs[1]
+        # without keep_first: the shared run; with it, a run of its own
+        cfg = tiny_train_config(layers="1", keep_first=True) if keep_first else tiny_train_config()
+        path = (train_saes(cfg, tmp_path / "run", subject=subject) if keep_first else tiny_stage1).sae_dirs[1]
         meta = json.loads((path / "cfg.json").read_text())["metadata"]
         ids = subject.tokenizer("a")["input_ids"]
         bos = subject.tokenizer.bos_token_id

@@ -22,13 +22,14 @@ from resa_interp.errors import ResaError
 from resa_interp.evaluation.sweep import sweep, sweep_config
 from resa_interp.evaluation.tasks import PAPER_ORDER
 from resa_interp.numbering import layer_of_paper_label, paper_label
-from resa_interp.sae.train import SAETrainConfig, parse_layers, train_saes
+from resa_interp.sae.train import parse_layers, train_saes
 from resa_interp.shards import Shard, launcher_shard, on_its_own, parse_shard, pin_rank_gpu
 
 TABLE6 = Path(__file__).parent.parent / "analysis" / "paper_table6.csv"
 
-STAGE1 = dict(expansion_factor=4, k=8, tokens=2048, batch_tokens=256, buffer_tokens=512, heldout=2, n_examples=30)
-"""A tiny Stage I: on tiny_qwen2 these SAEs give reasoning features at every layer for the prompt below."""
+STAGE1 = dict(tokens=2048, buffer_tokens=512, heldout=2, n_examples=30, seq_batch=16, lr=2e-3)
+"""A tiny Stage I (over the shared tiny settings, with the trainer's default seq_batch and lr): on tiny_qwen2 these
+SAEs give reasoning features at every layer for the prompt below."""
 PROMPT = "<think></think>"
 """Only markers: a latent active at both positions is a reasoning feature (random models have few otherwise)."""
 BUDGET = ["--steps", "3", "--train-limit", "3", "--save-every", "1", "--limit", "2", "--max-new-tokens", "8",
@@ -37,10 +38,10 @@ BUDGET = ["--steps", "3", "--train-limit", "3", "--save-every", "1", "--limit", 
 
 
 @pytest.fixture(scope="module")
-def stage1(tiny_qwen2, tmp_path_factory) -> Path:
+def stage1(tiny_train_config, tmp_path_factory) -> Path:
     """A Stage I run with SAEs at layers 1-3 of tiny_qwen2."""
     run = tmp_path_factory.mktemp("stage1") / "run"
-    train_saes(SAETrainConfig(model=tiny_qwen2, layers="1-3", **STAGE1), run)
+    train_saes(tiny_train_config(layers="1-3", **STAGE1), run)
     return run
 
 
@@ -197,12 +198,12 @@ def test_ctrl_c_stops_with_130_and_the_rerun_resumes(cli, tiny_qwen2, stage1, tm
     assert [r["layer"] for r in _csv(out / "scores.csv")] == ["1", "2"]
 
 
-def test_missing_saes_are_trained_first(tiny_qwen2, tmp_path):
+def test_missing_saes_are_trained_first(tiny_qwen2, tiny_train_config, tmp_path):
     config = sweep_config(
         layers="2", device="cpu", tune={"model": tiny_qwen2, "steps": 1, "limit": 1},
         evaluation={"limit": 1, "max_new_tokens": 4},
     )
-    config = replace(config, saes=SAETrainConfig(**STAGE1))
+    config = replace(config, saes=tiny_train_config(**STAGE1))  # the sweep sets its model and layers
     lines: list[str] = []
     result = sweep(config, tmp_path, echo=lines.append)
     assert lines[0] == f"{tmp_path} has no SAEs: training them first (Stage I, layers 2)"
