@@ -24,13 +24,13 @@ class TuneConfig:
     """Everything that defines one SAE-Tuning (or `no_sae` SFT) run. Defaults are the paper's Appendix A."""
 
     model: str | None = None
-    """Target model spec (HF folder, .gguf, hub id); None is the embedded SmolLM2-135M-Instruct."""
+    """Target model spec (HF folder, .gguf, hub id); unset: the embedded SmolLM2-135M-Instruct."""
     sae: str | None = None
-    """SAELens SAE folder to splice in. Alternative to `saes_run` + `layer`; unused with `no_sae`."""
+    """One SAELens SAE folder to splice in, instead of a Stage I run and a layer; unused without an SAE (no_sae)."""
     saes_run: str | None = None
-    """Stage I run directory; the SAE is `saes_run/saes/<hook_name(hook, layer)>`."""
+    """Stage I run whose SAE to splice in: the one at `hook` and `layer`, RUN/saes/blocks.L.hook_<hook>/."""
     layer: int | None = None
-    """Layer of the hookpoint. With `sae` it is optional (read from the SAE's metadata) and checked."""
+    """Layer of the hookpoint. With an SAE folder it is optional (read from the SAE's metadata) and checked."""
     hook: str = "resid_post"
     """'resid_post' (output of decoder layer `layer`, the authors' code), 'mlp_out' (its MLP, the paper's text), or
     another hook with an HF module to splice at (`model.hooks.SPLICE_HOOKS`)."""
@@ -41,7 +41,7 @@ class TuneConfig:
     answer_column: str | None = None
     """Column with the verified final answer (default: matched by common names)."""
     limit: int | None = None
-    """Use only the first `limit` question/answer pairs (None: all)."""
+    """Tune on the first N question/answer pairs (unset: all)."""
     template: str = "r1"
     """Elicitation template: 'r1' (R1 system prompt + User/Assistant, the authors' code) or 'short' (the
     paper's text)."""
@@ -52,9 +52,9 @@ class TuneConfig:
     chunks of exactly `max_length` tokens, the remainder of every 2048 texts dropped; an 'example' is then a
     chunk. Off: one text per sequence."""
     epochs: int = 2
-    """Passes over the data (paper: 2). Ignored when `steps` is set."""
+    """Passes over the data (paper: 2). Ignored when steps are set."""
     steps: int | None = None
-    """Optimizer steps in total, cycling through the data as needed (overrides `epochs`)."""
+    """Optimizer steps in total, cycling through the data as needed (overrides epochs; unset: from epochs)."""
     lr: float = 1e-6
     """Peak AdamW learning rate (paper: 1e-6)."""
     min_lr_rate: float = 0.1
@@ -88,9 +88,11 @@ class TuneConfig:
     no_sae: bool = False
     """The CoT-free SFT baseline: same data and LoRA, next-token cross-entropy, no SAE and no teacher."""
     save_every: int | None = 500
-    """Save a checkpoint every this many optimizer steps (the authors' code: 500); None: only at the end."""
+    """Save a checkpoint every this many optimizer steps, for resuming (the authors' code: 500); unset: only at
+    the end."""
     resume: bool = False
-    """Continue from the last checkpoint in the output directory."""
+    """Require an interrupted run in the output folder and continue it from its last checkpoint, to the same
+    result as an uninterrupted run."""
     seed: int = 42
     """Seed of LoRA initialisation, dropout and data order (the authors' recipe: 42)."""
     shuffle: bool = True
