@@ -71,9 +71,7 @@ def fit_settings(config: LayerConfig) -> dict[str, Any]:
     return {k: v for k, v in asdict(config).items() if k not in INPUT_FIELDS}
 
 
-
 def check_transform(transform: str) -> None:
     """Refuse a score transform that is not one of SCORE_TRANSFORMS."""
     if transform not in SCORE_TRANSFORMS:
         raise ResaError(f"--score-transform {transform!r} is not one of: {', '.join(SCORE_TRANSFORMS)}")
-

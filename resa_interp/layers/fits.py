@@ -59,7 +59,6 @@ class MixtureFit:
         return min(self.bic, key=self.bic.get)
 
 
-
 def fit_batch(
     data: LayerData, weights: np.ndarray, k: int, config: LayerConfig, seed: int, progress=None, start=None
 ) -> BatchFit:

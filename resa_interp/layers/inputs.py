@@ -44,7 +44,6 @@ class LayerData:
         return int((self.weights > 0).sum())
 
 
-
 def read_counts(path: str | Path) -> LayerData:
     """Per-layer reasoning-feature counts from `counts.csv` (`layer,count`) or `features.json` (`layers` list)."""
     path = Path(path)
@@ -130,7 +129,6 @@ def transform_scores(scores: np.ndarray, transform: str, temperature: float = 1.
     if not weights.sum() > 0:
         raise ResaError(f"every layer gets weight 0 under --score-transform {transform} (are all scores equal?)")
     return weights
-
 
 
 def _csv_rows(path: Path, required: tuple[str, ...]) -> list[dict[str, str]]:

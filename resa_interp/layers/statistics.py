@@ -46,7 +46,6 @@ class Alignment:
     """Distances of the shuffled-score fits."""
 
 
-
 def resample(data: LayerData, n: int, rng: np.random.Generator, seeds: bool = True) -> np.ndarray:
     """Bootstrap weight vectors: features resampled for counts (from a seed drawn at random for each replicate
     when the counts have several seeds and `seeds`), layers resampled for scores."""

@@ -47,7 +47,6 @@ def next_token_loss(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten())
 
 
-
 @dataclass(frozen=True)
 class StepRecord:
     """One optimizer step, as written to train_log.jsonl."""
