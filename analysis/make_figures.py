@@ -59,8 +59,7 @@ def embedded_figures(run: Path, out: Path) -> None:
     """Counts, SAE quality and the mixture fit of the counts, from the main run."""
     from resa_interp.features.extract import LayerFeatures, counts_figure
     from resa_interp.figures import save_figure
-    from resa_interp.layers.analysis import LayerConfig, analyze_layers, read_counts
-    from resa_interp.layers.report import figures, markdown_summary
+    from resa_interp.layers import LayerConfig, analyze_layers, figures, markdown_summary, read_counts
     from resa_interp.runs import atomic_write_text
     from resa_interp.sae.metrics import metrics_figure, read_metrics
 

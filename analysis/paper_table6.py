@@ -28,14 +28,14 @@ import numpy as np
 from sklearn.mixture import GaussianMixture
 
 from resa_interp.errors import ResaError
-from resa_interp.layers import write_outputs
-from resa_interp.layers.analysis import (
+from resa_interp.layers import (
     LayerAnalysis,
     LayerConfig,
     analyze_layers,
     fit_settings,
     read_counts,
     read_scores,
+    write_outputs,
 )
 from resa_interp.numbering import NUMBERING, layer_of_paper_label, layer_title
 from resa_interp.runs import atomic_write_bytes, atomic_write_text

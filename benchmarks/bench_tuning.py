@@ -42,7 +42,7 @@ def random_topk_sae(out: Path, d_in: int, d_sae: int, k: int, hook: str, seed: i
 def main() -> None:
     from resa_interp.model.hooks import hook_name
     from resa_interp.model.loading import resolve_model_path
-    from resa_interp.tuning.sae_tuning import SAETuner, TuneConfig
+    from resa_interp.tuning import SAETuner, TuneConfig
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="target model spec (default: embedded SmolLM2-135M)")

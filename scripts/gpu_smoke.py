@@ -90,7 +90,7 @@ def main() -> None:
 
     @step("Stage II tune bf16")
     def stage_two():
-        from resa_interp.tuning.sae_tuning import TuneConfig, tune
+        from resa_interp.tuning import TuneConfig, tune
 
         cfg = TuneConfig(model=str(model_dir), saes_run=str(out / "run"), layer=2, steps=6, lr=1e-3, limit=8,
                          save_every=None, device=device, dtype="bfloat16")

@@ -20,7 +20,7 @@ from resa_interp.model.subject import load_subject
 from resa_interp.model.tiny import ARCHITECTURES, build_tiny_model
 from resa_interp.sae.folders import load_sae, sae_dir
 from resa_interp.sae.train import train_saes
-from resa_interp.tuning.sae_tuning import SAETuner, TuneConfig
+from resa_interp.tuning import SAETuner, TuneConfig
 
 VIEWS = {
     "qwen2": "HookedTransformer",

@@ -386,7 +386,7 @@ def test_multi_seed_run_matches_planted_copies_and_counts_each_seed_as_a_single_
     twin), seed 2 keeps latent 2, loses latent 0 (encoder flipped: no longer a reasoning feature) and gets a
     random decoder for latent 1 (still a reasoning feature, but matches nothing)."""
     from resa_interp.features.extract import run_features
-    from resa_interp.layers.analysis import read_counts
+    from resa_interp.layers import read_counts
     from resa_interp.sae.folders import load_sae
 
     subject = load_subject(tiny_qwen2)

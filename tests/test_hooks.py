@@ -139,7 +139,7 @@ def test_stage_one_and_tuning_at_hook_z(tiny_qwen2, tiny_train_config, tmp_path,
     """hook_z (heads flattened, read from the input of o_proj): Stage I trains there with spliced-in metrics, and
     SAE-Tuning splices the SAE in with a pre-hook on o_proj; with --detach-sae the gradient stops at the SAE's
     input, so the layer's q/k/v LoRA weights (upstream of hook_z only) get none."""
-    from resa_interp.tuning.sae_tuning import SAETuner, TuneConfig
+    from resa_interp.tuning import SAETuner, TuneConfig
 
     z_hook = "blocks.{l}.attn.hook_z"
     subject = load_subject(tiny_qwen2)

@@ -15,9 +15,18 @@ from scipy.stats import norm
 from sklearn.mixture import GaussianMixture
 
 from resa_interp.errors import ResaError
-from resa_interp.layers.analysis import LayerConfig, analyze_layers, expand, read_counts, read_scores, transform_scores
-from resa_interp.layers.mixture import Mixture, fit_weighted, hellinger
-from resa_interp.layers.report import markdown_summary
+from resa_interp.layers import (
+    LayerConfig,
+    Mixture,
+    analyze_layers,
+    expand,
+    fit_weighted,
+    hellinger,
+    markdown_summary,
+    read_counts,
+    read_scores,
+    transform_scores,
+)
 from resa_interp.numbering import layer_of_paper_label, layer_title, paper_label
 
 FAST = LayerConfig(restarts=20, resample_restarts=5, bootstrap=40, permutations=0)

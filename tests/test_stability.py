@@ -9,8 +9,7 @@ import torch
 
 from resa_interp.errors import ResaError
 from resa_interp.features.stability import check_min_seeds, default_min_seeds, layer_stability, match_latents
-from resa_interp.layers.analysis import LayerConfig, analyze_layers, read_counts
-from resa_interp.layers.report import markdown_summary
+from resa_interp.layers import LayerConfig, analyze_layers, markdown_summary, read_counts
 
 FAST = LayerConfig(restarts=5, resample_restarts=4, bootstrap=30, permutations=0, max_components=3)
 

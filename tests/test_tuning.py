@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from resa_interp.errors import ResaError
 from resa_interp.model.hooks import hook_name
 from resa_interp.model.subject import load_subject
-from resa_interp.tuning.sae_tuning import (
+from resa_interp.tuning import (
     SAETuner,
     StepRecord,
     TuneConfig,
@@ -379,7 +379,7 @@ def test_two_processes_under_torchrun_share_the_data(tiny_qwen2, saes, tmp_path)
 
     from transformers import AutoTokenizer
 
-    from resa_interp.tuning.sae_tuning import Schedule, encode_examples
+    from resa_interp.tuning import Schedule, encode_examples
 
     out = tmp_path / "ddp"
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533"]

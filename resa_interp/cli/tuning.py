@@ -2,97 +2,73 @@
 
 from __future__ import annotations
 
+import ast
+import functools
 import os
-from typing import Annotated
+from typing import Any
 
 import typer
 
-from resa_interp.cli.options import (
-    Dataset,
-    Device,
-    DryRun,
-    Dtype,
-    Epochs,
-    Hook,
-    LoraAlpha,
-    LoraDropout,
-    LoraLr,
-    LoraR,
-    LoraTargets,
-    MaxSeqLen,
-    Model,
-    Out,
-    Pack,
-    Preset,
-    Resume,
-    Saes,
-    SaveEvery,
-    Steps,
-    Template,
-    TrainLimit,
-    TuneSeed,
-)
+from resa_interp.cli.fields import NO_DEFAULT, PACKAGE, config_fields, field_option, given, shown
+from resa_interp.cli.options import DryRun, Out, Preset
+
+COMMAND_CONFIGS = {"tune": [("tuning.config", "TuneConfig")]}
+"""The configs each command of this module builds: its options named like their fields come from them."""
+
+
+@functools.cache
+def _presets() -> dict[str, dict[str, Any]]:
+    """`tuning.config.PRESETS`, read from its source like the fields (nothing is imported)."""
+    tree = ast.parse((PACKAGE / "tuning" / "config.py").read_text())
+    node = next(n for n in tree.body if isinstance(n, ast.AnnAssign) and getattr(n.target, "id", None) == "PRESETS")
+    return ast.literal_eval(node.value)
+
+
+def _tune(name: str, *flags: str, default: str | None = None) -> Any:
+    """The option of `TuneConfig.<name>`; where a preset sets the field, the shown default is the cpu preset's
+    (tune's default preset) and the paper preset's beside it."""
+    field = config_fields("tuning.config", "TuneConfig")[name]
+    cpu, paper = _presets()["cpu"], _presets()["paper"]
+    if default is None and (name in cpu or name in paper) and field.default is not NO_DEFAULT:
+        on_cpu, on_paper = shown(cpu.get(name, field.default)), shown(paper.get(name, field.default))
+        default = (f"{on_cpu} (both presets)" if on_cpu == on_paper
+                   else f"{on_cpu} with --preset cpu, {on_paper} with paper")
+    return field_option("tuning.config", "TuneConfig", name, *flags, default=default)
 
 
 def tune(
     out: Out,
-    model: Model = None,
-    saes: Saes = None,
-    layer: Annotated[
-        int | None,
-        typer.Option("--layer", "-l", help="Hookpoint layer (both presets: 12). With --sae it is read from the SAE and "
-                     "checked."),
-    ] = None,
-    hook: Hook = "resid_post",
-    sae: Annotated[
-        str | None, typer.Option("--sae", help="One SAELens SAE folder to splice in (instead of --saes/--layer).")
-    ] = None,
-    dataset: Dataset = None,
-    limit: TrainLimit = None,
-    template: Template = None,
-    pack: Pack = None,
-    max_seq_len: MaxSeqLen = None,
-    epochs: Epochs = None,
-    steps: Steps = None,
-    lr: LoraLr = None,
-    min_lr_rate: Annotated[
-        float | None, typer.Option("--min-lr-rate", help="Cosine schedule ends at lr x this (default 0.1).")
-    ] = None,
-    warmup_ratio: Annotated[
-        float | None, typer.Option("--warmup-ratio", help="Fraction of steps of linear warm-up (default 0).")
-    ] = None,
-    lora_r: LoraR = None,
-    lora_alpha: LoraAlpha = None,
-    lora_dropout: LoraDropout = None,
-    lora_targets: LoraTargets = None,
-    grad_accum: Annotated[
-        int | None,
-        typer.Option("--grad-accum", help="Sequences per optimizer step and process (default 1: batch 1, no padding)."),
-    ] = None,
-    max_grad_norm: Annotated[
-        float | None, typer.Option("--max-grad-norm", help="Gradient clipping norm (default 1.0, the authors' code).")
-    ] = None,
-    kl_reduction: Annotated[
-        str | None,
-        typer.Option("--kl-reduction", help="token (mean KL per token, default) or batchmean (sum over tokens / "
-                     "batch, the authors' code)."),
-    ] = None,
-    detach_sae: Annotated[
-        bool,
-        typer.Option("--detach-sae", help="No gradient through the SAE into earlier layers (the authors' code); "
-                     "default: gradients flow, as the paper describes."),
-    ] = False,
-    no_sae: Annotated[
-        bool,
-        typer.Option("--no-sae", help="The CoT-free SFT baseline: next-token loss on the same data with the same "
-                     "LoRA, no SAE."),
-    ] = False,
-    save_every: SaveEvery = None,
-    resume: Resume = False,
+    model: _tune("model", "--model", "-m", default="the embedded model with --preset cpu, "
+                 "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B with paper") = None,
+    saes_run: _tune("saes_run", "--saes") = None,
+    layer: _tune("layer", "--layer", "-l") = None,
+    hook: _tune("hook") = None,
+    sae: _tune("sae") = None,
+    dataset: _tune("dataset", "--dataset", "-d") = None,
+    limit: _tune("limit") = None,
+    template: _tune("template") = None,
+    pack: _tune("pack", "--pack/--no-pack") = None,
+    max_length: _tune("max_length", "--max-seq-len") = None,
+    epochs: _tune("epochs") = None,
+    steps: _tune("steps") = None,
+    lr: _tune("lr") = None,
+    min_lr_rate: _tune("min_lr_rate") = None,
+    warmup_ratio: _tune("warmup_ratio") = None,
+    lora_r: _tune("lora_r") = None,
+    lora_alpha: _tune("lora_alpha") = None,
+    lora_dropout: _tune("lora_dropout") = None,
+    lora_targets: _tune("lora_targets", default="attn") = None,
+    grad_accum: _tune("grad_accum") = None,
+    max_grad_norm: _tune("max_grad_norm") = None,
+    kl_reduction: _tune("kl_reduction") = None,
+    detach_sae: _tune("detach_sae", "--detach-sae") = None,
+    no_sae: _tune("no_sae", "--no-sae") = None,
+    save_every: _tune("save_every") = None,
+    resume: _tune("resume", "--resume") = None,
     preset: Preset = "cpu",
-    seed: TuneSeed = None,
-    device: Device = "auto",
-    dtype: Dtype = "auto",
+    seed: _tune("seed") = None,
+    device: _tune("device") = None,
+    dtype: _tune("dtype") = None,
     dry_run: DryRun = False,
 ) -> None:
     """Stage II, SAE-Tuning: splice a frozen SAE into the target, train LoRA on KL(teacher || student), merge.
@@ -110,16 +86,14 @@ def tune(
     from resa_interp.tuning import tune as run_tune
 
     quiet_transformers()
-    config = preset_config(
-        preset,
-        model=model, sae=sae, saes_run=saes, layer=layer, hook=hook, dataset=dataset, limit=limit,
-        template=template, pack=pack, max_length=max_seq_len, epochs=epochs, steps=steps, lr=lr,
-        min_lr_rate=min_lr_rate,
-        warmup_ratio=warmup_ratio, lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
-        lora_targets=parse_targets(lora_targets) if lora_targets else None, grad_accum=grad_accum,
-        max_grad_norm=max_grad_norm, kl_reduction=kl_reduction, detach_sae=detach_sae, no_sae=no_sae,
-        save_every=save_every, resume=resume, seed=seed, device=device, dtype=dtype,
-    )
+    config = preset_config(preset, **given(
+        model=model, sae=sae, saes_run=saes_run, layer=layer, hook=hook, dataset=dataset, limit=limit,
+        template=template, pack=pack, max_length=max_length, epochs=epochs, steps=steps, lr=lr,
+        min_lr_rate=min_lr_rate, warmup_ratio=warmup_ratio, lora_r=lora_r, lora_alpha=lora_alpha,
+        lora_dropout=lora_dropout, lora_targets=parse_targets(lora_targets) if lora_targets else None,
+        grad_accum=grad_accum, max_grad_norm=max_grad_norm, kl_reduction=kl_reduction, detach_sae=detach_sae,
+        no_sae=no_sae, save_every=save_every, resume=resume, seed=seed, device=device, dtype=dtype,
+    ))
     if int(os.environ.get("RANK", "0")) == 0:
         typer.echo(tuning_settings(config, preset).format())
         typer.echo(plan_tuning(config, out).format())

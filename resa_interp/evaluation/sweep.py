@@ -45,8 +45,8 @@ from resa_interp.sae.folders import require_sae_dirs, run_sae_dirs
 from resa_interp.sae.train import PRESETS as SAE_PRESETS
 from resa_interp.sae.train import SAETrainConfig, parse_layers, train_saes
 from resa_interp.shards import ONLY, Shard, on_its_own, wait_for_all_ranks
-from resa_interp.tuning.sae_tuning import STAGE as TUNE_STAGE
-from resa_interp.tuning.sae_tuning import TuneConfig, changed_settings, preset_config, tune
+from resa_interp.tuning import STAGE as TUNE_STAGE
+from resa_interp.tuning import TuneConfig, changed_settings, preset_config, tune
 
 STAGE = "sweep"
 SCORES_CSV = "scores.csv"

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from resa_interp.figures import save_figure
-from resa_interp.layers.analysis import LayerAnalysis, MixtureFit
+from resa_interp.layers.analysis import LayerAnalysis
+from resa_interp.layers.fits import MixtureFit
 from resa_interp.numbering import NUMBERING, layer_title, paper_label
 from resa_interp.runs import atomic_write_json, atomic_write_text
 

@@ -6,14 +6,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 from resa_interp.errors import ResaError
-from resa_interp.layers.analysis import (
-    LayerAnalysis,
-    LayerConfig,
-    analyze_layers,
-    check_transform,
-    read_counts,
-    read_scores,
-)
+from resa_interp.layers.analysis import LayerAnalysis, analyze_layers
+from resa_interp.layers.config import LayerConfig, check_transform
+from resa_interp.layers.inputs import read_counts, read_scores
 from resa_interp.layers.report import write_outputs
 from resa_interp.runs import record_stage
 

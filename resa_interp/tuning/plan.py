@@ -14,7 +14,10 @@ from resa_interp.model.hooks import HOOKS, hook_name
 from resa_interp.model.loading import EMBEDDED_ALIASES, model_shape
 from resa_interp.numbering import paper_label
 from resa_interp.presets import SettingsReport, settings_report
-from resa_interp.tuning.sae_tuning import CHECKPOINTS, TRAIN_LOG, TuneConfig, prepare_out, preset_config, resolve_sae
+from resa_interp.tuning.checkpoints import CHECKPOINTS
+from resa_interp.tuning.config import TuneConfig, preset_config
+from resa_interp.tuning.run import TRAIN_LOG, prepare_out
+from resa_interp.tuning.targets import resolve_sae
 
 OPERATIONAL = ("save_every", "resume")
 """Settings that change how a run is scheduled or saved, not its result."""
