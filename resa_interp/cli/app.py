@@ -12,9 +12,10 @@ from typing import Annotated
 
 import typer
 
+from resa_interp.cli.dashboard import dashboard
 from resa_interp.cli.evaluation import evaluate, sweep
 from resa_interp.cli.export import export
-from resa_interp.cli.features import dashboard, features
+from resa_interp.cli.features import features
 from resa_interp.cli.interventions import steer, trace
 from resa_interp.cli.layers import select_layers
 from resa_interp.cli.model import attach, info
