@@ -42,8 +42,9 @@ def ensure_main_run(run: Path, n_seeds: int) -> None:
     seeds per layer, then features (matched across the seeds)."""
     if (run / "features.json").exists():
         return
-    from resa_interp.features.extract import FeatureConfig, default_layers, run_features
+    from resa_interp.features import FeatureConfig, run_features
     from resa_interp.model.subject import load_subject
+    from resa_interp.numbering import default_layers
     from resa_interp.sae.folders import run_sae_dirs
     from resa_interp.sae.train import SAETrainConfig, train_saes
 
@@ -57,7 +58,7 @@ def ensure_main_run(run: Path, n_seeds: int) -> None:
 
 def embedded_figures(run: Path, out: Path) -> None:
     """Counts, SAE quality and the mixture fit of the counts, from the main run."""
-    from resa_interp.features.extract import LayerFeatures, counts_figure
+    from resa_interp.features import LayerFeatures, counts_figure
     from resa_interp.figures import save_figure
     from resa_interp.layers import LayerConfig, analyze_layers, figures, markdown_summary, read_counts
     from resa_interp.runs import atomic_write_text

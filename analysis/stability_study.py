@@ -35,8 +35,7 @@ import torch
 
 from resa_interp.data.synthetic import KINDS, NOVEL_KINDS, synthetic_qa
 from resa_interp.data.templates import R1_SYSTEM_PROMPT, format_trigger, marker_spans
-from resa_interp.features.extract import FeatureConfig, _prompt_info, qualifying
-from resa_interp.features.stability import match_latents
+from resa_interp.features import FeatureConfig, match_latents, prompt_info, qualifying
 from resa_interp.model.harvest import encode_texts, make_batch, shared_prefix_length
 from resa_interp.model.subject import load_subject
 from resa_interp.runs import atomic_write_json, atomic_write_text
@@ -246,7 +245,7 @@ def explained_variance(sae, x: torch.Tensor) -> float:
 def measure(cell: Cell, saes: dict[int, LayerSAE], held: Heldout, subject, layer: int) -> dict:
     """Quality, reasoning features and replication of one cell's seeds at one layer."""
     exported = {s: sae.export({"hook_name": f"blocks.{layer}.hook_resid_post"}) for s, sae in saes.items()}
-    info = _prompt_info(R1_SYSTEM_PROMPT, subject, FeatureConfig())
+    info = prompt_info(R1_SYSTEM_PROMPT, subject, FeatureConfig())
     features = {s: qualifying(e.encode(held.prompt_acts), info, FeatureConfig()).nonzero().flatten().tolist()
                 for s, e in exported.items()}
     seeds = list(saes)

@@ -45,5 +45,11 @@ def describe_layers(layers: list[int]) -> str:
     return f"{names} (paper: {', '.join(paper_label(layer) for layer in layers)} layer)"
 
 
+def default_layers(n_layers: int) -> str:
+    """The paper's cut as a layer spec: layers 1..L-2 of an L-layer model (the first and last layer excluded), the
+    layers `features` counts and a sweep tunes by default."""
+    return f"1-{n_layers - 2}"
+
+
 NUMBERING = "layers are hook indices (blocks.N, 0-based); the paper's 'N-th layer' is blocks.N-1"
 """The one line that reports and figure axes use to say which numbering they show."""

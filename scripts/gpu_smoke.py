@@ -78,7 +78,7 @@ def main() -> None:
 
     @step("features clean + spliced")
     def features():
-        from resa_interp.features.extract import FeatureConfig, run_features
+        from resa_interp.features import FeatureConfig, run_features
 
         for spliced in (False, True):
             cfg = FeatureConfig(spliced=spliced, prompts=("x <think> y </think> z <think> w </think> v",), layers="1,2")

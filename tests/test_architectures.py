@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from resa_interp.errors import ResaError
-from resa_interp.features.extract import FeatureConfig, run_features
+from resa_interp.features import FeatureConfig, run_features
 from resa_interp.model.harvest import Harvester
 from resa_interp.model.hooks import HOOKS, SPLICE_HOOKS, Z_HOOK, hf_point, hook_name
 from resa_interp.model.splice import spliced

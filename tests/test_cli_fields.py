@@ -65,7 +65,7 @@ def test_every_command_option_comes_from_its_configs_fields():
     assert problems == []
 
 
-PlantedThreshold = field_option("features.extract", "FeatureConfig", "threshold")
+PlantedThreshold = field_option("features.config", "FeatureConfig", "threshold")
 
 
 def test_the_check_finds_a_restated_option():
@@ -79,7 +79,7 @@ def test_the_check_finds_a_restated_option():
     def bad(threshold: Annotated[float, typer.Option(help="Activation cut.")] = 0.0) -> None:
         """Restated by hand."""
 
-    configs = [("features.extract", "FeatureConfig")]
+    configs = [("features.config", "FeatureConfig")]
     assert drift(app, configs, "good") == []
     assert drift(app, configs, "bad") == [
         "bad --threshold: help is not FeatureConfig.threshold's docstring",

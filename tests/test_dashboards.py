@@ -15,7 +15,7 @@ from test_features import LAYER, PROMPT, _clean_acts, _planted
 from resa_interp.dashboard import DashboardConfig, build_dashboards, logit_effects, page_html, sink_mask
 from resa_interp.data.synthetic import synthetic_qa
 from resa_interp.data.templates import format_trigger, marker_spans
-from resa_interp.features.extract import FeatureConfig, run_features
+from resa_interp.features import FeatureConfig, run_features
 from resa_interp.model.harvest import encode_texts, shared_prefix_length
 from resa_interp.model.hooks import decoder_layers
 from resa_interp.model.subject import load_subject

@@ -14,7 +14,7 @@ import torch
 
 from resa_interp.data.templates import marker_spans
 from resa_interp.errors import ResaError
-from resa_interp.features.extract import FeatureConfig, extract_features
+from resa_interp.features import FeatureConfig, extract_features
 from resa_interp.model.subject import load_subject
 from resa_interp.model.tiny import build_tiny_model
 from resa_interp.sae.pretrained import build_topk_sae
@@ -385,7 +385,7 @@ def test_multi_seed_run_matches_planted_copies_and_counts_each_seed_as_a_single_
     """Three seeds of one layer: seed 1 is seed 0's SAE with its latents permuted (every reasoning feature has a
     twin), seed 2 keeps latent 2, loses latent 0 (encoder flipped: no longer a reasoning feature) and gets a
     random decoder for latent 1 (still a reasoning feature, but matches nothing)."""
-    from resa_interp.features.extract import run_features
+    from resa_interp.features import run_features
     from resa_interp.layers import read_counts
     from resa_interp.sae.folders import load_sae
 
@@ -442,7 +442,7 @@ def test_multi_seed_run_matches_planted_copies_and_counts_each_seed_as_a_single_
 
 
 def _info(n: int, think: list[tuple[int, int]], end: list[tuple[int, int]], excluded=()):
-    from resa_interp.features.extract import PromptInfo
+    from resa_interp.features import PromptInfo
 
     return PromptInfo("", list(range(n)), {"<think>": [list(s) for s in think], "</think>": [list(s) for s in end]},
                       list(excluded))
@@ -451,8 +451,8 @@ def _info(n: int, think: list[tuple[int, int]], end: list[tuple[int, int]], excl
 def test_margins_tolerances_and_the_boundary_by_hand():
     """Margins, the relative threshold and the near-boundary sets against a plain-Python reading of the definition
     on planted latents: a clear feature, a barely-active one, one that fires weakly elsewhere, one not selected."""
+    from resa_interp.features import qualifying
     from resa_interp.features.boundary import near_boundary, sides, thresholds
-    from resa_interp.features.extract import qualifying
 
     info = _info(8, think=[(1, 3)], end=[(5, 6)], excluded=[0])
     lat = torch.zeros(8, 5)
@@ -488,7 +488,7 @@ def test_margins_tolerances_and_the_boundary_by_hand():
 def test_features_records_margins_and_every_code_path(tiny_qwen2, tmp_path):
     """run_features writes each feature's margin (recomputed from its marker activations) and the feature set of
     every code path; on the planted SAE the float32 paths agree with the HF path."""
-    from resa_interp.features.extract import run_features
+    from resa_interp.features import run_features
 
     subject = load_subject(tiny_qwen2)
     planted, designs, spans = _planted(subject, PROMPT)

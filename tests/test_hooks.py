@@ -11,7 +11,7 @@ import torch
 
 from resa_interp.dashboard import DashboardConfig, build_dashboards, write_dashboard
 from resa_interp.errors import ResaError
-from resa_interp.features.extract import FeatureConfig, run_features
+from resa_interp.features import FeatureConfig, run_features
 from resa_interp.model.harvest import encode_texts, make_batch, shared_prefix_length
 from resa_interp.model.hooks import HOOKS, canonical_hook, hook_name, parse_hook_name
 from resa_interp.model.subject import load_subject

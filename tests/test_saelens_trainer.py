@@ -11,7 +11,7 @@ import torch
 
 from resa_interp.data.templates import marker_spans
 from resa_interp.errors import ResaError
-from resa_interp.features.extract import FeatureConfig, extract_features, run_features
+from resa_interp.features import FeatureConfig, extract_features, run_features
 from resa_interp.model.subject import load_subject
 from resa_interp.sae.activations import ModelFeed
 from resa_interp.sae.cache import cache_activations

@@ -131,6 +131,6 @@ def test_count_must_be_the_first_seeds_count(tmp_path):
 
 
 def test_the_seed_table_of_a_one_seed_run_says_what_it_needs():
-    from resa_interp.features.extract import format_seed_table
+    from resa_interp.features import format_seed_table
 
     assert "needs a multi-seed run" in format_seed_table([]) and "--n-seeds 3" in format_seed_table([])

@@ -36,14 +36,14 @@ from resa_interp.errors import ResaError, check_choice
 from resa_interp.evaluation.config import EVAL_PRESETS, EvalConfig, generation_settings
 from resa_interp.evaluation.evaluator import SCORES, EvalResult, evaluate, read_scores, table_columns
 from resa_interp.evaluation.tasks import PAPER_ORDER, SYNTHETIC, load_tasks
-from resa_interp.features.extract import default_layers
+from resa_interp.features import missing_saes, train_first
 from resa_interp.model.hooks import check_splice_hook
 from resa_interp.model.loading import model_shape
+from resa_interp.numbering import default_layers
 from resa_interp.presets import with_preset
 from resa_interp.runs import atomic_write_text, read_manifest, record_stage, run_relative
-from resa_interp.sae.folders import require_sae_dirs, run_sae_dirs
-from resa_interp.sae.train import PRESETS as SAE_PRESETS
-from resa_interp.sae.train import SAETrainConfig, parse_layers, train_saes
+from resa_interp.sae import PRESETS as SAE_PRESETS
+from resa_interp.sae import SAETrainConfig, parse_layers, require_sae_dirs
 from resa_interp.shards import ONLY, Shard, on_its_own, wait_for_all_ranks
 from resa_interp.tuning import STAGE as TUNE_STAGE
 from resa_interp.tuning import TuneConfig, changed_settings, preset_config, tune
@@ -208,17 +208,16 @@ def _sae_run(config: SweepConfig, out: Path, layers: list[int], echo: Callable[[
     """The Stage I run to take SAEs from, with one for every layer (trained first in `out` when it holds none,
     unless the sweep is sharded: shards would all train them into the same folder at once)."""
     hook = config.tune.hook
-    run = Path(config.saes_run) if config.saes_run is not None else out
-    if config.saes_run is None and not run_sae_dirs(run, hook):
+    if missing_saes(out, hook, config.saes_run):
         if shard.sharded:
             raise ResaError(
                 f"{str(out)!r} has no {hook} SAEs and a sharded sweep ({shard.label}) does not train them: run "
                 f"train-saes --out {out} first (torchrun spreads it over GPUs), or give --saes RUN"
             )
         stage1 = replace(config.saes, model=config.tune.model, hook=hook, layers=",".join(map(str, layers)))
-        echo(f"{out} has no SAEs: training them first (Stage I, layers {_span(layers)})")
-        train_saes(stage1, run)
+        train_first(stage1, out, echo, f"Stage I, layers {_span(layers)}")
         _release_memory()
+    run = Path(config.saes_run) if config.saes_run is not None else out
     require_sae_dirs(run, hook, layers)
     return run.resolve()
 

@@ -2,28 +2,59 @@
 system prompt, counted per layer.
 
 Takes a `FeatureConfig` (which names the model, prompts and SAEs: a Stage I run, by default the output folder
-itself) and an output folder; gives `features.json`, `counts.csv` (the input of select-layers) and a figure
-there, and a `FeaturesRun`.
+itself, trained first there with `run_features(..., train_missing=True)`) and an output folder; gives
+`features.json`, `counts.csv` (the input of select-layers) and a figure there, and a `FeaturesRun`.
+
+Modules: `config` (the options), `prompts`, `extract` (the definition), `boundary` (margins and numerical noise),
+`stability` (cross-seed matching), `saes` (where the SAEs come from), `run`, `outputs` (the files), `report` (the
+printed tables), `selection` (which latents later stages look at).
 """
 
-from resa_interp.features.boundary import span_value
-from resa_interp.features.extract import (
-    FeatureConfig,
-    FeaturesRun,
-    LayerFeatures,
-    default_layers,
-    extract_features,
-    read_prompts,
-    run_features,
-)
+from resa_interp.features.boundary import BOUNDARY, span_value
+from resa_interp.features.config import DEFAULT_MATCH_THRESHOLD, MARKER_RULES, OCCURRENCES, FeatureConfig
+from resa_interp.features.extract import DEFINITION, LayerFeatures, extract_features, measure_boundary, qualifying
+from resa_interp.features.outputs import counts_figure, write_outputs
+from resa_interp.features.prompts import PromptInfo, prompt_info, read_prompts
+from resa_interp.features.report import format_headline, format_paths, format_seed_table, format_table
+from resa_interp.features.run import FeaturesRun, run_features
+from resa_interp.features.saes import MAIN_SEEDS, missing_saes, saes_to_train, train_first
+from resa_interp.features.selection import REASONING, Selection, layer_ranges, model_spec, select_features
+from resa_interp.features.stability import STABILITY_RULE, LayerStability, layer_stability, match_latents
 
 __all__ = [
+    "BOUNDARY",
+    "DEFAULT_MATCH_THRESHOLD",
+    "DEFINITION",
+    "MAIN_SEEDS",
+    "MARKER_RULES",
+    "OCCURRENCES",
+    "REASONING",
+    "STABILITY_RULE",
     "FeatureConfig",
     "FeaturesRun",
     "LayerFeatures",
-    "default_layers",
+    "LayerStability",
+    "PromptInfo",
+    "Selection",
+    "counts_figure",
     "extract_features",
+    "format_headline",
+    "format_paths",
+    "format_seed_table",
+    "format_table",
+    "layer_ranges",
+    "layer_stability",
+    "match_latents",
+    "measure_boundary",
+    "missing_saes",
+    "model_spec",
+    "prompt_info",
+    "qualifying",
     "read_prompts",
     "run_features",
+    "saes_to_train",
+    "select_features",
     "span_value",
+    "train_first",
+    "write_outputs",
 ]

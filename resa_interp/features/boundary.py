@@ -18,35 +18,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from copy import deepcopy as copy_module
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import torch
 
-from resa_interp.data.templates import END_THINK, THINK
+from resa_interp.data import END_THINK, THINK
 from resa_interp.errors import ResaError
-from resa_interp.model.harvest import Harvester
-from resa_interp.model.hooks import hf_point, hook_name
+from resa_interp.features.config import FeatureConfig
+from resa_interp.features.prompts import PromptInfo
+from resa_interp.model import Harvester, Subject, hf_point, hook_name
 
 if TYPE_CHECKING:
     from sae_lens import SAE
-
-    from resa_interp.model.subject import Subject
-
-
-class FeatureConfig(Protocol):
-    """What the boundary reads of `extract.FeatureConfig` (a protocol, so that this module does not import it)."""
-
-    threshold: float
-    relative_threshold: float
-    marker_rule: str
-    occurrences: str
-
-
-class PromptInfo(Protocol):
-    """What the boundary reads of `extract.PromptInfo`."""
-
-    marker_spans: dict[str, list[list[int]]]
-    excluded_positions: list[int]
 
 BOUNDARY = ("margin = smallest marker activation (as the rule reads it) - largest activation elsewhere in the prompt; "
             "noise = per latent, the largest |difference| from the HF path along TransformerLens, SAELens' hooked "

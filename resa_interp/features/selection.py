@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from resa_interp.errors import ResaError
-from resa_interp.model.hooks import canonical_hook, hook_name
-from resa_interp.sae.folders import run_sae_dirs
+from resa_interp.model import canonical_hook, hook_name
+from resa_interp.sae import run_sae_dirs
 
 if TYPE_CHECKING:
     from sae_lens import SAE

@@ -1,17 +1,11 @@
 """Reasoning features that survive a change of SAE seed: latents matched across the seeds of a multi-seed run.
 
-For each pair of seeds (r, s) of a layer, the reasoning features of r are matched one-to-one to *all* latents of
-s by decoder direction (Hungarian assignment, `scipy.optimize.linear_sum_assignment`, maximising the summed
-cosine similarity of the unit decoder rows); a pair counts only when its cosine is at least the threshold. Two
-reasoning features of different seeds are *linked* when each is the other's match (r -> s and s -> r agree), and
-linked features form groups (connected components over seeds). A group is *stable* when it holds a reasoning
-feature in at least `min_seeds` of the seeds.
-
-Why 0.7 by default: decoder rows of unrelated latents are nearly orthogonal — in d dimensions the cosine of two
-random directions has standard deviation 1/sqrt(d) (0.042 for d = 576), and the largest of 4,608 such cosines is
-about 0.17 — so 0.7 cannot be reached by chance, while the same feature learnt from a different initialisation
-lands at 0.8-1.0. 0.7 is also the cut used for "shared" latents between SAEs of different seeds in the literature
-(Paulo & Belrose 2025, "Sparse autoencoders trained on the same data learn different features").
+The matching rule is `STABILITY_RULE` (features.json records it). Why a decoder cosine of 0.7 by default
+(`FeatureConfig.match_threshold`): decoder rows of unrelated latents are nearly orthogonal — in d dimensions the
+cosine of two random directions has standard deviation 1/sqrt(d) (0.042 for d = 576), and the largest of 4,608
+such cosines is about 0.17 — so 0.7 cannot be reached by chance, while the same feature learnt from a different
+initialisation lands at 0.8-1.0. 0.7 is also the cut used for "shared" latents between SAEs of different seeds in
+the literature (Paulo & Belrose 2025, "Sparse autoencoders trained on the same data learn different features").
 """
 
 from __future__ import annotations
@@ -24,13 +18,15 @@ from scipy.optimize import linear_sum_assignment
 
 from resa_interp.errors import ResaError
 
-STABILITY_RULE = __doc__.split("\n\n")[1].replace("\n", " ")
-"""The matching rule as features.json records it."""
-DEFAULT_MATCH_THRESHOLD = 0.7
-"""Decoder cosine a cross-seed match needs (see the module docstring)."""
-MAIN_SEEDS = 3
-"""SAE seeds per layer of the Stage I run `features` makes when its output has no SAEs: every count comes with its
-spread over seeds, and the stable count is the headline."""
+STABILITY_RULE = (
+    "For each pair of seeds (r, s) of a layer, the reasoning features of r are matched one-to-one to *all* latents "
+    "of s by decoder direction (Hungarian assignment, `scipy.optimize.linear_sum_assignment`, maximising the summed "
+    "cosine similarity of the unit decoder rows); a pair counts only when its cosine is at least the threshold. Two "
+    "reasoning features of different seeds are *linked* when each is the other's match (r -> s and s -> r agree), "
+    "and linked features form groups (connected components over seeds). A group is *stable* when it holds a "
+    "reasoning feature in at least `min_seeds` of the seeds."
+)
+"""The matching rule, as features.json records it (a constant string, so it survives `python -OO`)."""
 
 
 @dataclass(frozen=True)
@@ -99,12 +95,6 @@ def check_min_seeds(min_seeds: int | None, n_seeds: int) -> int:
     if not 1 <= m <= n_seeds:
         raise ResaError(f"--min-seeds {m}: the run has {n_seeds} seed(s); accepted 1..{n_seeds}")
     return m
-
-
-def check_threshold(threshold: float) -> None:
-    """Refuse a match threshold outside (0, 1] in one line."""
-    if not 0 < threshold <= 1:
-        raise ResaError(f"--match-threshold {threshold}: a decoder cosine similarity, accepted in (0, 1]")
 
 
 def match_latents(decoder_a: torch.Tensor, rows: list[int], decoder_b: torch.Tensor,
