@@ -25,8 +25,8 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, PretrainedConfig, Qwen2Config
 
 from resa_interp.presets import with_preset
+from resa_interp.sae import MEMORY_HEADROOM, PRESETS, SAETrainConfig, plan_memory
 from resa_interp.sae.topk_kernel import fast_select_dtype, reconstruction_loss
-from resa_interp.sae.train import MEMORY_HEADROOM, PRESETS, SAETrainConfig, plan_memory
 
 GB = 1e9
 STILL_EXAMPLES = 33_000

@@ -13,9 +13,9 @@ from safetensors.torch import load_file
 from resa_interp.errors import ResaError
 from resa_interp.model.harvest import iter_batches
 from resa_interp.model.subject import load_subject
+from resa_interp.sae import SAETrainConfig, train_saes, trigger_data
 from resa_interp.sae.activations import ActivationCache
 from resa_interp.sae.cache import cache_activations
-from resa_interp.sae.train import SAETrainConfig, train_saes, trigger_data
 
 SMALL = dict(
     expansion_factor=4, k=8, tokens=2048, batch_tokens=256, buffer_tokens=1024, seq_batch=8, heldout=4,

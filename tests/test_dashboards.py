@@ -20,9 +20,9 @@ from resa_interp.features.extract import FeatureConfig, run_features
 from resa_interp.model.harvest import encode_texts, shared_prefix_length
 from resa_interp.model.hooks import decoder_layers
 from resa_interp.model.subject import load_subject
+from resa_interp.sae import SAETrainConfig, train_saes
 from resa_interp.sae.folders import load_sae, sae_dir
 from resa_interp.sae.pretrained import build_topk_sae
-from resa_interp.sae.train import SAETrainConfig, train_saes
 
 TEXTS = 12
 

@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from resa_interp.errors import ResaError
-from resa_interp.sae.train import SAETrainConfig, train_saes
+from resa_interp.sae import SAETrainConfig, train_saes
 
 CFG = dict(expansion_factor=4, k=8, tokens=None, batch_tokens=256, buffer_tokens=512, seq_batch=4, heldout=4,
            n_examples=29, lr=3e-3, layers="1,2,3", seeds=[1], checkpoint_every=1)

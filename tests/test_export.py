@@ -19,10 +19,9 @@ from sae_lens import SAE
 from resa_interp.dashboard.build import Context, DashboardConfig, FeatureDashboard, run_dashboard
 from resa_interp.dashboard.export import activation_rows, read_dashboards
 from resa_interp.model.loading import hub_id
+from resa_interp.sae import SAETrainConfig, export_hub, train_saes
 from resa_interp.sae.folders import load_sae
-from resa_interp.sae.hub import export_hub
 from resa_interp.sae.metrics import COLUMNS
-from resa_interp.sae.train import SAETrainConfig, train_saes
 
 LATENTS = ",".join(str(i) for i in range(24))
 

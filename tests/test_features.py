@@ -153,7 +153,7 @@ def test_spliced_mode(tiny_qwen2):
 @pytest.fixture(scope="session")
 def embedded_run(tmp_path_factory, embedded):
     """A small Stage I run on the embedded model at three layers, shared by the integration tests."""
-    from resa_interp.sae.train import SAETrainConfig, train_saes
+    from resa_interp.sae import SAETrainConfig, train_saes
 
     run = tmp_path_factory.mktemp("embedded") / "run"
     train_saes(SAETrainConfig(layers="3,12,24", tokens=8192, heldout=8), run, subject=embedded)
@@ -284,7 +284,7 @@ def test_embedded_features_match_an_independent_recount(cli, embedded, embedded_
 
 
 def test_errors(cli, tiny_qwen2, tiny_llama, tmp_path):
-    from resa_interp.sae.train import SAETrainConfig, train_saes
+    from resa_interp.sae import SAETrainConfig, train_saes
 
     run = tmp_path / "run"
     train_saes(SAETrainConfig(model=tiny_qwen2, layers="1,2", expansion_factor=2, k=4, tokens=1024,
@@ -314,7 +314,7 @@ def test_d_in_mismatch(tmp_path, tiny_qwen2):
 
 
 def test_prompt_file_jsonl_through_the_cli(cli, tiny_qwen2, tmp_path):
-    from resa_interp.sae.train import SAETrainConfig, train_saes
+    from resa_interp.sae import SAETrainConfig, train_saes
 
     run = tmp_path / "run"
     train_saes(SAETrainConfig(model=tiny_qwen2, layers="1,2", expansion_factor=2, k=4, tokens=1024,
@@ -334,8 +334,8 @@ def test_prompt_file_jsonl_through_the_cli(cli, tiny_qwen2, tmp_path):
 
 
 def test_a_moved_run_still_points_at_its_saes(cli, tiny_qwen2, tmp_path):
+    from resa_interp.sae import SAETrainConfig, train_saes
     from resa_interp.sae.folders import load_sae
-    from resa_interp.sae.train import SAETrainConfig, train_saes
 
     run = tmp_path / "run"
     train_saes(SAETrainConfig(model=tiny_qwen2, layers="1,2", expansion_factor=2, k=4, tokens=1024,

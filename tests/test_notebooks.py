@@ -28,7 +28,7 @@ def test_notebooks_are_committed_clean_and_call_the_library():
 def notebook_env(tmp_path_factory, embedded):
     """One small Stage I run (3 layers, 3 seeds, 2,048 tokens per SAE) with its features, and small budgets."""
     from resa_interp.features.extract import FeatureConfig, run_features
-    from resa_interp.sae.train import SAETrainConfig, train_saes
+    from resa_interp.sae import SAETrainConfig, train_saes
 
     root = tmp_path_factory.mktemp("notebooks")
     run = root / "run"

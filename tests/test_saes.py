@@ -14,8 +14,8 @@ import torch
 from safetensors.torch import save_file
 
 from resa_interp.errors import ResaError
+from resa_interp.sae import LayerSAE, SAETrainConfig, train_saes
 from resa_interp.sae.topk_kernel import reconstruction_loss
-from resa_interp.sae.train import LayerSAE, SAETrainConfig, train_saes
 
 SMALL = dict(
     expansion_factor=4, k=8, tokens=3072, batch_tokens=256, buffer_tokens=1024, seq_batch=8, heldout=4,
@@ -108,7 +108,7 @@ def test_metrics_recomputed_independently(tiny_qwen2, tmp_path):
 
     from resa_interp.model.harvest import make_batch
     from resa_interp.model.subject import load_subject
-    from resa_interp.sae.train import trigger_data
+    from resa_interp.sae import trigger_data
 
     cfg = small_cfg(tiny_qwen2, layers="2")
     result = train_saes(cfg, tmp_path / "run")
@@ -206,7 +206,7 @@ def test_seeds_train_on_the_same_batches_and_differ_only_in_their_initialisation
 
 
 def test_parse_seeds():
-    from resa_interp.sae.train import parse_seeds
+    from resa_interp.sae import parse_seeds
 
     assert parse_seeds(None, "3,1,2", None) == (3, (1, 2))
     assert parse_seeds(4, None, 3) == (4, (5, 6))
@@ -319,7 +319,7 @@ def test_cli_errors_are_one_line(cli, tiny_qwen2, tmp_path):
 
 def test_paper_preset_is_appendix_a():
     from resa_interp.presets import with_preset
-    from resa_interp.sae.train import PRESETS, R1_DISTILL, plan_memory
+    from resa_interp.sae import PRESETS, R1_DISTILL, plan_memory
 
     cfg = with_preset(SAETrainConfig, PRESETS, "paper", layers="10-14", k=None)
     assert (cfg.model, cfg.dataset, cfg.hook) == (R1_DISTILL, "still", "resid_post")
@@ -334,7 +334,7 @@ def test_paper_preset_is_appendix_a():
 
 
 def test_memory_plan_groups_layers_when_they_do_not_fit():
-    from resa_interp.sae.train import plan_memory
+    from resa_interp.sae import plan_memory
 
     cfg = SAETrainConfig(expansion_factor=64, optimizer="signum", buffer_tokens=131_072, batch_tokens=32_768)
     plan = plan_memory(cfg, d_in=1536, n_layers=28, device=torch.device("cpu"))
@@ -359,7 +359,7 @@ def test_layer_groups_train_the_same_saes(tiny_qwen2, tmp_path):
 
 
 def test_latents_override_the_expansion_factor():
-    from resa_interp.sae.train import plan_memory
+    from resa_interp.sae import plan_memory
 
     by_factor, by_number = small_cfg("m"), small_cfg("m", latents=100)
     assert (by_factor.latents_for(64), by_number.latents_for(64), by_number.latents_for(4096)) == (256, 100, 100)
@@ -516,7 +516,7 @@ def test_packed_training_reads_full_chunks_of_the_training_texts(tiny_qwen2, tmp
     from sae_lens import SAE
 
     from resa_interp.model.subject import load_subject
-    from resa_interp.sae.train import trigger_data
+    from resa_interp.sae import trigger_data
 
     cfg = small_cfg(tiny_qwen2, layers="1", pack=True, max_seq_len=128, tokens=512)
     subject = load_subject(tiny_qwen2)
@@ -543,7 +543,7 @@ def test_folders_hold_what_saelens_runner_records(tiny_qwen2, tmp_path):
     from safetensors import safe_open
 
     from resa_interp.model.subject import load_subject
-    from resa_interp.sae.train import trigger_data
+    from resa_interp.sae import trigger_data
 
     subject = load_subject(tiny_qwen2)
     for keep_first in (False, True):

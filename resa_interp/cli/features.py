@@ -89,8 +89,7 @@ def features(
     from resa_interp.features.extract import format_headline, format_paths, format_seed_table, format_table
     from resa_interp.features.stability import MAIN_SEEDS, check_min_seeds
     from resa_interp.model import load_subject
-    from resa_interp.sae import SAETrainConfig, run_sae_dirs, run_seeds, train_saes
-    from resa_interp.sae.train import parse_seeds
+    from resa_interp.sae import SAETrainConfig, parse_seeds, run_sae_dirs, run_seeds, train_saes
 
     cfg = FeatureConfig(**given(
         threshold=threshold, relative_threshold=relative_threshold, noise=noise, marker_rule=marker_rule,

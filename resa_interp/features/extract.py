@@ -49,12 +49,11 @@ from resa_interp.model.harvest import encode_texts
 from resa_interp.model.hooks import canonical_hook, hook_name
 from resa_interp.model.splice import spliced as splice_context
 from resa_interp.model.subject import Subject, load_subject
-from resa_interp.numbering import paper_label
+from resa_interp.numbering import paper_label, parse_layers
 from resa_interp.runs import SEED_COLUMN, atomic_write_json, atomic_write_text, record_stage, run_relative
 from resa_interp.sae.folders import load_sae, require_sae_dirs, run_seeds
 from resa_interp.sae.metrics import add_novel_quality, evaluate_saes, novel_texts, read_metrics
 from resa_interp.sae.pretrained import load_source_sae
-from resa_interp.sae.train import parse_layers
 
 if TYPE_CHECKING:
     from sae_lens import SAE

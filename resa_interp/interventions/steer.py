@@ -46,9 +46,9 @@ from resa_interp.interventions.measure import (
 )
 from resa_interp.interventions.report import write_steer
 from resa_interp.model.subject import Subject, load_subject
+from resa_interp.numbering import parse_layers
 from resa_interp.runs import record_stage
 from resa_interp.sae.folders import check_sae_fits, load_sae
-from resa_interp.sae.train import parse_layers
 
 if TYPE_CHECKING:
     from sae_lens import SAE
