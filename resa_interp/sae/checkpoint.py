@@ -39,6 +39,8 @@ class Checkpoint:
         return sorted(found, key=lambda p: int(p.name.rsplit("-", 1)[1]))
 
     def load(self) -> dict | None:
+        """The latest complete checkpoint's state (this rank's), None when there is none; refused in one line when
+        another configuration or number of ranks wrote it."""
         refuse_pickled(self.root / PICKLED_CHECKPOINT, "delete it to start this run over, or use another --out")
         if self.shard.index == 0:  # a save that ranks never finished (no rank writes before rank 0 has loaded)
             for staged in self.root.glob(f"{CHECKPOINT}-*.ranks"):
@@ -62,6 +64,7 @@ class Checkpoint:
         return state
 
     def save(self, state: dict) -> None:
+        """Write `state` (tensors and JSON values) as the next checkpoint, then remove the older ones."""
         saved = self.saved()
         number = int(saved[-1].name.rsplit("-", 1)[1]) + 1 if saved else 0
         final = self.root / f"{CHECKPOINT}-{number}"
@@ -79,5 +82,6 @@ class Checkpoint:
             barrier("writing a checkpoint")  # the next save numbers its folder from what is on disk now
 
     def clear(self) -> None:
+        """Remove every checkpoint (the run is finished)."""
         for folder in self.saved():
             shutil.rmtree(folder, ignore_errors=True)

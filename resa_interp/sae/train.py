@@ -37,7 +37,7 @@ from resa_interp.sae.folders import load_sae, record_firing, sae_dir
 from resa_interp.sae.metrics import add_novel_quality, evaluate_saes, novel_texts, write_metrics
 from resa_interp.sae.plan import plan_memory
 from resa_interp.sae.pretrained import check_source_sae, load_source_sae
-from resa_interp.sae.ranks import RoutedFeed, gather_objects, layer_owners, most_per_rank, to_rank_zero
+from resa_interp.sae.ranks import RoutedFeed, gather_objects, layer_owners, most_per_rank, sae_to_rank_zero
 from resa_interp.sae.saelens_trainer import trainer_label
 from resa_interp.sae.trainer import DEAD_WINDOW, GroupTrainer, select_dtype
 from resa_interp.sae.trigger_data import prepends_bos, trigger_data
@@ -87,23 +87,6 @@ def _sae_metadata(cfg: SAETrainConfig, origin: dict, layer: int, tokens: int) ->
         "trainer": trainer_label(cfg),
         "select_precision": cfg.select_precision,
     }
-
-
-def _sae_parts(sae_obj) -> tuple[dict, dict[str, Tensor]]:
-    """A SAELens SAE as (cfg dict, CPU state dict): what travels between ranks (the module itself does not
-    pickle)."""
-    return {**sae_obj.cfg.to_dict(), "device": "cpu"}, {key: value.cpu() for key, value in sae_obj.state_dict().items()}
-
-
-def _sae_from_parts(parts: tuple[dict, dict[str, Tensor]] | None):
-    """Inverse of `_sae_parts` (None stays None: ranks other than 0 receive nothing)."""
-    if parts is None:
-        return None
-    from sae_lens import SAE
-
-    sae_obj = SAE.from_dict(parts[0])
-    sae_obj.load_state_dict(parts[1])
-    return sae_obj
 
 
 def _export(sae_obj, path: Path) -> Path:
@@ -237,9 +220,8 @@ class _StageOne:
                 exported = sae.export(meta)
                 self.done[layer, seed] = sae.dead_fraction(min(DEAD_WINDOW, max(self.tokens_trained, 1)))
             if shard.sharded:  # only rank 0 writes the run's files: the owner sends it the SAE (on the CPU)
-                exported = _sae_from_parts(to_rank_zero(
-                    _sae_parts(exported) if exported is not None else None, shard,
-                    f"sending the SAE of {hook_name(cfg.hook, layer)} (seed {seed}) to rank 0"))
+                exported = sae_to_rank_zero(exported, shard,
+                                            f"sending the SAE of {hook_name(cfg.hook, layer)} (seed {seed}) to rank 0")
             if self.talks:
                 self.dirs[layer, seed] = _export(exported, self.folder((layer, seed)))
         if shard.sharded:  # every rank learns which SAEs are finished (rank 0 has written them by now)
