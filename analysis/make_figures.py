@@ -45,8 +45,8 @@ def ensure_main_run(run: Path, n_seeds: int) -> None:
     from resa_interp.features import FeatureConfig, run_features
     from resa_interp.model.subject import load_subject
     from resa_interp.numbering import default_layers
+    from resa_interp.sae import SAETrainConfig, train_saes
     from resa_interp.sae.folders import run_sae_dirs
-    from resa_interp.sae.train import SAETrainConfig, train_saes
 
     subject = load_subject()
     layers = default_layers(subject.facts.n_layers)

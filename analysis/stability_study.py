@@ -2,7 +2,7 @@
 
 One harvest of trigger activations at a few layers is held in memory (the training stream the trainer would see,
 and the same stream with the repeated system prompt counted once per buffer); every cell of the study then trains
-one SAE per seed on it with the library's own training step (`sae.train.LayerSAE`), all seeds of a cell on the
+one SAE per seed on it with the library's own training step (`sae.LayerSAE`), all seeds of a cell on the
 same shuffled minibatches, and measures:
 
 - quality: held-out explained variance on all tokens and on the question/answer tokens, on synthetic texts of the
@@ -39,9 +39,9 @@ from resa_interp.features import FeatureConfig, match_latents, prompt_info, qual
 from resa_interp.model.harvest import encode_texts, make_batch, shared_prefix_length
 from resa_interp.model.subject import load_subject
 from resa_interp.runs import atomic_write_json, atomic_write_text
+from resa_interp.sae import LayerSAE, SAETrainConfig, trigger_data
 from resa_interp.sae.activations import ModelFeed, pad_id
 from resa_interp.sae.topk_kernel import fast_select_dtype
-from resa_interp.sae.train import LayerSAE, SAETrainConfig, trigger_data
 
 ROOT = Path(__file__).resolve().parents[1]
 THRESHOLD = 0.7

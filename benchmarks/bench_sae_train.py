@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from resa_interp.sae.train import LayerSAE
+from resa_interp.sae import LayerSAE
 
 
 def activations(n: int, d: int, seed: int = 0) -> torch.Tensor:

@@ -24,9 +24,9 @@ import time
 
 import torch
 
+from resa_interp.sae import DEAD_WINDOW, LayerSAE, SAETrainConfig
 from resa_interp.sae.activations import ActivationCache
 from resa_interp.sae.saelens_trainer import SAELensLayer
-from resa_interp.sae.train import DEAD_WINDOW, LayerSAE, SAETrainConfig
 
 
 def mixture(n: int, d: int, seed: int = 0, components: int = 64) -> torch.Tensor:

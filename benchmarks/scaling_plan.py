@@ -25,8 +25,8 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, PretrainedConfig, Qwen2Config
 
 from resa_interp.presets import with_preset
+from resa_interp.sae import MEMORY_HEADROOM, PRESETS, SAETrainConfig, plan_memory
 from resa_interp.sae.topk_kernel import fast_select_dtype, reconstruction_loss
-from resa_interp.sae.train import MEMORY_HEADROOM, PRESETS, SAETrainConfig, plan_memory
 
 GB = 1e9
 STILL_EXAMPLES = 33_000
@@ -34,8 +34,8 @@ STILL_EXAMPLES = 33_000
 write-ups about 33k problems)."""
 TOKENS_PER_EXAMPLE = 200
 """An estimate for one example in the authors' template with R1-Distill's tokenizer: the system prompt (~91 of
-~140 tokens of a synthetic example with the embedded tokenizer, docs/guide/stage1-saes.md) plus a competition problem and its
-answer written twice."""
+~140 tokens of a synthetic example with the embedded tokenizer, docs/guide/stage1-saes.md) plus a competition
+problem and its answer written twice."""
 PRETRAINING_TOKENS = 1_000_000_000
 """A second budget for scale: SAEs pretrained on a general corpus see billions of tokens."""
 GPUS_PER_NODE = 8

@@ -1,5 +1,5 @@
 """Layer numbering: hook indices (`blocks.N`, `model.layers.N`, 0-based, what every file and option here uses)
-and the paper's ordinals ("N-th layer", 1-based).
+and the paper's ordinals ("N-th layer", 1-based); layer specs ("all", "1-26", "3,12,24") and their labels.
 
 The paper counts decoder layers from 1: its Table 6 row "Resa-STILL-13th-Layer" has exactly Resa-STILL-v1's
 scores (33.33/33.33/75.00/83.80/29.41/28.79, avg 47.28), and the authors' code evaluates Resa-STILL-v1 at
@@ -49,6 +49,24 @@ def default_layers(n_layers: int) -> str:
     """The paper's cut as a layer spec: layers 1..L-2 of an L-layer model (the first and last layer excluded), the
     layers `features` counts and a sweep tunes by default."""
     return f"1-{n_layers - 2}"
+def parse_layers(spec: str, n_layers: int) -> list[int]:
+    """A layer spec, 'all' | 'A-B' (inclusive) | 'L,L,...' of hook indices, as a sorted layer list, each checked
+    against the model's `n_layers`."""
+    spec = spec.strip()
+    try:
+        if spec == "all":
+            layers = list(range(n_layers))
+        elif "-" in spec and "," not in spec:
+            lo, hi = (int(p) for p in spec.split("-"))
+            layers = list(range(lo, hi + 1))
+        else:
+            layers = [int(p) for p in spec.split(",") if p.strip()]
+    except ValueError:
+        raise ResaError(f"--layers {spec!r}: accepted 'all', a range like 1-26, or a list like 3,12,24") from None
+    bad = [layer for layer in layers if not 0 <= layer < n_layers]
+    if bad or not layers:
+        raise ResaError(f"--layers {spec!r}: layer {bad[0] if bad else '?'} is outside the model (0..{n_layers - 1})")
+    return sorted(set(layers))
 
 
 NUMBERING = "layers are hook indices (blocks.N, 0-based); the paper's 'N-th layer' is blocks.N-1"

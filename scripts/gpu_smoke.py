@@ -62,7 +62,7 @@ def main() -> None:
 
     @step("Stage I")
     def stage_one():
-        from resa_interp.sae.train import SAETrainConfig, train_saes
+        from resa_interp.sae import SAETrainConfig, train_saes
 
         cfg = SAETrainConfig(model=str(model_dir), layers="1,2", expansion_factor=4, k=8, tokens=8192,
                              batch_tokens=512, buffer_tokens=2048, heldout=4, n_examples=120, lr=3e-3,

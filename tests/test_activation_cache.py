@@ -13,9 +13,9 @@ from safetensors.torch import load_file
 from resa_interp.errors import ResaError
 from resa_interp.model.harvest import iter_batches
 from resa_interp.model.subject import load_subject
+from resa_interp.sae import SAETrainConfig, train_saes, trigger_data
 from resa_interp.sae.activations import ActivationCache
 from resa_interp.sae.cache import cache_activations
-from resa_interp.sae.train import SAETrainConfig, train_saes, trigger_data
 
 CACHED = dict(tokens=2048, layers="0,2")
 """The cache tests' Stage I: the shared tiny settings at layers 0 (the first) and 2, 2,048 tokens per SAE."""

@@ -18,8 +18,8 @@ from resa_interp.model.hooks import HOOKS, SPLICE_HOOKS, Z_HOOK, hf_point, hook_
 from resa_interp.model.splice import spliced
 from resa_interp.model.subject import load_subject
 from resa_interp.model.tiny import ARCHITECTURES, build_tiny_model
+from resa_interp.sae import train_saes
 from resa_interp.sae.folders import load_sae, sae_dir
-from resa_interp.sae.train import train_saes
 from resa_interp.tuning import SAETuner, TuneConfig
 
 VIEWS = {

@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from resa_interp.errors import ResaError
-from resa_interp.sae.train import SAETrainConfig, train_saes
+from resa_interp.sae import SAETrainConfig, train_saes
 
 CFG = dict(tokens=None, buffer_tokens=512, seq_batch=4, n_examples=29, layers="1,2,3", seeds=[1], checkpoint_every=1)
 """Over the shared tiny settings (`tiny_train_settings`): three layers over two ranks (1 and 3 on rank 0, 2 on rank

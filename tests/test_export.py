@@ -25,8 +25,8 @@ from resa_interp.dashboard import (
     run_dashboard,
 )
 from resa_interp.model.loading import hub_id
+from resa_interp.sae import export_hub
 from resa_interp.sae.folders import load_sae
-from resa_interp.sae.hub import export_hub
 from resa_interp.sae.metrics import COLUMNS
 
 LATENTS = ",".join(str(i) for i in range(24))

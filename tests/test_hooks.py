@@ -15,8 +15,8 @@ from resa_interp.features import FeatureConfig, run_features
 from resa_interp.model.harvest import encode_texts, make_batch, shared_prefix_length
 from resa_interp.model.hooks import HOOKS, canonical_hook, hook_name, parse_hook_name
 from resa_interp.model.subject import load_subject
+from resa_interp.sae import train_saes
 from resa_interp.sae.folders import load_sae, run_sae_dirs
-from resa_interp.sae.train import train_saes
 
 MLP_POST = "blocks.{l}.mlp.hook_post"
 PROMPT = "Problem: What is 12 * 7? <think> 84, so the product is 84 </think> <answer> Answer: 84 </answer>"

@@ -96,7 +96,7 @@ def test_markers_and_masks_in_packed_chunks(tokenizer):
 
 def test_packing_is_on_in_the_paper_presets_only():
     from resa_interp.presets import with_preset
-    from resa_interp.sae.train import PRESETS, SAETrainConfig
+    from resa_interp.sae import PRESETS, SAETrainConfig
     from resa_interp.tuning import preset_config
 
     paper = with_preset(SAETrainConfig, PRESETS, "paper")

@@ -13,11 +13,11 @@ from resa_interp.data.templates import marker_spans
 from resa_interp.errors import ResaError
 from resa_interp.features import FeatureConfig, extract_features, run_features
 from resa_interp.model.subject import load_subject
+from resa_interp.sae import DEAD_WINDOW, train_saes, trigger_data
 from resa_interp.sae.activations import ModelFeed
 from resa_interp.sae.cache import cache_activations
 from resa_interp.sae.folders import load_sae
 from resa_interp.sae.saelens_trainer import ARCHITECTURES, SAELensLayer
-from resa_interp.sae.train import DEAD_WINDOW, train_saes, trigger_data
 
 SMALL = dict(tokens=1536, batch_tokens=128, n_examples=40, lr=1e-3, layers="1", trainer="saelens")
 """SAELens' trainer on the shared tiny settings: smaller batches of fewer texts, its Adam's learning rate."""

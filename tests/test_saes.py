@@ -14,8 +14,8 @@ import torch
 from safetensors.torch import save_file
 
 from resa_interp.errors import ResaError
+from resa_interp.sae import LayerSAE, SAETrainConfig, train_saes
 from resa_interp.sae.topk_kernel import reconstruction_loss
-from resa_interp.sae.train import LayerSAE, SAETrainConfig, train_saes
 
 
 def _dense_reference(x, enc, b_enc, dec, b_dec, indices):
@@ -109,7 +109,7 @@ def test_metrics_recomputed_independently(tiny_qwen2, tiny_train_config, tiny_st
 
     from resa_interp.model.harvest import make_batch
     from resa_interp.model.subject import load_subject
-    from resa_interp.sae.train import trigger_data
+    from resa_interp.sae import trigger_data
 
     cfg = tiny_train_config()
     result = tiny_stage1
@@ -210,7 +210,7 @@ def test_seeds_train_on_the_same_batches_and_differ_only_in_their_initialisation
 
 
 def test_parse_seeds():
-    from resa_interp.sae.train import parse_seeds
+    from resa_interp.sae import parse_seeds
 
     assert parse_seeds(None, "3,1,2", None) == (3, (1, 2))
     assert parse_seeds(4, None, 3) == (4, (5, 6))
@@ -324,7 +324,7 @@ def test_cli_errors_are_one_line(cli, tiny_qwen2, tmp_path):
 
 def test_paper_preset_is_appendix_a():
     from resa_interp.presets import with_preset
-    from resa_interp.sae.train import PRESETS, R1_DISTILL, plan_memory
+    from resa_interp.sae import PRESETS, R1_DISTILL, plan_memory
 
     cfg = with_preset(SAETrainConfig, PRESETS, "paper", layers="10-14", k=None)
     assert (cfg.model, cfg.dataset, cfg.hook) == (R1_DISTILL, "still", "resid_post")
@@ -339,7 +339,7 @@ def test_paper_preset_is_appendix_a():
 
 
 def test_memory_plan_groups_layers_when_they_do_not_fit():
-    from resa_interp.sae.train import plan_memory
+    from resa_interp.sae import plan_memory
 
     cfg = SAETrainConfig(expansion_factor=64, optimizer="signum", buffer_tokens=131_072, batch_tokens=32_768)
     plan = plan_memory(cfg, d_in=1536, n_layers=28, device=torch.device("cpu"))
@@ -365,7 +365,7 @@ def test_layer_groups_train_the_same_saes(tiny_train_config, tiny_stage1, tmp_pa
 
 
 def test_latents_override_the_expansion_factor(tiny_train_config):
-    from resa_interp.sae.train import plan_memory
+    from resa_interp.sae import plan_memory
 
     by_factor, by_number = tiny_train_config(model="m"), tiny_train_config(model="m", latents=100)
     assert (by_factor.latents_for(64), by_number.latents_for(64), by_number.latents_for(4096)) == (256, 100, 100)
@@ -524,7 +524,7 @@ def test_packed_training_reads_full_chunks_of_the_training_texts(tiny_qwen2, tin
     from sae_lens import SAE
 
     from resa_interp.model.subject import load_subject
-    from resa_interp.sae.train import trigger_data
+    from resa_interp.sae import trigger_data
 
     cfg = tiny_train_config(layers="1", pack=True, max_seq_len=128, tokens=512)
     subject = load_subject(tiny_qwen2)
@@ -552,7 +552,7 @@ def test_folders_hold_what_saelens_runner_records(tiny_qwen2, tiny_train_config,
     from safetensors import safe_open
 
     from resa_interp.model.subject import load_subject
-    from resa_interp.sae.train import trigger_data
+    from resa_interp.sae import trigger_data
 
     subject = load_subject(tiny_qwen2)
     for keep_first in (False, True):

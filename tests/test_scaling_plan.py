@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from resa_interp.presets import with_preset
-from resa_interp.sae.train import PRESETS, SAETrainConfig, plan_memory
+from resa_interp.sae import PRESETS, SAETrainConfig, plan_memory
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "scaling_plan.py"
 

@@ -21,8 +21,8 @@ from safetensors.torch import load_file
 from resa_interp.errors import ResaError
 from resa_interp.evaluation.sweep import sweep, sweep_config
 from resa_interp.evaluation.tasks import PAPER_ORDER
-from resa_interp.numbering import layer_of_paper_label, paper_label
-from resa_interp.sae.train import parse_layers, train_saes
+from resa_interp.numbering import layer_of_paper_label, paper_label, parse_layers
+from resa_interp.sae import train_saes
 from resa_interp.shards import Shard, launcher_shard, on_its_own, parse_shard, pin_rank_gpu
 
 TABLE6 = Path(__file__).parent.parent / "analysis" / "paper_table6.csv"

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
+from resa_interp.cli.fields import field_option, given
+
 EXPORT_KINDS = ("hf", "neuronpedia")
+NEURONPEDIA = ("dashboard.export", "NeuronpediaConfig")
+"""Where the Neuronpedia export's config is declared (module relative to the package, class)."""
+COMMAND_CONFIGS = {"export": [NEURONPEDIA]}
+"""The configs each command of this module builds: its options named like their fields come from them."""
+
+
+def _neuronpedia(name: str, default: str | None = None) -> Any:
+    return field_option(*NEURONPEDIA, name, f"--{name.replace('_', '-')}", more="(neuronpedia)", default=default)
 
 
 def export(
@@ -21,25 +31,12 @@ def export(
         typer.Option("--repo", help="Hub repo ORG/NAME the hf folder is uploaded to: named in the model card's loading "
                      "example, and on each Neuronpedia source (hfRepoId, saelensRelease)."),
     ] = None,
-    dashboard: Annotated[
-        str | None,
-        typer.Option("--dashboard", help="neuronpedia: dashboard.json or its folder [default: RUN/dashboard].")
-    ] = None,
-    model_id: Annotated[
-        str | None, typer.Option("--model-id", help="neuronpedia: model id [default: the model's name, lowercased].")
-    ] = None,
-    source_set: Annotated[
-        str | None, typer.Option("--source-set", help="neuronpedia: source set name [default: res-resa / mlp-resa].")
-    ] = None,
-    release: Annotated[
-        str | None, typer.Option("--release", help="neuronpedia: release id [default: the run folder's name].")
-    ] = None,
-    creator_name: Annotated[str, typer.Option("--creator-name", help="neuronpedia: creator name.")] = "resa-interp",
-    creator_id: Annotated[
-        str | None,
-        typer.Option("--creator-id", help="neuronpedia: creator id [default: $DEFAULT_CREATOR_ID, else SAEDashboard's "
-                     "fallback id]."),
-    ] = None,
+    dashboard: _neuronpedia("dashboard", default="RUN/dashboard") = None,
+    model_id: _neuronpedia("model_id", default="the model's name, lowercased") = None,
+    source_set: _neuronpedia("source_set", default="res-resa / mlp-resa") = None,
+    release: _neuronpedia("release", default="the run folder's name") = None,
+    creator_name: _neuronpedia("creator_name") = None,
+    creator_id: _neuronpedia("creator_id", default="$DEFAULT_CREATOR_ID, else SAEDashboard's fallback id") = None,
 ) -> None:
     """Export a run: `--to hf DIR` (SAELens folders plus a model card) or `--to neuronpedia DIR`.
 
@@ -57,7 +54,7 @@ def export(
     kind, out = to
     check_choice("--to", kind, EXPORT_KINDS)
     if kind == "hf":
-        from resa_interp.sae.hub import export_hub
+        from resa_interp.sae import export_hub
 
         result = export_hub(run, out, repo=repo)
         typer.echo(f"hf: {len(result.sae_ids)} SAEs ({', '.join(result.sae_ids)}) and {result.card.name} in "
@@ -65,9 +62,9 @@ def export(
         return
     from resa_interp.dashboard import NeuronpediaConfig, export_neuronpedia
 
-    cfg = NeuronpediaConfig(dashboard=dashboard, model_id=model_id, source_set=source_set, release=release,
-                            creator_name=creator_name, creator_id=creator_id, url=repo and f"https://huggingface.co/"
-                            f"{repo}", hf_repo=repo)
+    cfg = NeuronpediaConfig(**given(dashboard=dashboard, model_id=model_id, source_set=source_set, release=release,
+                                    creator_name=creator_name, creator_id=creator_id),
+                            url=repo and f"https://huggingface.co/{repo}", hf_repo=repo)
     result = export_neuronpedia(run, out, cfg)
     typer.echo(f"neuronpedia: {result.features} latents, {result.activations} activations in "
                f"{len(result.sources)} sources under {result.out}")

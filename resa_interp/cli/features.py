@@ -84,7 +84,7 @@ def features(
         read_prompts,
         run_features,
     )
-    from resa_interp.sae.train import parse_seeds
+    from resa_interp.sae import parse_seeds
 
     cfg = FeatureConfig(**given(
         threshold=threshold, relative_threshold=relative_threshold, noise=noise, marker_rule=marker_rule,

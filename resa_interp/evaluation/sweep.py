@@ -39,11 +39,11 @@ from resa_interp.evaluation.tasks import PAPER_ORDER, SYNTHETIC, load_tasks
 from resa_interp.features import missing_saes, train_first
 from resa_interp.model.hooks import check_splice_hook
 from resa_interp.model.loading import model_shape
-from resa_interp.numbering import default_layers
+from resa_interp.numbering import default_layers, parse_layers
 from resa_interp.presets import with_preset
 from resa_interp.runs import atomic_write_text, read_manifest, record_stage, run_relative
 from resa_interp.sae import PRESETS as SAE_PRESETS
-from resa_interp.sae import SAETrainConfig, parse_layers, require_sae_dirs
+from resa_interp.sae import SAETrainConfig, require_sae_dirs
 from resa_interp.shards import ONLY, Shard, on_its_own, wait_for_all_ranks
 from resa_interp.tuning import STAGE as TUNE_STAGE
 from resa_interp.tuning import TuneConfig, changed_settings, preset_config, tune
@@ -87,8 +87,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper": {"layers": "1-26", "tasks": PAPER_ORDER},  # hook indices of Table 6's 2nd..27th layers
 }
 """Sweep-level values of each preset; the stages' own presets of the same name supply the rest: tuning's
-'cpu' and 'paper' (`tuning.sae_tuning.PRESETS`), evaluation's (`evaluation.config.EVAL_PRESETS`), and Stage I's
-'paper' (`sae.train.PRESETS`)."""
+'cpu' and 'paper' (`tuning.config.PRESETS`), evaluation's (`evaluation.config.EVAL_PRESETS`), and Stage I's
+'paper' (`sae.config.PRESETS`)."""
 
 
 def sweep_config(

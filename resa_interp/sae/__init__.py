@@ -1,14 +1,26 @@
 """Stage I, SAE training: TopK SAEs at every selected layer of a source model from CoT-free trigger text, trained
 from scratch, fine-tuned from a pretrained SAE, or imported as they are; their folders, quality and imports.
 
-Takes a `SAETrainConfig` and a run folder; gives SAELens SAE folders `RUN/saes/<hook_name>/`, held-out quality
-(`RUN/saes/metrics.json`) and a `StageIResult`; a multi-seed run keeps its further seeds' SAEs in
-`RUN/saes/seed-<s>/`. The training step is the fused kernel in `topk_kernel.py`, or SAELens' own trainer for its
-six architectures (`saelens_trainer.py`, `--trainer saelens`).
+Takes a `SAETrainConfig` (`config.py`: its fields, presets and spec parsers) and a run folder; gives SAELens SAE
+folders `RUN/saes/<hook_name>/`, held-out quality (`RUN/saes/metrics.json`) and a `StageIResult`; a multi-seed
+run keeps its further seeds' SAEs in `RUN/saes/seed-<s>/`. `train.py` runs a stage, `trainer.py` trains a group of
+layers from one forward pass, `plan.py` plans memory and the run. The training step is the fused kernel in
+`topk_kernel.py` (`layer_sae.py`), or SAELens' own trainer for its six architectures (`saelens_trainer.py`,
+`--trainer saelens`).
 """
 
 from resa_interp.sae.activations import ActivationCache
 from resa_interp.sae.cache import CacheResult, cache_activations
+from resa_interp.sae.checkpoint import CHECKPOINT, Checkpoint
+from resa_interp.sae.config import (
+    ARCHITECTURES,
+    K_ARCHITECTURES,
+    PRESETS,
+    R1_DISTILL,
+    SAETrainConfig,
+    check_latents,
+    parse_seeds,
+)
 from resa_interp.sae.folders import (
     SAES_DIR,
     check_sae_fits,
@@ -18,35 +30,59 @@ from resa_interp.sae.folders import (
     run_seeds,
     sae_dir,
 )
+from resa_interp.sae.hub import HubExport, check_export_target, export_hub, run_sae_ids
+from resa_interp.sae.layer_sae import LayerSAE
 from resa_interp.sae.metrics import evaluate_saes, read_metrics
-from resa_interp.sae.plan import Stage1Plan, plan_stage1, stage1_settings
+from resa_interp.sae.plan import MEMORY_HEADROOM, MemoryPlan, Stage1Plan, plan_memory, plan_stage1, stage1_settings
 from resa_interp.sae.pretrained import build_topk_sae, load_source_sae, load_sparsify_sae
 from resa_interp.sae.reconstruction import SAEReconstruction
-from resa_interp.sae.train import PRESETS, SAETrainConfig, StageIResult, parse_layers, train_saes
+from resa_interp.sae.saelens_trainer import SAELensLayer
+from resa_interp.sae.train import StageIResult, train_saes
+from resa_interp.sae.trainer import DEAD_WINDOW, GroupTrainer
+from resa_interp.sae.trigger_data import TriggerData, trigger_data
 
 __all__ = [
+    "ARCHITECTURES",
+    "CHECKPOINT",
+    "DEAD_WINDOW",
+    "K_ARCHITECTURES",
+    "MEMORY_HEADROOM",
     "PRESETS",
+    "R1_DISTILL",
+    "SAES_DIR",
     "ActivationCache",
     "CacheResult",
-    "SAES_DIR",
+    "Checkpoint",
+    "GroupTrainer",
+    "HubExport",
+    "LayerSAE",
+    "MemoryPlan",
+    "SAELensLayer",
     "SAEReconstruction",
     "SAETrainConfig",
     "Stage1Plan",
     "StageIResult",
+    "TriggerData",
     "build_topk_sae",
     "cache_activations",
+    "check_export_target",
+    "check_latents",
     "check_sae_fits",
     "evaluate_saes",
+    "export_hub",
     "load_sae",
     "load_source_sae",
     "load_sparsify_sae",
-    "parse_layers",
+    "parse_seeds",
+    "plan_memory",
     "plan_stage1",
     "read_metrics",
     "require_sae_dirs",
     "run_sae_dirs",
+    "run_sae_ids",
     "run_seeds",
     "sae_dir",
     "stage1_settings",
     "train_saes",
+    "trigger_data",
 ]

@@ -15,8 +15,10 @@ from pathlib import Path
 
 from resa_interp.data.qa import SYNTHETIC
 from resa_interp.model.subject import Subject, load_subject
+from resa_interp.numbering import parse_layers
 from resa_interp.sae.activations import DATA_SETTINGS, ModelFeed, write_cache
-from resa_interp.sae.train import SAETrainConfig, parse_layers, trigger_data
+from resa_interp.sae.config import SAETrainConfig
+from resa_interp.sae.trigger_data import trigger_data
 from resa_interp.shards import require_one_process
 
 

@@ -1,11 +1,13 @@
-"""What a Stage I run will do, known before it starts: its settings next to the paper's, and a plan (layers with
-hook names and the paper's labels, dictionary size, tokens and steps, memory, outputs) built from the model's
-config alone, so that `train-saes --dry-run` answers in seconds and reads no weights.
+"""What a Stage I run will do, known before it starts: its settings next to the paper's, the memory planner (how
+many layers share one forward pass), and a plan (layers with hook names and the paper's labels, dictionary size,
+tokens and steps, memory, outputs) built from the model's config alone, so that `train-saes --dry-run` answers
+in seconds and reads no weights.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,14 +15,14 @@ import torch
 
 from resa_interp.model.hooks import hook_name
 from resa_interp.model.loading import EMBEDDED_ALIASES, model_shape, resolve_device
-from resa_interp.numbering import describe_layers
+from resa_interp.numbering import describe_layers, parse_layers
 from resa_interp.presets import SettingsReport, settings_report, with_preset
+from resa_interp.sae.checkpoint import CHECKPOINT
+from resa_interp.sae.config import K_ARCHITECTURES, PRESETS, SAETrainConfig
 from resa_interp.sae.folders import SAES_DIR
 from resa_interp.sae.metrics import METRICS_FILE
 from resa_interp.sae.pretrained import find_source_sae
 from resa_interp.sae.ranks import layer_owners, most_per_rank
-from resa_interp.sae.saelens_trainer import K_ARCHITECTURES
-from resa_interp.sae.train import CHECKPOINT, PRESETS, MemoryPlan, SAETrainConfig, parse_layers, plan_memory
 from resa_interp.shards import launcher_shard
 
 OPERATIONAL = ("group_size", "checkpoint_every")
@@ -30,6 +32,73 @@ OPERATIONAL = ("group_size", "checkpoint_every")
 def stage1_settings(cfg: SAETrainConfig, preset: str | None) -> SettingsReport:
     """`cfg` next to `--preset paper` (Appendix A), every difference marked."""
     return settings_report("train-saes", cfg, with_preset(SAETrainConfig, PRESETS, "paper"), preset, OPERATIONAL)
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """Estimated bytes for one group of layers, and the group size chosen."""
+
+    per_layer_sae: int
+    per_layer_buffer: int
+    step: int
+    group_size: int
+    available: int | None
+    seeds: int = 1
+    """SAEs per layer (one per seed), all beside the layer's one buffer."""
+
+    def describe(self, n_layers: int) -> str:
+        """One line for the log."""
+        gib = 1024**3
+        total = self.group_size * (self.seeds * self.per_layer_sae + self.per_layer_buffer) + self.step
+        avail = f" of {self.available / gib:.1f} GiB available" if self.available else ""
+        seeds = f" x {self.seeds} seeds" if self.seeds > 1 else ""
+        return (
+            f"memory plan: {self.per_layer_sae / gib:.2f} GiB per SAE{seeds} (weights, grads, optimizer) + "
+            f"{self.per_layer_buffer / gib:.2f} GiB activation buffer per layer + {self.step / gib:.2f} GiB per step; "
+            f"{self.group_size} of {n_layers} layers per forward pass = {total / gib:.2f} GiB{avail}"
+        )
+
+
+def _available_memory(device: torch.device) -> int | None:
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+MEMORY_HEADROOM = 0.8
+"""Fraction of the free memory a group of layers may plan to use (the rest absorbs allocator slack)."""
+
+
+def plan_memory(cfg: SAETrainConfig, d_in: int, n_layers: int, device: torch.device,
+                available: int | None = None) -> MemoryPlan:
+    """Estimate memory per layer and choose how many layers share one forward pass; `available` (bytes free)
+    is measured on `device` unless given (a plan for a machine other than this one)."""
+    d_sae = cfg.latents_for(d_in)
+    params = 2 * d_sae * d_in + d_sae + d_in
+    optimizer_copies = 2 if cfg.optimizer == "adam" else 1
+    per_sae = 4 * params * (2 + optimizer_copies)  # weights + grads + optimizer state, float32
+    per_buffer = 4 * d_in * (cfg.buffer_tokens + cfg.seq_batch * cfg.max_seq_len)
+    step = 4 * cfg.batch_tokens * d_sae * 2  # pre-activations and their top-k workspace
+    available = _available_memory(device) if available is None else available
+    if cfg.group_size is not None:
+        group = cfg.group_size
+    elif available is None:
+        group = n_layers
+    else:
+        per_layer = len(cfg.all_seeds) * per_sae + per_buffer
+        group = max(1, min(n_layers, int((MEMORY_HEADROOM * available - step) // per_layer)))
+    return MemoryPlan(per_sae, per_buffer, step, max(1, min(group, n_layers)), available, len(cfg.all_seeds))
+
+
+def source_note(cfg: SAETrainConfig) -> str:
+    """What a run with --from does with the pretrained SAEs, in one line."""
+    hook = cfg.resolved_source_hook()
+    return (f"--from {cfg.source}: the {hook} SAEs{' (--from-hook)' if hook != cfg.hook else ''}, "
+            f"{'fine-tuned' if cfg.mode == 'finetune' else 'imported'} at {cfg.hook}; their size and k replace "
+            "--latents/--k")
 
 
 @dataclass(frozen=True)
@@ -59,6 +128,8 @@ class Stage1Plan:
     """Chunk length when packed, else the truncation length."""
     rank_of_layer: dict[int, int]
     """Layer -> the launcher rank that trains it (all 0 in one process)."""
+    source: str | None = None
+    """With --from: what is done with the pretrained SAEs, in words."""
 
     def format(self) -> str:
         """The plan, one fact per line."""
@@ -79,6 +150,8 @@ class Stage1Plan:
             f"  {self.memory.describe(most_per_rank(self.rank_of_layer))}{f' on each of {ranks} ranks' * (ranks > 1)}",
             "  outputs: " + ", ".join(self.outputs),
         ]
+        if self.source:
+            lines.append(f"  {self.source}")
         if ranks > 1:
             trains = [",".join(str(layer) for layer, rank in self.rank_of_layer.items() if rank == r)
                       for r in range(ranks)]
@@ -120,6 +193,7 @@ def plan_stage1(cfg: SAETrainConfig, run: str | Path) -> Stage1Plan:
         dataset=cfg.dataset,
         packed=cfg.pack,
         seq_len=cfg.max_seq_len,
+        source=None if cfg.mode == "scratch" else source_note(cfg),
         outputs=[f"{run / SAES_DIR}/<hook name>/ (SAELens folders)", str(run / SAES_DIR / METRICS_FILE),
                  str(run / "manifest.json"), f"{run / SAES_DIR / CHECKPOINT}-N/ while it runs"],
     )

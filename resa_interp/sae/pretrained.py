@@ -91,8 +91,6 @@ def load_sparsify_sae(folder: str | Path, hook_name: str | None = None) -> SAE:
     )
 
 
-SPARSIFY_HOOKPOINTS = {"resid_post": "layers.{layer}", "mlp_out": "layers.{layer}.mlp"}
-"""sparsify's folder name for each of our hooks (the decoder layer's output, its MLP's output)."""
 _SPARSIFY_NAME = re.compile(r"layers\.(\d+)(\.mlp)?")
 PER_TOKEN_NORMALISATIONS = ("constant_norm_rescale", "layer_norm")
 """SAELens input normalisations that rescale every token by its own statistics: no fixed weights express them."""
@@ -301,3 +299,11 @@ def to_training_form(sae: SAE, source: str) -> list[str]:
     if ranked_after_norms:
         cfg.rescale_acts_by_decoder_norm = False  # the norms are 1 now
     return notes
+
+
+def check_source_sae(sae: SAE, d_in: int, source: str | None) -> None:
+    """Refuse, in one line, a --from SAE that does not read `d_in`-wide inputs or is not a TopK SAE."""
+    if sae.cfg.d_in != d_in:
+        raise ResaError(f"--from {source!r}: SAE d_in {sae.cfg.d_in} does not match the model's d_model {d_in}")
+    if getattr(sae.cfg, "k", None) is None:
+        raise ResaError(f"--from {source!r}: not a TopK SAE ({type(sae).__name__}); accepted: TopK SAEs")

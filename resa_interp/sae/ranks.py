@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -98,6 +99,22 @@ def to_rank_zero(value: object, shard: Shard, what: str) -> object | None:
     with peers(what):
         dist.gather_object(value, found, dst=0)
     return next((v for v in found if v is not None), None) if found is not None else None
+
+
+def sae_to_rank_zero(sae: Any, shard: Shard, what: str) -> Any:
+    """On rank 0, the SAELens SAE that one rank passes (every other rank passes None), on the CPU; None on other
+    ranks. It travels as (cfg dict, CPU state dict): the module itself does not pickle."""
+    parts = None
+    if sae is not None:
+        parts = {**sae.cfg.to_dict(), "device": "cpu"}, {key: value.cpu() for key, value in sae.state_dict().items()}
+    received = to_rank_zero(parts, shard, what)
+    if received is None:
+        return None
+    from sae_lens import SAE
+
+    sae_obj = SAE.from_dict(received[0])
+    sae_obj.load_state_dict(received[1])
+    return sae_obj
 
 
 def barrier(what: str) -> None:

@@ -3,7 +3,7 @@ jumprelu, matryoshka batchtopk, standard, gated), their losses and auxiliary los
 step (Adam, lr scheduler, coefficient warm-ups, gradient clipping, dead-latent tracking), fed with the same pooled
 and shuffled batches of harvested activations as the fused kernel.
 
-`SAELensLayer` is the training state of one hookpoint with the interface `train._train_group` drives (`data_init`,
+`SAELensLayer` is the training state of one hookpoint with the interface `trainer.GroupTrainer` drives (`data_init`,
 `step`, `full_state`, `export`, ...), so the activation stream, pooling, shuffling, checkpoints and the held-out
 metrics are the fused trainer's own. What SAELens decides: the initialisation, the input scaling
 (`normalize_activations="expected_average_only_in"`: inputs scaled to mean norm sqrt(d_in), the factor estimated
@@ -20,23 +20,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from resa_interp.sae.config import ARCHITECTURES, K_ARCHITECTURES, SAETrainConfig
+
 if TYPE_CHECKING:
     from sae_lens import SAE
 
-    from resa_interp.sae.train import SAETrainConfig
-
-TRAINERS = ("fused", "saelens")
-ARCHITECTURES = {
-    "topk": "topk",
-    "batchtopk": "batchtopk",
-    "jumprelu": "jumprelu",
-    "matryoshka": "matryoshka_batchtopk",
-    "standard": "standard",
-    "gated": "gated",
-}
-"""--architecture -> SAELens' training architecture name."""
-K_ARCHITECTURES = ("topk", "batchtopk", "matryoshka")
-"""Architectures whose sparsity is set by k (the others by `sparsity_coefficient`)."""
 MATRYOSHKA_LEVELS = 4
 """Nested widths of a matryoshka SAE: d_sae/8, d_sae/4, d_sae/2, d_sae."""
 

@@ -3,7 +3,7 @@
 A dense TopK SAE step costs six large matmuls (encoder and decoder, forward and two backward each). Here the
 encoder forward stays one dense matmul, but its backward and the whole decoder are sparse gathers and
 scatter-adds over the k active latents per token, as in EleutherAI sparsify. Nothing here knows about
-models or runs; `resa_interp.sae.train` drives it.
+models or runs; `resa_interp.sae.trainer` drives it.
 
 Layout (SAELens-compatible after a transpose): `enc` is [d_sae, d_in] (rows are encoder directions),
 `dec` is [d_sae, d_in] (rows are unit-norm decoder directions).
