@@ -44,7 +44,7 @@ def dashboard(
     Example: resa-interp dashboard --run runs/default --layer 12 --out runs/default/dashboard
     """
     from resa_interp.dashboard import DashboardConfig, run_dashboard
-    from resa_interp.model.loading import quiet_transformers
+    from resa_interp.model import quiet_transformers
 
     quiet_transformers()
     cfg = DashboardConfig(**given(

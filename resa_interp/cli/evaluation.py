@@ -69,9 +69,8 @@ def evaluate(
 
     Example: resa-interp eval --tasks synthetic --backend transformers --limit 20 --max-new-tokens 256 --out runs/eval
     """
-    from resa_interp.evaluation import EvalConfig, format_table, parse_task_list
+    from resa_interp.evaluation import EvalConfig, eval_settings, format_table, parse_task_list, plan_evaluation
     from resa_interp.evaluation import evaluate as run_evaluate
-    from resa_interp.evaluation.plan import eval_settings, plan_evaluation
 
     config = EvalConfig(**given(
         model=model, tasks=tuple(parse_task_list(tasks)) if tasks is not None else None, backend=backend,
@@ -133,11 +132,9 @@ def sweep(
 
     Example: resa-interp sweep --layers 11,12 --steps 10 --limit 5 --max-new-tokens 128 --out runs/default
     """
-    from resa_interp.evaluation import parse_task_list, sweep_config
+    from resa_interp.evaluation import GOLD_LOGPROB, parse_task_list, plan_sweep, sweep_config, sweep_settings
     from resa_interp.evaluation import sweep as run_sweep
-    from resa_interp.evaluation.plan import plan_sweep, sweep_settings
-    from resa_interp.evaluation.sweep import GOLD_LOGPROB
-    from resa_interp.model.loading import quiet_transformers
+    from resa_interp.model import quiet_transformers
     from resa_interp.shards import is_main_process, pin_rank_gpu, process_shard
     from resa_interp.tuning import lora_targets as parse_targets
 

@@ -9,7 +9,7 @@ import typer
 from resa_interp.cli.fields import field_option, given
 
 EXPORT_KINDS = ("hf", "neuronpedia")
-NEURONPEDIA = ("dashboard.export", "NeuronpediaConfig")
+NEURONPEDIA = ("dashboard.config", "NeuronpediaConfig")
 """Where the Neuronpedia export's config is declared (module relative to the package, class)."""
 COMMAND_CONFIGS = {"export": [NEURONPEDIA]}
 """The configs each command of this module builds: its options named like their fields come from them."""

@@ -52,9 +52,9 @@ def steer(
     Example: resa-interp steer --run runs/default --mode ablate --texts trigger --out runs/default/steer
     """
     from resa_interp.errors import ResaError
-    from resa_interp.evaluation.grading import grade, require_grader
+    from resa_interp.evaluation import grade, require_grader
     from resa_interp.interventions import SteerConfig, run_steer
-    from resa_interp.model.loading import quiet_transformers
+    from resa_interp.model import quiet_transformers
 
     quiet_transformers()
     cfg = SteerConfig(**given(run=run, layers=layers, latents=latents, mode=mode, value=value, texts=texts,
@@ -104,7 +104,7 @@ def trace(
     Example: resa-interp trace --run runs/default --generate 96 --out runs/default/trace
     """
     from resa_interp.interventions import TraceConfig, run_trace
-    from resa_interp.model.loading import quiet_transformers
+    from resa_interp.model import quiet_transformers
 
     quiet_transformers()
     result = run_trace(TraceConfig(**given(run=run, text=text, generate=generate, latents=latents, layers=layers,

@@ -77,9 +77,8 @@ def attach(
 
     Example: resa-interp attach --adapter runs/tuned/adapter --model deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B -o merged
     """
-    from resa_interp.model import AttachConfig
+    from resa_interp.model import AttachConfig, quiet_transformers
     from resa_interp.model import attach as run_attach
-    from resa_interp.model.loading import quiet_transformers
 
     quiet_transformers()
     cfg = AttachConfig(**given(adapter=adapter, model=model, dtype=dtype))

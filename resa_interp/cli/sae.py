@@ -77,8 +77,7 @@ def train_saes(
 
     Example: resa-interp train-saes --layers 3,12,24 --out runs/demo
     """
-    from resa_interp.sae import SAETrainConfig, parse_seeds, plan_stage1, stage1_settings, train_saes
-    from resa_interp.sae.metrics import format_table
+    from resa_interp.sae import SAETrainConfig, format_table, parse_seeds, plan_stage1, stage1_settings, train_saes
     from resa_interp.shards import launcher_shard, pin_rank_gpu
 
     pin_rank_gpu()  # before anything touches CUDA

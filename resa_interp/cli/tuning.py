@@ -80,7 +80,7 @@ def tune(
 
     Example: resa-interp tune --saes runs/smollm2 --layer 12 --out runs/smollm2/tuned-l12
     """
-    from resa_interp.model.loading import quiet_transformers
+    from resa_interp.model import quiet_transformers
     from resa_interp.tuning import lora_targets as parse_targets
     from resa_interp.tuning import plan_tuning, preset_config, tuning_settings
     from resa_interp.tuning import tune as run_tune

@@ -33,13 +33,11 @@ from resa_interp.dashboard.html import DashboardSet
 from resa_interp.dashboard.logits import logit_effects, unembedding
 from resa_interp.dashboard.results import FeatureDashboard
 from resa_interp.dashboard.stats import LayerView, Tokens
-from resa_interp.data.templates import END_THINK, THINK
-from resa_interp.features.boundary import span_value
-from resa_interp.features.selection import REASONING, Selection, model_spec, select_features
-from resa_interp.interventions.measure import AblationEffect, ablation_effects
-from resa_interp.model.hooks import HOOKS, SPLICE_HOOKS, hook_name
-from resa_interp.model.subject import Subject, load_subject
-from resa_interp.sae.folders import check_sae_fits, load_sae
+from resa_interp.data import END_THINK, THINK
+from resa_interp.features import REASONING, Selection, model_spec, select_features, span_value
+from resa_interp.interventions import AblationEffect, ablation_effects
+from resa_interp.model import HOOKS, SPLICE_HOOKS, Subject, hook_name, load_subject
+from resa_interp.sae import check_sae_fits, load_sae
 
 if TYPE_CHECKING:
     from sae_lens import SAE

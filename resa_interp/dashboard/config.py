@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from resa_interp.errors import ResaError, check_choice
-from resa_interp.features.selection import REASONING
+from resa_interp.features import REASONING
 
 PLOTLYJS = ("inline", "cdn")
 """How dashboard.html may get plotly.js."""

@@ -35,10 +35,10 @@ from resa_interp.dashboard.config import NeuronpediaConfig
 from resa_interp.dashboard.html import DashboardSet
 from resa_interp.dashboard.results import Context, FeatureDashboard
 from resa_interp.errors import ResaError
-from resa_interp.interventions.measure import AblationEffect
-from resa_interp.model.loading import hub_id
+from resa_interp.interventions import AblationEffect
+from resa_interp.model import hub_id
 from resa_interp.runs import atomic_dir
-from resa_interp.sae.hub import check_export_target
+from resa_interp.sae import check_export_target
 
 FALLBACK_CREATOR_ID = "clkht01d40000jv08hvalcvly"
 """The creator id SAEDashboard's exporter falls back to without --creator-id or DEFAULT_CREATOR_ID."""

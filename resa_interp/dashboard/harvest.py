@@ -23,10 +23,8 @@ import numpy as np
 import torch
 
 from resa_interp.dashboard.config import DashboardConfig
-from resa_interp.data.qa import load_qa
-from resa_interp.data.templates import R1_SYSTEM_PROMPT, format_trigger, marker_spans
-from resa_interp.model.harvest import EncodedText, encode_texts, iter_batches, shared_prefix_length
-from resa_interp.model.subject import Subject
+from resa_interp.data import R1_SYSTEM_PROMPT, format_trigger, load_qa, marker_spans
+from resa_interp.model import EncodedText, Subject, encode_texts, iter_batches, shared_prefix_length
 
 if TYPE_CHECKING:
     from sae_lens import SAE

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from resa_interp.dashboard.config import check_plotlyjs
 from resa_interp.dashboard.results import Context, DashboardData, FeatureDashboard
-from resa_interp.data.templates import END_THINK, THINK
+from resa_interp.data import END_THINK, THINK
 from resa_interp.runs import atomic_write_json, atomic_write_text
 
 STYLE = """

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from resa_interp.model.subject import Subject
+from resa_interp.model import Subject
 
 
 def unembedding(subject: Subject) -> tuple[torch.Tensor, str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from resa_interp.interventions.measure import AblationEffect
+from resa_interp.interventions import AblationEffect
 
 
 @dataclass

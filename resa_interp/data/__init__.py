@@ -8,28 +8,33 @@ stage reads its text through here.
 
 from resa_interp.data.example import QAExample
 from resa_interp.data.packing import chunk_length, pack_texts
-from resa_interp.data.qa import SYNTHETIC, dataset_fingerprint, final_answer, load_qa
-from resa_interp.data.synthetic import synthetic_qa
+from resa_interp.data.qa import SYNTHETIC, SYNTHETIC_SIZE, dataset_fingerprint, final_answer, load_qa
+from resa_interp.data.synthetic import NOVEL_KINDS, synthetic_qa
 from resa_interp.data.templates import (
     END_THINK,
     R1_PAPER_SYSTEM_PROMPT,
     R1_SYSTEM_PROMPT,
     SYSTEM_PROMPTS,
+    TEMPLATES,
     THINK,
     MarkerSpans,
     format_trigger,
     marker_spans,
+    system_prompt_length,
 )
 
 __all__ = [
     "END_THINK",
+    "MarkerSpans",
+    "NOVEL_KINDS",
+    "QAExample",
     "R1_PAPER_SYSTEM_PROMPT",
     "R1_SYSTEM_PROMPT",
     "SYNTHETIC",
+    "SYNTHETIC_SIZE",
     "SYSTEM_PROMPTS",
+    "TEMPLATES",
     "THINK",
-    "MarkerSpans",
-    "QAExample",
     "chunk_length",
     "dataset_fingerprint",
     "final_answer",
@@ -38,4 +43,5 @@ __all__ = [
     "marker_spans",
     "pack_texts",
     "synthetic_qa",
+    "system_prompt_length",
 ]

@@ -8,25 +8,32 @@ sweep); gives `scores.json` and `samples.jsonl` (the sweep: `scores.csv`, which 
 
 from resa_interp.evaluation.config import DEFAULT_TASKS, EVAL_PRESETS, EvalConfig, parse_task_list
 from resa_interp.evaluation.evaluator import EvalResult, evaluate, format_table, read_scores
-from resa_interp.evaluation.grading import grade
-from resa_interp.evaluation.sweep import SweepConfig, SweepResult, sweep, sweep_config
+from resa_interp.evaluation.grading import grade, require_grader
+from resa_interp.evaluation.plan import eval_settings, plan_evaluation, plan_sweep, sweep_settings
+from resa_interp.evaluation.sweep import GOLD_LOGPROB, SweepConfig, SweepResult, sweep, sweep_config
 from resa_interp.evaluation.tasks import PAPER_ORDER, EvalTask, load_tasks
 
 __all__ = [
     "DEFAULT_TASKS",
     "EVAL_PRESETS",
-    "PAPER_ORDER",
     "EvalConfig",
     "EvalResult",
     "EvalTask",
+    "GOLD_LOGPROB",
+    "PAPER_ORDER",
     "SweepConfig",
     "SweepResult",
+    "eval_settings",
     "evaluate",
     "format_table",
     "grade",
     "load_tasks",
     "parse_task_list",
+    "plan_evaluation",
+    "plan_sweep",
     "read_scores",
+    "require_grader",
     "sweep",
     "sweep_config",
+    "sweep_settings",
 ]

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from resa_interp.errors import ResaError
 from resa_interp.evaluation.config import EvalConfig
 from resa_interp.evaluation.tasks import EvalTask, chat_prompt
-from resa_interp.model.loading import resolve_device, resolve_dtype
+from resa_interp.model import resolve_device, resolve_dtype
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase

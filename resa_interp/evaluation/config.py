@@ -9,7 +9,7 @@ from typing import Any
 
 from resa_interp.errors import ResaError, check_choice
 from resa_interp.evaluation.tasks import PAPER_TASKS, SYNTHETIC
-from resa_interp.model.loading import resolve_dtype
+from resa_interp.model import resolve_dtype
 
 BACKENDS = ("auto", "vllm", "transformers")
 DEFAULT_TASKS = ("aime24", "aime25", "amc23", "math_500", "minerva", "gpqa:diamond")

@@ -26,7 +26,7 @@ from resa_interp.evaluation.grading import grade, require_grader
 from resa_interp.evaluation.lighteval_backend import check_vllm, generate_vllm
 from resa_interp.evaluation.likelihood import AnswerLikelihood, gold_likelihoods
 from resa_interp.evaluation.tasks import PAPER_ORDER, PAPER_TASKS, EvalTask, load_tasks
-from resa_interp.model.loading import EMBEDDED_ALIASES, resolve_model_path
+from resa_interp.model import EMBEDDED_ALIASES, resolve_model_path
 from resa_interp.runs import atomic_write_json, atomic_write_text, library_versions
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from resa_interp.data.qa import final_answer
+from resa_interp.data import final_answer
 from resa_interp.errors import ResaError
 from resa_interp.evaluation.backends import split_by_task
 from resa_interp.evaluation.tasks import EvalProblem, EvalTask

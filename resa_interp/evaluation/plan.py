@@ -9,10 +9,10 @@ from pathlib import Path
 from resa_interp.evaluation.config import EVAL_PRESETS, EvalConfig
 from resa_interp.evaluation.evaluator import SAMPLES, SCORES, resolve_backend
 from resa_interp.evaluation.sweep import EVAL_DIR, SCORES_CSV, SweepConfig, sweep_config
-from resa_interp.model.loading import EMBEDDED_ALIASES, model_shape
+from resa_interp.model import EMBEDDED_ALIASES, model_shape
 from resa_interp.numbering import default_layers, describe_layers, parse_layers
 from resa_interp.presets import SettingsReport, settings_report, with_preset
-from resa_interp.sae.folders import run_sae_dirs
+from resa_interp.sae import run_sae_dirs
 
 OPERATIONAL = ("batch_size", "device", "tune.save_every", "tune.resume", "tune.device", "evaluation.batch_size",
                "evaluation.device", "saes.group_size", "saes.checkpoint_every", "saes.device")

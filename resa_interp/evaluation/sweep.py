@@ -37,8 +37,7 @@ from resa_interp.evaluation.config import EVAL_PRESETS, EvalConfig, generation_s
 from resa_interp.evaluation.evaluator import SCORES, EvalResult, evaluate, read_scores, table_columns
 from resa_interp.evaluation.tasks import PAPER_ORDER, SYNTHETIC, load_tasks
 from resa_interp.features import missing_saes, train_first
-from resa_interp.model.hooks import check_splice_hook
-from resa_interp.model.loading import model_shape
+from resa_interp.model import check_splice_hook, model_shape
 from resa_interp.numbering import default_layers, parse_layers
 from resa_interp.presets import with_preset
 from resa_interp.runs import atomic_write_text, read_manifest, record_stage, run_relative

@@ -14,8 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from resa_interp.data.qa import SYNTHETIC_SIZE
-from resa_interp.data.synthetic import synthetic_qa
+from resa_interp.data import SYNTHETIC_SIZE, synthetic_qa
 from resa_interp.errors import ResaError
 from resa_interp.evaluation.grading import LETTERS
 

@@ -20,9 +20,9 @@ from resa_interp.features.saes import (
 )
 from resa_interp.features.stability import LayerStability, check_min_seeds, layer_stability
 from resa_interp.model import Subject, load_subject
-from resa_interp.numbering import default_layers
+from resa_interp.numbering import default_layers, parse_layers
 from resa_interp.runs import record_stage, run_relative
-from resa_interp.sae import parse_layers, run_seeds
+from resa_interp.sae import run_seeds
 
 
 @dataclass

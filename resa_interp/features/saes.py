@@ -18,16 +18,17 @@ from resa_interp.runs import run_relative
 from resa_interp.sae import (
     SAETrainConfig,
     StageIResult,
+    add_novel_quality,
     evaluate_saes,
     load_sae,
     load_source_sae,
+    novel_texts,
     read_metrics,
     require_sae_dirs,
     run_sae_dirs,
     run_seeds,
     train_saes,
 )
-from resa_interp.sae.metrics import add_novel_quality, novel_texts
 
 if TYPE_CHECKING:
     from sae_lens import SAE

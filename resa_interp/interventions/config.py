@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from resa_interp.errors import ResaError, check_choice
-from resa_interp.features.selection import REASONING
+from resa_interp.features import REASONING
 from resa_interp.interventions.hook import MODES
 
 TEXT_SOURCES = ("r1-prompt", "trigger")

@@ -18,8 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from resa_interp.errors import ResaError, check_choice
-from resa_interp.model.hooks import decoder_layers, splice_point
-from resa_interp.model.splice import rewrite_at
+from resa_interp.model import decoder_layers, rewrite_at, splice_point
 
 if TYPE_CHECKING:
     from sae_lens import SAE

@@ -11,10 +11,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from resa_interp.data.templates import END_THINK
+from resa_interp.data import END_THINK
 from resa_interp.interventions.hook import Intervention, LatentEdit
-from resa_interp.model.harvest import cache_kwarg
-from resa_interp.model.subject import Subject
+from resa_interp.model import Subject, cache_kwarg
 
 if TYPE_CHECKING:
     from sae_lens import SAE

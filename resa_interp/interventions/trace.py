@@ -13,14 +13,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from resa_interp.data.synthetic import synthetic_qa
-from resa_interp.data.templates import marker_spans
+from resa_interp.data import marker_spans, synthetic_qa
 from resa_interp.errors import ResaError
 from resa_interp.figures import save_figure
 from resa_interp.interventions.config import TraceConfig
 from resa_interp.interventions.measure import greedy
 from resa_interp.interventions.steer import generation_prompt, load_chosen
-from resa_interp.model.subject import Subject
+from resa_interp.model import Subject
 from resa_interp.runs import atomic_write_json
 
 if TYPE_CHECKING:

@@ -8,40 +8,83 @@ and adapters saved, merged or attached to another model of the family (`attach`)
 
 from resa_interp.model.adapters import attach, merge_adapter, save_adapter
 from resa_interp.model.config import AttachConfig, InfoConfig
-from resa_interp.model.harvest import EncodedText, Harvester, encode_packed, encode_texts, iter_batches, make_batch
-from resa_interp.model.hooks import HOOKS, canonical_hook, decoder_layers, hf_point, hook_name, parse_hook_name
-from resa_interp.model.loading import EMBEDDED_ALIASES, cache_dir, resolve_device, resolve_dtype, resolve_model_path
-from resa_interp.model.splice import spliced
+from resa_interp.model.harvest import (
+    EncodedText,
+    Harvester,
+    Prefix,
+    TextBatch,
+    cache_kwarg,
+    encode_packed,
+    encode_texts,
+    iter_batches,
+    make_batch,
+    shared_prefix_length,
+)
+from resa_interp.model.hooks import (
+    HOOKS,
+    MLP_NAMES,
+    SPLICE_HOOKS,
+    canonical_hook,
+    check_splice_hook,
+    decoder_layers,
+    hf_point,
+    hook_name,
+    parse_hook_name,
+    splice_point,
+)
+from resa_interp.model.loading import (
+    EMBEDDED_ALIASES,
+    cache_dir,
+    hub_id,
+    model_shape,
+    quiet_transformers,
+    resolve_device,
+    resolve_dtype,
+    resolve_model_path,
+)
+from resa_interp.model.splice import rewrite_at, spliced
 from resa_interp.model.subject import ModelFacts, Subject, build_hooked, load_subject
 from resa_interp.model.tiny import build_tiny_model
 
 __all__ = [
-    "EMBEDDED_ALIASES",
-    "HOOKS",
     "AttachConfig",
+    "EMBEDDED_ALIASES",
     "EncodedText",
+    "HOOKS",
     "Harvester",
     "InfoConfig",
+    "MLP_NAMES",
     "ModelFacts",
+    "Prefix",
+    "SPLICE_HOOKS",
     "Subject",
+    "TextBatch",
     "attach",
     "build_hooked",
     "build_tiny_model",
     "cache_dir",
+    "cache_kwarg",
     "canonical_hook",
+    "check_splice_hook",
     "decoder_layers",
     "encode_packed",
     "encode_texts",
     "hf_point",
     "hook_name",
+    "hub_id",
     "iter_batches",
     "load_subject",
     "make_batch",
     "merge_adapter",
+    "model_shape",
     "parse_hook_name",
+    "quiet_transformers",
     "resolve_device",
     "resolve_dtype",
     "resolve_model_path",
+    "rewrite_at",
     "save_adapter",
+    "shared_prefix_length",
+    "splice_point",
     "spliced",
 ]

@@ -22,8 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from resa_interp.data.packing import pack_texts
-from resa_interp.data.templates import system_prompt_length
+from resa_interp.data import pack_texts, system_prompt_length
 from resa_interp.errors import ResaError
 from resa_interp.model.hooks import NOT_PER_POSITION, hf_point, hook_name
 from resa_interp.model.splice import rewrite_at

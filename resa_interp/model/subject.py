@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from resa_interp.data.templates import R1_SYSTEM_PROMPT, marker_spans
+from resa_interp.data import R1_SYSTEM_PROMPT, marker_spans
 from resa_interp.errors import ResaError, first_line
 from resa_interp.model.adapters import merge_adapter
 from resa_interp.model.harvest import Harvester

@@ -12,8 +12,7 @@ from typing import Any
 
 import torch
 
-from resa_interp.data.synthetic import synthetic_qa
-from resa_interp.data.templates import END_THINK, R1_SYSTEM_PROMPT, THINK, format_trigger
+from resa_interp.data import END_THINK, R1_SYSTEM_PROMPT, THINK, format_trigger, synthetic_qa
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", THINK, END_THINK, "<answer>", "</answer>"]
 CHAT_TEMPLATE = (

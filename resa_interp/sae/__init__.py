@@ -32,7 +32,7 @@ from resa_interp.sae.folders import (
 )
 from resa_interp.sae.hub import HubExport, check_export_target, export_hub, run_sae_ids
 from resa_interp.sae.layer_sae import LayerSAE
-from resa_interp.sae.metrics import evaluate_saes, read_metrics
+from resa_interp.sae.metrics import add_novel_quality, evaluate_saes, format_table, novel_texts, read_metrics
 from resa_interp.sae.plan import MEMORY_HEADROOM, MemoryPlan, Stage1Plan, plan_memory, plan_stage1, stage1_settings
 from resa_interp.sae.pretrained import build_topk_sae, load_source_sae, load_sparsify_sae
 from resa_interp.sae.reconstruction import SAEReconstruction
@@ -43,26 +43,27 @@ from resa_interp.sae.trigger_data import TriggerData, trigger_data
 
 __all__ = [
     "ARCHITECTURES",
-    "CHECKPOINT",
-    "DEAD_WINDOW",
-    "K_ARCHITECTURES",
-    "MEMORY_HEADROOM",
-    "PRESETS",
-    "R1_DISTILL",
-    "SAES_DIR",
     "ActivationCache",
+    "CHECKPOINT",
     "CacheResult",
     "Checkpoint",
+    "DEAD_WINDOW",
     "GroupTrainer",
     "HubExport",
+    "K_ARCHITECTURES",
     "LayerSAE",
+    "MEMORY_HEADROOM",
     "MemoryPlan",
+    "PRESETS",
+    "R1_DISTILL",
     "SAELensLayer",
     "SAEReconstruction",
+    "SAES_DIR",
     "SAETrainConfig",
     "Stage1Plan",
     "StageIResult",
     "TriggerData",
+    "add_novel_quality",
     "build_topk_sae",
     "cache_activations",
     "check_export_target",
@@ -70,9 +71,11 @@ __all__ = [
     "check_sae_fits",
     "evaluate_saes",
     "export_hub",
+    "format_table",
     "load_sae",
     "load_source_sae",
     "load_sparsify_sae",
+    "novel_texts",
     "parse_seeds",
     "plan_memory",
     "plan_stage1",

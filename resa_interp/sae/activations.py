@@ -24,13 +24,21 @@ import torch
 from torch import Tensor
 
 from resa_interp.errors import ResaError, check_choice
-from resa_interp.model.harvest import EncodedText, Harvester, Prefix, TextBatch, iter_batches
-from resa_interp.model.hooks import HOOKS, hook_name
-from resa_interp.model.loading import model_shape, resolve_model_path
+from resa_interp.model import (
+    HOOKS,
+    EncodedText,
+    Harvester,
+    Prefix,
+    TextBatch,
+    hook_name,
+    iter_batches,
+    model_shape,
+    resolve_model_path,
+)
 from resa_interp.runs import MANIFEST, atomic_dir, atomic_write_json, library_versions
 
 if TYPE_CHECKING:
-    from resa_interp.model.subject import Subject
+    from resa_interp.model import Subject
 
 CACHE_FORMAT = "resa-interp activation cache"
 CACHE_VERSION = 1

@@ -13,8 +13,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from resa_interp.data.qa import SYNTHETIC
-from resa_interp.model.subject import Subject, load_subject
+from resa_interp.data import SYNTHETIC
+from resa_interp.model import Subject, load_subject
 from resa_interp.numbering import parse_layers
 from resa_interp.sae.activations import DATA_SETTINGS, ModelFeed, write_cache
 from resa_interp.sae.config import SAETrainConfig

@@ -11,9 +11,9 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from resa_interp.data.templates import TEMPLATES
+from resa_interp.data import TEMPLATES
 from resa_interp.errors import ResaError, check_choice
-from resa_interp.model.hooks import canonical_hook
+from resa_interp.model import canonical_hook
 from resa_interp.presets import with_preset
 from resa_interp.runs import sha256_text
 from resa_interp.sae.activations import ActivationCache

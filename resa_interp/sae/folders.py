@@ -10,13 +10,13 @@ from typing import TYPE_CHECKING
 import torch
 
 from resa_interp.errors import ResaError
-from resa_interp.model.hooks import canonical_hook, hook_name, parse_hook_name
+from resa_interp.model import canonical_hook, hook_name, parse_hook_name
 from resa_interp.runs import atomic_dir
 
 if TYPE_CHECKING:
     from sae_lens import SAE
 
-    from resa_interp.model.subject import Subject
+    from resa_interp.model import Subject
 
 SAES_DIR = "saes"
 SPARSITY_EPS = 1e-10

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from resa_interp.errors import ResaError
-from resa_interp.model.loading import hub_id
+from resa_interp.model import hub_id
 from resa_interp.runs import atomic_dir, read_manifest
 from resa_interp.sae.folders import SAES_DIR
 from resa_interp.sae.metrics import COLUMNS, METRICS_FILE

@@ -12,19 +12,25 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from resa_interp.data.synthetic import NOVEL_KINDS, synthetic_qa
-from resa_interp.data.templates import format_trigger
+from resa_interp.data import NOVEL_KINDS, format_trigger, synthetic_qa
 from resa_interp.figures import save_figure
-from resa_interp.model.harvest import EncodedText, Prefix, encode_texts, make_batch, shared_prefix_length
-from resa_interp.model.hooks import SPLICE_HOOKS, canonical_hook
-from resa_interp.model.splice import spliced
+from resa_interp.model import (
+    SPLICE_HOOKS,
+    EncodedText,
+    Prefix,
+    canonical_hook,
+    encode_texts,
+    make_batch,
+    shared_prefix_length,
+    spliced,
+)
 from resa_interp.runs import atomic_write_json
 from resa_interp.sae.folders import saes_root
 
 if TYPE_CHECKING:
     from sae_lens import SAE
 
-    from resa_interp.model.subject import Subject
+    from resa_interp.model import Subject
 
 METRICS_FILE = "metrics.json"
 COLUMNS = (

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import torch
 
-from resa_interp.model.hooks import hook_name
-from resa_interp.model.loading import EMBEDDED_ALIASES, model_shape, resolve_device
+from resa_interp.model import EMBEDDED_ALIASES, hook_name, model_shape, resolve_device
 from resa_interp.numbering import describe_layers, parse_layers
 from resa_interp.presets import SettingsReport, settings_report, with_preset
 from resa_interp.sae.checkpoint import CHECKPOINT

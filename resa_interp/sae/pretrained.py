@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from resa_interp.errors import ResaError
-from resa_interp.model.hooks import HOOKS, hook_name, parse_hook_name
+from resa_interp.model import HOOKS, hook_name, parse_hook_name
 from resa_interp.sae.folders import load_sae
 
 if TYPE_CHECKING:

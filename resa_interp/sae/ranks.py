@@ -20,7 +20,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from resa_interp.errors import ResaError
-from resa_interp.model.harvest import Harvester, Prefix, TextBatch
+from resa_interp.model import Harvester, Prefix, TextBatch
 from resa_interp.sae.activations import ModelFeed
 from resa_interp.shards import Shard, peers
 

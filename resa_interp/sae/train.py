@@ -23,11 +23,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from resa_interp.data.packing import chunk_length
+from resa_interp.data import chunk_length
 from resa_interp.errors import ResaError
-from resa_interp.model.hooks import hook_name
-from resa_interp.model.loading import resolve_device
-from resa_interp.model.subject import Subject, load_subject
+from resa_interp.model import Subject, hook_name, load_subject, resolve_device
 from resa_interp.numbering import parse_layers
 from resa_interp.runs import atomic_dir, record_stage, run_relative
 from resa_interp.sae.activations import ActivationCache, ModelFeed

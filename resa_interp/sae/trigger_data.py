@@ -8,11 +8,9 @@ from dataclasses import dataclass
 
 import torch
 
-from resa_interp.data.qa import SYNTHETIC, dataset_fingerprint, load_qa
-from resa_interp.data.templates import format_trigger
+from resa_interp.data import SYNTHETIC, dataset_fingerprint, format_trigger, load_qa
 from resa_interp.errors import ResaError
-from resa_interp.model.harvest import EncodedText, encode_packed, encode_texts, shared_prefix_length
-from resa_interp.model.subject import Subject
+from resa_interp.model import EncodedText, Subject, encode_packed, encode_texts, shared_prefix_length
 from resa_interp.sae.config import SAETrainConfig
 
 

@@ -12,7 +12,7 @@ import torch
 
 from resa_interp.checkpoints import STATE, load_state, refuse_pickled, save_state
 from resa_interp.errors import ResaError
-from resa_interp.model.adapters import save_adapter
+from resa_interp.model import save_adapter
 from resa_interp.runs import atomic_dir
 from resa_interp.tuning.tuner import SAETuner
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from resa_interp.data.templates import TEMPLATES
+from resa_interp.data import TEMPLATES
 from resa_interp.errors import ResaError, check_choice
 from resa_interp.presets import with_preset
 

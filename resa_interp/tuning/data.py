@@ -7,9 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from resa_interp.data.packing import pack_texts
-from resa_interp.data.qa import dataset_fingerprint, load_qa
-from resa_interp.data.templates import format_trigger
+from resa_interp.data import dataset_fingerprint, format_trigger, load_qa, pack_texts
 from resa_interp.tuning.config import TuneConfig
 
 

@@ -10,8 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from resa_interp.errors import ResaError
-from resa_interp.model.hooks import HOOKS, hook_name
-from resa_interp.model.loading import EMBEDDED_ALIASES, model_shape
+from resa_interp.model import EMBEDDED_ALIASES, HOOKS, hook_name, model_shape
 from resa_interp.numbering import paper_label
 from resa_interp.presets import SettingsReport, settings_report
 from resa_interp.tuning.checkpoints import CHECKPOINTS

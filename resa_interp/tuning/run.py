@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from resa_interp.errors import ResaError
-from resa_interp.model.adapters import attach, save_adapter
+from resa_interp.model import attach, save_adapter
 from resa_interp.runs import atomic_write_json, atomic_write_text, record_stage, run_relative
 from resa_interp.tuning.checkpoints import checkpoint_dirs, load_checkpoint, refuse_pickled_checkpoints, save_checkpoint
 from resa_interp.tuning.config import TuneConfig

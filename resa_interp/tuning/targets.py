@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 
 from resa_interp.errors import ResaError
-from resa_interp.model.hooks import MLP_NAMES, check_splice_hook, decoder_layers, parse_hook_name
-from resa_interp.sae.folders import sae_dir
+from resa_interp.model import MLP_NAMES, check_splice_hook, decoder_layers, parse_hook_name
+from resa_interp.sae import sae_dir
 from resa_interp.tuning.config import LORA_TARGETS, TuneConfig
 
 ATTENTION_NAMES = ("self_attn", "attn", "attention", "self_attention")

@@ -14,12 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from resa_interp.errors import ResaError, check_choice
-from resa_interp.model.hooks import splice_point
-from resa_interp.model.loading import resolve_model_path
-from resa_interp.model.splice import rewrite_at, spliced
-from resa_interp.model.subject import Subject, load_subject
-from resa_interp.sae.folders import check_sae_fits, load_sae
-from resa_interp.sae.reconstruction import SAEReconstruction
+from resa_interp.model import Subject, load_subject, resolve_model_path, rewrite_at, splice_point, spliced
+from resa_interp.sae import SAEReconstruction, check_sae_fits, load_sae
 from resa_interp.tuning.config import KL_REDUCTIONS, LORA_TARGETS, TuneConfig
 from resa_interp.tuning.data import Schedule, encode_examples
 from resa_interp.tuning.targets import model_lora_targets, resolve_sae
