@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import save_file
 
 from resa_interp.errors import ResaError
-from resa_interp.sae import LayerSAE, SAETrainConfig, train_saes
+from resa_interp.sae import LayerSAE, SAETrainConfig, plan_stage1, train_saes
 from resa_interp.sae.topk_kernel import reconstruction_loss
 
 
@@ -405,10 +405,9 @@ def test_from_hook_starts_from_the_mlp_sae_and_says_so(tiny_train_config, tmp_pa
         train_saes(tiny_train_config(layers="2", mode="finetune", source=str(source)), tmp_path / "refused")
     assert not (tmp_path / "refused" / "saes").exists()
 
-    capsys.readouterr()
     cfg = tiny_train_config(layers="2", mode="finetune", source=str(source), source_hook="mlp_out")
+    assert "the mlp_out SAEs (--from-hook), fine-tuned at resid_post" in plan_stage1(cfg, tmp_path / "ft").format()
     tuned = train_saes(cfg, tmp_path / "ft")
-    assert "the mlp_out SAEs (--from-hook), fine-tuned at resid_post" in capsys.readouterr().out
     sae = SAE.load_from_disk(str(tuned.sae_dirs[2]))
     meta = sae.cfg.metadata
     assert (meta.hook_name, meta.source_hook, meta.mode) == ("blocks.2.hook_resid_post", "mlp_out", "finetune")
