@@ -78,11 +78,11 @@ def train_saes(
     Example: resa-interp train-saes --layers 3,12,24 --out runs/demo
     """
     from resa_interp.sae import SAETrainConfig, format_table, parse_seeds, plan_stage1, stage1_settings, train_saes
-    from resa_interp.shards import launcher_shard, pin_rank_gpu
+    from resa_interp.shards import is_main_process, pin_rank_gpu
 
     pin_rank_gpu()  # before anything touches CUDA
     # under a launcher the ranks share one terminal: rank 0 alone prints the settings, the plan and the summary
-    talks = launcher_shard().index == 0
+    talks = is_main_process()
     seed, more_seeds = parse_seeds(seed, seeds, n_seeds)
     cfg = SAETrainConfig.from_options(
         preset, activations=activations,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ast
 import functools
-import os
 from typing import Any
 
 import typer
@@ -81,6 +80,7 @@ def tune(
     Example: resa-interp tune --saes runs/smollm2 --layer 12 --out runs/smollm2/tuned-l12
     """
     from resa_interp.model import quiet_transformers
+    from resa_interp.shards import is_main_process
     from resa_interp.tuning import lora_targets as parse_targets
     from resa_interp.tuning import plan_tuning, preset_config, tuning_settings
     from resa_interp.tuning import tune as run_tune
@@ -94,13 +94,13 @@ def tune(
         grad_accum=grad_accum, max_grad_norm=max_grad_norm, kl_reduction=kl_reduction, detach_sae=detach_sae,
         no_sae=no_sae, save_every=save_every, resume=resume, seed=seed, device=device, dtype=dtype,
     ))
-    if int(os.environ.get("RANK", "0")) == 0:
+    if is_main_process():
         typer.echo(tuning_settings(config, preset).format())
         typer.echo(plan_tuning(config, out).format())
     if dry_run:
         return
     result = run_tune(config, out)
-    if result.records and int(os.environ.get("RANK", "0")) == 0:
+    if result.records and is_main_process():
         name = "ce" if config.no_sae else "kl"
         typer.echo(
             f"{result.steps} steps, {name} {result.first:.4g} -> {result.last:.4g}, {result.tokens} tokens, "

@@ -39,7 +39,7 @@ from resa_interp.sae.ranks import RoutedFeed, gather_objects, layer_owners, most
 from resa_interp.sae.saelens_trainer import trainer_label
 from resa_interp.sae.trainer import DEAD_WINDOW, GroupTrainer, select_dtype
 from resa_interp.sae.trigger_data import prepends_bos, trigger_data
-from resa_interp.shards import Shard, launcher_shard, process_group
+from resa_interp.shards import Shard, is_main_process, launcher_shard, process_group
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ class _StageOne:
 
     def __init__(self, cfg: SAETrainConfig, run: Path, subject: Subject | None, shard: Shard):
         self.cfg, self.run, self.shard = cfg, run, shard
-        self.talks = shard.index == 0
+        self.talks = is_main_process()
         self.t0 = time.time()
         self.cache = ActivationCache(cfg.activations) if cfg.activations else None
         self.subject, self.data = subject, None
