@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from resa_interp.errors import first_line
 from resa_interp.runs import atomic_write_bytes, atomic_write_text
 
 if TYPE_CHECKING:
@@ -29,7 +30,6 @@ def save_figure(
         try:
             written.append(atomic_write_bytes(stem.with_suffix(".png"), fig.to_image(format="png", scale=scale)))
         except Exception as exc:  # Kaleido raises its own types when no browser is found
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             log.warning("PNG not written for %s (%s); PNG export needs Kaleido and a Chrome/Chromium",
-                        stem.name, reason)
+                        stem.name, first_line(exc))
     return written

@@ -14,7 +14,7 @@ from typing import TypeVar
 import torch
 import torch.distributed as dist
 
-from resa_interp.errors import ResaError
+from resa_interp.errors import ResaError, first_line
 
 T = TypeVar("T")
 
@@ -177,8 +177,7 @@ def peers(what: str) -> Iterator[None]:
     try:
         yield
     except RuntimeError as err:  # torch.distributed.DistError and the backends' errors derive from it
-        shard = launcher_shard()
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        shard, first = launcher_shard(), first_line(err)
         raise ResaError(f"{shard.label}: another rank died or stopped answering while {what} ({first[:200]}); "
                         "the run stopped; rerun it with the same number of ranks once that rank's cause is fixed "
                         f"(it resumes from the last checkpoint; {TIMEOUT_VARIABLE} sets the wait in seconds)") from None

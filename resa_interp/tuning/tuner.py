@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
-from resa_interp.errors import ResaError, check_choice
+from resa_interp.errors import ResaError, check_choice, first_line
 from resa_interp.model import Subject, load_subject, resolve_model_path, rewrite_at, splice_point, spliced
 from resa_interp.sae import SAEReconstruction, check_sae_fits, load_sae
 from resa_interp.tuning.config import KL_REDUCTIONS, LORA_TARGETS, TuneConfig
@@ -146,7 +146,7 @@ class SAETuner:
                 model = get_peft_model(self.subject.hf, lora)
         except ValueError as exc:
             raise ResaError(
-                f"LoRA targets {', '.join(config.lora_targets)}: {str(exc).splitlines()[0]}; "
+                f"LoRA targets {', '.join(config.lora_targets)}: {first_line(exc)}; "
                 f"accepted: {', '.join(LORA_TARGETS)} or module names of this model"
             ) from exc
         return model.train()
