@@ -12,7 +12,6 @@ which `torch.load(..., weights_only=False)` runs).
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from resa_interp.errors import ResaError
+from resa_interp.runs import sha256_file
 
 STATE = "state.json"
 TENSORS = "tensors.safetensors"
@@ -38,7 +38,8 @@ def save_state(folder: str | Path, state: Any) -> Path:
     tensors: dict[str, torch.Tensor] = {}
     tree = _encode(state, (), tensors)
     save_file(tensors, str(folder / TENSORS))
-    record = {"format": FORMAT, "tensors_sha256": _sha256(folder / TENSORS), "tensors": sorted(tensors), "state": tree}
+    record = {"format": FORMAT, "tensors_sha256": sha256_file(folder / TENSORS), "tensors": sorted(tensors),
+              "state": tree}
     (folder / STATE).write_text(json.dumps(record) + "\n")
     return folder
 
@@ -57,7 +58,7 @@ def load_state(folder: str | Path) -> Any:
         raise ResaError(f"{where}: {STATE} is not JSON ({err}); delete it to start over") from None
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         raise ResaError(f"{where}: {STATE} is not a {FORMAT!r} file; delete it to start over")
-    if record.get("tensors_sha256") != _sha256(folder / TENSORS):
+    if record.get("tensors_sha256") != sha256_file(folder / TENSORS):
         raise ResaError(f"{where}: {TENSORS} is not the file {STATE} was written with (SHA-256 differs), a corrupted "
                         f"or mismatched pair; delete it to start over")
     try:
@@ -77,14 +78,6 @@ def refuse_pickled(path: str | Path, remedy: str) -> None:
     if Path(path).exists():
         raise ResaError(f"{path} is a pickled checkpoint of an older resa-interp; pickled checkpoints are not read "
                         f"(loading one can run any code it holds): {remedy}")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 24), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _encode(obj: Any, path: tuple[str, ...], tensors: dict[str, torch.Tensor]) -> Any:
