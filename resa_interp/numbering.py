@@ -11,6 +11,7 @@ hook index N, and Table 6's rows 2nd..27th are hook indices 1..26, all but the f
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 from resa_interp.errors import ResaError
 
@@ -36,13 +37,27 @@ def layer_title(layer: int, paper: bool = True) -> str:
 
 
 def describe_layers(layers: list[int]) -> str:
-    """Hook indices with the paper's 1-based labels: 'blocks.1-26 (paper: 2nd-27th layer)' or a list."""
+    """Hook indices with the paper's 1-based labels, for settings lines: 'blocks.1-26 (paper: 2nd-27th layer)'
+    for a run of three or more, else each layer named ('blocks.3, blocks.12 (paper: 4th, 13th layer)')."""
     consecutive = len(layers) > 2 and layers == list(range(layers[0], layers[-1] + 1))
     if consecutive:
         first, last = layers[0], layers[-1]
         return f"blocks.{first}-{last} (paper: {paper_label(first)}-{paper_label(last)} layer)"
     names = ", ".join(f"blocks.{layer}" for layer in layers)
     return f"{names} (paper: {', '.join(paper_label(layer) for layer in layers)} layer)"
+
+
+def layer_ranges(layers: Iterable[int]) -> str:
+    """Layers (any order, e.g. a dict's keys) as sorted compact ranges, for one-line errors: [1, 2, 3, 5] ->
+    '1-3,5', [4, 5] -> '4-5'. Unlike `describe_layers` it names no paper ordinals and joins every run, however
+    short: an error lists what a run holds, a settings line gives both numberings."""
+    layers = sorted(layers)
+    parts, start = [], layers[0]
+    for a, b in zip(layers, layers[1:] + [None]):
+        if b != a + 1:
+            parts.append(str(start) if start == a else f"{start}-{a}")
+            start = b
+    return ",".join(parts)
 
 
 def default_layers(n_layers: int) -> str:

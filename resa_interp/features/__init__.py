@@ -18,7 +18,7 @@ from resa_interp.features.prompts import PromptInfo, prompt_info, read_prompts
 from resa_interp.features.report import format_headline, format_paths, format_seed_table, format_table
 from resa_interp.features.run import FeaturesRun, run_features
 from resa_interp.features.saes import MAIN_SEEDS, missing_saes, saes_to_train, train_first
-from resa_interp.features.selection import REASONING, Selection, layer_ranges, model_spec, select_features
+from resa_interp.features.selection import REASONING, Selection, model_spec, select_features
 from resa_interp.features.stability import STABILITY_RULE, LayerStability, layer_stability, match_latents
 
 __all__ = [
@@ -42,7 +42,6 @@ __all__ = [
     "format_paths",
     "format_seed_table",
     "format_table",
-    "layer_ranges",
     "layer_stability",
     "match_latents",
     "measure_boundary",

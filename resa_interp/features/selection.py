@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from resa_interp.errors import ResaError
 from resa_interp.model import canonical_hook, hook_name
+from resa_interp.numbering import layer_ranges
 from resa_interp.sae import run_sae_dirs
 
 if TYPE_CHECKING:
@@ -80,17 +81,6 @@ def select_features(
     if bad:
         raise ResaError(f"--features {bad[0]}: layer {layer}'s SAE has {d_sae} latents (ids 0..{d_sae - 1})")
     return Selection(hook, {layer: sorted(set(ids))}, {layer: dirs[layer]}, doc)
-
-
-def layer_ranges(layers) -> str:
-    """Sorted layers as compact ranges: [1, 2, 3, 5] -> "1-3,5"."""
-    layers = sorted(layers)
-    parts, start = [], layers[0]
-    for a, b in zip(layers, layers[1:] + [None]):
-        if b != a + 1:
-            parts.append(str(start) if start == a else f"{start}-{a}")
-            start = b
-    return ",".join(parts)
 
 
 def model_spec(sae: SAE, doc: dict | None) -> str | None:

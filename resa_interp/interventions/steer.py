@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from resa_interp.data import R1_SYSTEM_PROMPT, TEMPLATES, format_trigger, load_qa, marker_spans, synthetic_qa
 from resa_interp.errors import ResaError
-from resa_interp.features import REASONING, layer_ranges, model_spec, select_features
+from resa_interp.features import REASONING, model_spec, select_features
 from resa_interp.interventions.config import SteerConfig, parse_latents
 from resa_interp.interventions.hook import Intervention, LatentEdit
 from resa_interp.interventions.measure import (
@@ -32,7 +32,7 @@ from resa_interp.interventions.measure import (
 from resa_interp.interventions.report import write_steer
 from resa_interp.interventions.results import ConditionEffect, Difference, GenerationSample, SteerResult
 from resa_interp.model import Subject, load_subject
-from resa_interp.numbering import parse_layers
+from resa_interp.numbering import layer_ranges, parse_layers
 from resa_interp.runs import record_stage
 from resa_interp.sae import check_sae_fits, load_sae
 

@@ -56,7 +56,9 @@ def _likelihood_name(name: str) -> str:
 
 
 def _compact(layers: list[int]) -> str:
-    """'blocks 18, 6, 26 (paper: 19th, 7th, 27th)': a short form of several layers for figure titles."""
+    """'blocks 18, 6, 26 (paper: 19th, 7th, 27th)': a short form of several layers for figure titles. Not
+    `numbering.describe_layers`: the layers keep their order (the recommendation's, best first) and are never
+    joined into a range, and 'blocks' is said once, to keep the title short."""
     return f"blocks {', '.join(map(str, layers))} (paper: {', '.join(map(paper_label, layers))})"
 
 
