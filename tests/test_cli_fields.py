@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from resa_interp.cli.app import app as cli_app
-from resa_interp.cli.fields import NO_DEFAULT, config_fields, field_option, shown
+from resa_interp.cli.fields import NO_DEFAULT, config_fields, field_option, module_constant, shown
 
 
 def command_configs() -> dict[str, list[tuple[str, str]]]:
@@ -54,6 +54,13 @@ def test_parsed_defaults_are_the_dataclasses_defaults():
                     assert parsed[f.name].default == real, f"{config}.{f.name}"
                 seen += 1
     assert seen > 0
+
+
+def test_parsed_presets_are_the_modules_presets():
+    """tune's --help shows the presets' values from the parsed PRESETS; they are the imported table."""
+    from resa_interp.tuning.config import PRESETS
+
+    assert module_constant("tuning.config", "PRESETS") == PRESETS
 
 
 def test_every_command_option_comes_from_its_configs_fields():

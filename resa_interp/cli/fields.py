@@ -41,12 +41,28 @@ class Field:
 
 
 @functools.cache
-def config_fields(module: str, config: str) -> dict[str, Field]:
-    """The fields of dataclass `config` in `resa_interp.<module>`, read from its source (nothing is imported)."""
+def _source(module: str) -> tuple[ast.Module, dict[str, ast.expr]]:
+    """The parsed source of `resa_interp.<module>` and its module-level assignments (name -> value expression)."""
     tree = ast.parse((PACKAGE / Path(*module.split("."))).with_suffix(".py").read_text())
     constants = {t.id: node.value for node in tree.body if isinstance(node, (ast.Assign, ast.AnnAssign))
                  for t in (node.targets if isinstance(node, ast.Assign) else [node.target])
                  if isinstance(t, ast.Name) and node.value is not None}
+    return tree, constants
+
+
+def module_constant(module: str, name: str) -> Any:
+    """The literal value of module-level `name` in `resa_interp.<module>` (a preset table), read from its source
+    like the fields (nothing is imported)."""
+    value = _source(module)[1].get(name)
+    if value is None:
+        raise LookupError(f"resa_interp.{module} assigns no {name}")
+    return ast.literal_eval(value)
+
+
+@functools.cache
+def config_fields(module: str, config: str) -> dict[str, Field]:
+    """The fields of dataclass `config` in `resa_interp.<module>`, read from its source (nothing is imported)."""
+    tree, constants = _source(module)
     body = next((n.body for n in tree.body if isinstance(n, ast.ClassDef) and n.name == config), None)
     if body is None:
         raise LookupError(f"resa_interp.{module} has no class {config}")

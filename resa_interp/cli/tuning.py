@@ -2,32 +2,23 @@
 
 from __future__ import annotations
 
-import ast
-import functools
 from typing import Any
 
 import typer
 
-from resa_interp.cli.fields import NO_DEFAULT, PACKAGE, config_fields, field_option, given, shown
+from resa_interp.cli.fields import NO_DEFAULT, config_fields, field_option, given, module_constant, shown
 from resa_interp.cli.options import DryRun, Out, Preset
 
 COMMAND_CONFIGS = {"tune": [("tuning.config", "TuneConfig")]}
 """The configs each command of this module builds: its options named like their fields come from them."""
 
 
-@functools.cache
-def _presets() -> dict[str, dict[str, Any]]:
-    """`tuning.config.PRESETS`, read from its source like the fields (nothing is imported)."""
-    tree = ast.parse((PACKAGE / "tuning" / "config.py").read_text())
-    node = next(n for n in tree.body if isinstance(n, ast.AnnAssign) and getattr(n.target, "id", None) == "PRESETS")
-    return ast.literal_eval(node.value)
-
-
 def _tune(name: str, *flags: str, default: str | None = None) -> Any:
     """The option of `TuneConfig.<name>`; where a preset sets the field, the shown default is the cpu preset's
     (tune's default preset) and the paper preset's beside it."""
     field = config_fields("tuning.config", "TuneConfig")[name]
-    cpu, paper = _presets()["cpu"], _presets()["paper"]
+    presets = module_constant("tuning.config", "PRESETS")
+    cpu, paper = presets["cpu"], presets["paper"]
     if default is None and (name in cpu or name in paper) and field.default is not NO_DEFAULT:
         on_cpu, on_paper = shown(cpu.get(name, field.default)), shown(paper.get(name, field.default))
         default = (f"{on_cpu} (both presets)" if on_cpu == on_paper
