@@ -15,17 +15,23 @@ COMMAND_CONFIGS = {
 }
 """The configs each command of this module builds: its options named like their fields come from them."""
 
-PACK_DEFAULT = "off; on with --preset paper"
-
 
 def _sae(name: str, *flags: str, more: str = "", default: str | None = None) -> Any:
     return field_option("sae.config", "SAETrainConfig", name, *flags, more=more, default=default)
 
 
+# the options both commands take with flags or a shown default of their own, declared once
+_Model = _sae("model", "--model", "-m", default="smollm2-135m")
+_Dataset = _sae("dataset", "--dataset", "-d")
+_Pack = _sae("pack", "--pack/--no-pack", default="off; on with --preset paper")
+_MaxSeqLen = _sae("max_seq_len", default="1024; --preset paper 2048")
+_KeepFirst = _sae("keep_first", "--keep-first")
+
+
 def train_saes(
     out: Out,
-    model: _sae("model", "--model", "-m", default="smollm2-135m") = None,
-    dataset: _sae("dataset", "--dataset", "-d") = None,
+    model: _Model = None,
+    dataset: _Dataset = None,
     layers: _sae("layers") = None,
     hook: _sae("hook") = None,
     mode: _sae("mode") = None,
@@ -44,11 +50,11 @@ def train_saes(
     architecture: _sae("architecture") = None,
     sparsity_coefficient: _sae("sparsity_coefficient", default="SAELens' default, 1.0") = None,
     template: _sae("template") = None,
-    pack: _sae("pack", "--pack/--no-pack", default=PACK_DEFAULT) = None,
-    max_seq_len: _sae("max_seq_len", default="1024; --preset paper 2048") = None,
+    pack: _Pack = None,
+    max_seq_len: _MaxSeqLen = None,
     problem_column: _sae("problem_column") = None,
     answer_column: _sae("answer_column") = None,
-    keep_first: _sae("keep_first", "--keep-first") = None,
+    keep_first: _KeepFirst = None,
     seed: _sae("seed") = None,
     seeds: _sae("seeds", more="Spelled 0,1,2: the first is the run's seed.") = None,
     n_seeds: NSeeds = None,
@@ -113,17 +119,17 @@ def train_saes(
 
 def cache_activations(
     out: Out,
-    model: _sae("model", "--model", "-m", default="smollm2-135m") = None,
-    dataset: _sae("dataset", "--dataset", "-d") = None,
+    model: _Model = None,
+    dataset: _Dataset = None,
     layers: _sae("layers") = None,
     hook: _sae("hook") = None,
     tokens: _sae("tokens", more="Per layer; 0 = one epoch.") = None,
     template: _sae("template") = None,
-    pack: _sae("pack", "--pack/--no-pack", default=PACK_DEFAULT) = None,
-    max_seq_len: _sae("max_seq_len", default="1024; --preset paper 2048") = None,
+    pack: _Pack = None,
+    max_seq_len: _MaxSeqLen = None,
     problem_column: _sae("problem_column") = None,
     answer_column: _sae("answer_column") = None,
-    keep_first: _sae("keep_first", "--keep-first") = None,
+    keep_first: _KeepFirst = None,
     seed: _sae("seed") = None,
     preset: Preset = None,
     device: _sae("device") = None,
