@@ -1,6 +1,8 @@
-"""Question/answer data: the built-in synthetic set, hub datasets (STILL, DeepScaleR, any name), local files.
+"""Question/answer data: the built-in synthetic set and its worked-solution kinds, hub datasets (STILL,
+DeepScaleR, any name), local files.
 
-Columns are matched by common names (problem/question/prompt; answer/final_answer/solution) unless overridden.
+Columns are matched by common names (problem/question/prompt; answer/final_answer/solution; trace/reasoning for an
+optional worked solution) unless overridden.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from pathlib import Path
 
 from resa_interp.data.example import QAExample
 from resa_interp.data.synthetic import synthetic_qa
+from resa_interp.data.traces import traced_qa
 from resa_interp.errors import ResaError
 from resa_interp.runs import sha256_text
 
@@ -19,9 +22,12 @@ KNOWN_DATASETS = {
 }
 PROBLEM_COLUMNS = ("problem", "question", "prompt", "query", "input")
 ANSWER_COLUMNS = ("answer", "final_answer", "target", "solution", "output")
+TRACE_COLUMNS = ("trace", "reasoning", "thinking", "cot")
 LOCAL_FORMATS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 SYNTHETIC = "synthetic"
 SYNTHETIC_SIZE = 2000
+TRACES = "traces"
+"""The built-in questions with worked solutions (`data.traces`), SYNTHETIC_SIZE of them unless limited."""
 _BOXED = re.compile(r"\\boxed\{((?:[^{}]|\{[^{}]*\})*)\}")
 
 
@@ -62,7 +68,7 @@ def _load_table(spec: str, split: str):
             raise ResaError(f"dataset {spec!r}: could not be read as {path.suffix} ({type(exc).__name__})") from exc
     if "/" not in spec or spec.startswith((".", "/", "~")):
         raise ResaError(
-            f"dataset {spec!r}: no such file, and not a hub dataset id; accepted: {SYNTHETIC}, "
+            f"dataset {spec!r}: no such file, and not a hub dataset id; accepted: {SYNTHETIC}, {TRACES}, "
             f"{', '.join(KNOWN_DATASETS)}, a hub id (org/name) or a .json/.jsonl/.csv/.parquet file"
         )
     try:
@@ -82,20 +88,27 @@ def load_qa(
     split: str = "train",
     limit: int | None = None,
     seed: int = 0,
+    trace_column: str | None = None,
 ) -> list[QAExample]:
-    """Load question/answer pairs from `spec`: 'synthetic', 'still', 'deepscaler', a hub id, or a local file."""
+    """Load question/answer pairs from `spec`: 'synthetic', 'traces', 'still', 'deepscaler', a hub id, or a local
+    file; a trace column (`trace_column`, else matched by `TRACE_COLUMNS`, else none) gives worked solutions."""
     if spec == SYNTHETIC:
         return synthetic_qa(limit or SYNTHETIC_SIZE, seed=seed)
+    if spec == TRACES:
+        return traced_qa(limit or SYNTHETIC_SIZE, seed=seed)
     table = _load_table(KNOWN_DATASETS.get(spec.lower(), spec), split)
     columns = list(table.column_names)
     p_col = _pick_column(columns, problem_column, PROBLEM_COLUMNS, "problem", spec)
     a_col = _pick_column(columns, answer_column, ANSWER_COLUMNS, "answer", spec)
+    t_col = (_pick_column(columns, trace_column, (), "trace", spec) if trace_column is not None
+             else next((c for c in TRACE_COLUMNS if c in columns and c not in (p_col, a_col)), None))
     examples = []
     for row in table:
         problem, answer = row[p_col], row[a_col]
         if problem is None or answer is None or not str(problem).strip() or not str(answer).strip():
             continue
-        examples.append(QAExample(str(problem).strip(), final_answer(str(answer))))
+        trace = str(row[t_col]).strip() or None if t_col is not None and row[t_col] is not None else None
+        examples.append(QAExample(str(problem).strip(), final_answer(str(answer)), trace))
         if limit is not None and len(examples) >= limit:
             break
     if not examples:
@@ -104,5 +117,5 @@ def load_qa(
 
 
 def dataset_fingerprint(spec: str, examples: list[QAExample]) -> str:
-    """SHA-256 of the loaded examples (what was actually used, not just the name)."""
-    return sha256_text(spec, *(f"{e.problem}\x1f{e.answer}" for e in examples))
+    """SHA-256 of the loaded examples (what was actually used, not just the name; traces count where present)."""
+    return sha256_text(spec, *(f"{e.problem}\x1f{e.answer}" + (f"\x1f{e.trace}" if e.trace else "") for e in examples))

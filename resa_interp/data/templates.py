@@ -34,24 +34,44 @@ SYSTEM_PROMPTS = {"r1": R1_SYSTEM_PROMPT, "r1-paper": R1_PAPER_SYSTEM_PROMPT}
 """Named system prompts: 'r1' the authors' code (default), 'r1-paper' the printed form."""
 
 _TURNS = "User:\n {problem}\n\nAssistant:\n <think> {answer} </think>\n<answer> Answer: {answer}</answer>"
+_ELICIT = "User:\n {problem}\n\nAssistant:\n <think>"
 
 TEMPLATES = {
     "r1": R1_SYSTEM_PROMPT + _TURNS,
     "r1-paper": R1_PAPER_SYSTEM_PROMPT + "\n" + _TURNS,
     "short": "Problem: {problem} <think> {answer} </think> <answer> Answer: {answer} </answer>",
+    "r1-trace": R1_SYSTEM_PROMPT + _ELICIT + " {trace} </think>\n<answer> Answer: {answer}</answer>",
 }
-"""CoT-free templates. 'r1': the authors' f-string (resa/sae/preprocess.py, make_conv_for_sae_grpo), system
+"""Text templates. CoT-free: 'r1', the authors' f-string (resa/sae/preprocess.py, make_conv_for_sae_grpo), system
 prompt then User/Assistant turns; 'r1-paper': the printed system prompt, a newline, the same turns; 'short':
-the template printed in the paper's section 2.1."""
+the template printed in the paper's section 2.1. With a chain of thought: 'r1-trace', the 'r1' turns with the
+example's worked solution between `<think>` and `</think>` (what a transfer experiment's source is taught)."""
+TRACE_TEMPLATES = ("r1-trace",)
+"""Templates that need each example's `trace`."""
+COT_FREE_TEMPLATES = tuple(name for name in TEMPLATES if name not in TRACE_TEMPLATES)
+"""Templates without a chain of thought (Stage I's trigger text)."""
+ELICITATION_PROMPTS = {"r1": R1_SYSTEM_PROMPT + _ELICIT, "r1-trace": R1_SYSTEM_PROMPT + _ELICIT}
+"""What a model is given to answer one question in a template's format: the text up to and including the
+assistant's opening `<think>` (the model writes the rest)."""
 
 THINK, END_THINK = "<think>", "</think>"
 
 
-def format_trigger(problem: str, answer: str, template: str = "r1") -> str:
-    """One CoT-free text: the question, then only the final answer between `<think>` and `</think>` (inserted as
-    given, as the authors' f-string does)."""
+def format_trigger(problem: str, answer: str, template: str = "r1", trace: str | None = None) -> str:
+    """One text: the question, then between `<think>` and `</think>` only the final answer (CoT-free, inserted as
+    given, as the authors' f-string does) or, for a template of `TRACE_TEMPLATES`, the worked solution `trace`."""
     check_choice("template", template, TEMPLATES)
-    return TEMPLATES[template].format(problem=problem, answer=answer)
+    if template in TRACE_TEMPLATES and not trace:
+        raise ResaError(f"template {template!r} puts a worked solution between <think> and </think>, and this "
+                        f"example has none; give data with a trace column, or a CoT-free template "
+                        f"({', '.join(COT_FREE_TEMPLATES)})")
+    return TEMPLATES[template].format(problem=problem, answer=answer, trace=trace)
+
+
+def elicitation_prompt(problem: str, template: str = "r1") -> str:
+    """The prompt a model answers `problem` from, in `template`'s format, ending with the opening `<think>`."""
+    check_choice("elicitation template", template, ELICITATION_PROMPTS)
+    return ELICITATION_PROMPTS[template].format(problem=problem)
 
 
 def system_prompt_length(text: str) -> int:

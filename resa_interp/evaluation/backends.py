@@ -10,6 +10,7 @@ top-k and no repetition penalty, until an end-of-sequence token or `max_new_toke
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -148,10 +149,24 @@ def load_local_model(model_path: Path, config: EvalConfig) -> LocalModel:
 def generate_transformers(model_path: Path, local: LocalModel, tasks: list[EvalTask], config: EvalConfig) -> BackendRun:
     """Sample `config.samples` completions per problem with transformers (left-padded batches, seeded per batch)
     from `local`, the model at `model_path`."""
+    prompts, ids = prompt_token_ids(local.tokenizer, tasks)
+    generations = sample_completions(model_path, local, ids, config)
+    return BackendRun(
+        prompts=split_by_task(prompts, tasks),
+        generations=split_by_task(generations, tasks),
+        device=device_description(local.device),
+    )
+
+
+def sample_completions(
+    model_path: Path, local: LocalModel, ids: list[list[int]], config: EvalConfig, stop_strings: tuple[str, ...] = ()
+) -> list[list[Generation]]:
+    """`config.samples` completions of every prompt (token ids) from `local`, the model at `model_path`: left-padded
+    batches, longest prompts first, seeded per batch; greedy at temperature 0. A completion ends at an
+    end-of-sequence token or, when given, just after the first of `stop_strings`."""
     from transformers import GenerationConfig
 
     model, tokenizer, device = local.model, local.tokenizer, local.device
-    prompts, ids = prompt_token_ids(tokenizer, tasks)
     required_length([len(x) for x in ids], config.max_new_tokens, model_context(model_path), str(model_path))
     eos = eos_token_ids(model_path, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos)
@@ -164,9 +179,10 @@ def generate_transformers(model_path: Path, local: LocalModel, tasks: list[EvalT
         top_k=None,
         pad_token_id=pad,
         eos_token_id=sorted(eos),
+        stop_strings=list(stop_strings) or None,
     )
-    # every (problem, sample) pair is one sequence; longest prompts first so that batches pad little
-    items = sorted(((p, s) for p in range(len(prompts)) for s in range(config.samples)), key=lambda i: -len(ids[i[0]]))
+    # every (prompt, sample) pair is one sequence; longest prompts first so that batches pad little
+    items = sorted(((p, s) for p in range(len(ids)) for s in range(config.samples)), key=lambda i: -len(ids[i[0]]))
     results: dict[tuple[int, int], Generation] = {}
     with tqdm(total=len(items), desc="generating", unit="seq") as bar:
         for batch_index, start in enumerate(range(0, len(items), config.batch_size)):
@@ -176,16 +192,16 @@ def generate_transformers(model_path: Path, local: LocalModel, tasks: list[EvalT
             mask = torch.tensor([[0] * (width - len(ids[p])) + [1] * len(ids[p]) for p, _ in batch], device=device)
             torch.manual_seed(config.seed + batch_index)
             with torch.no_grad():
-                out = model.generate(input_ids=input_ids, attention_mask=mask, generation_config=settings)
+                out = model.generate(input_ids=input_ids, attention_mask=mask, generation_config=settings,
+                                     tokenizer=tokenizer if stop_strings else None)
             for item, row in zip(batch, out[:, width:].tolist()):
                 stop = next((i + 1 for i, token in enumerate(row) if token in eos), len(row))
                 tokens = row[:stop]
                 text = tokenizer.decode(tokens, skip_special_tokens=True)
-                results[item] = Generation(text, len(tokens), is_truncated(tokens, eos, config.max_new_tokens))
+                ended = [text.index(s) + len(s) for s in stop_strings if s in text]
+                if ended:  # what follows the stop string is the padding of a sequence that finished early
+                    text, tokens = text[: min(ended)], list(itertools.takewhile(lambda token: token != pad, tokens))
+                results[item] = Generation(text, len(tokens), not ended and is_truncated(tokens, eos,
+                                                                                        config.max_new_tokens))
             bar.update(len(batch))
-    generations = [[results[(p, s)] for s in range(config.samples)] for p in range(len(prompts))]
-    return BackendRun(
-        prompts=split_by_task(prompts, tasks),
-        generations=split_by_task(generations, tasks),
-        device=device_description(device),
-    )
+    return [[results[(p, s)] for s in range(config.samples)] for p in range(len(ids))]

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from resa_interp.data import R1_SYSTEM_PROMPT, TEMPLATES, format_trigger, load_qa, marker_spans, synthetic_qa
+from resa_interp.data import R1_SYSTEM_PROMPT, elicitation_prompt, format_trigger, load_qa, marker_spans, synthetic_qa
 from resa_interp.errors import ResaError
 from resa_interp.features import REASONING, model_spec, select_features
 from resa_interp.interventions.config import SteerConfig, parse_latents
@@ -100,7 +100,7 @@ def load_texts(spec: str, subject: Subject, n: int, seed: int = 0) -> list[Steer
 
 def generation_prompt(problem: str) -> str:
     """The r1 trigger template up to and including the assistant's opening `<think>`."""
-    return TEMPLATES["r1"].split("{answer}")[0].rstrip().format(problem=problem)
+    return elicitation_prompt(problem, "r1")
 
 
 def load_sparsity(sae_folder: str | Path) -> torch.Tensor:

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from resa_interp.data import TEMPLATES
+from resa_interp.data import COT_FREE_TEMPLATES
 from resa_interp.errors import ResaError, check_choice
 from resa_interp.model import canonical_hook
 from resa_interp.presets import with_preset
@@ -187,7 +187,7 @@ class SAETrainConfig:
         if self.latents is not None:
             check_latents(self.latents, self.k)
         check_choice("--optimizer", self.optimizer, OPTIMIZERS)
-        check_choice("--template", self.template, TEMPLATES)
+        check_choice("--template", self.template, COT_FREE_TEMPLATES)
         check_choice("select precision", self.select_precision, SELECT_PRECISIONS)
         if self.tokens is not None and self.tokens < self.batch_tokens:
             raise ResaError(f"--tokens {self.tokens} is smaller than one batch ({self.batch_tokens} tokens); raise it")

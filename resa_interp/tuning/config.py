@@ -35,16 +35,20 @@ class TuneConfig:
     """'resid_post' (output of decoder layer `layer`, the authors' code), 'mlp_out' (its MLP, the paper's text), or
     another hook with an HF module to splice at (`model.hooks.SPLICE_HOOKS`)."""
     dataset: str = "synthetic"
-    """Elicitation data: 'synthetic', 'still', 'deepscaler', a hub id or a local json/jsonl/csv/parquet file."""
+    """Elicitation data: 'synthetic', 'traces' (questions with worked solutions, for 'r1-trace'), 'still',
+    'deepscaler', a hub id or a local json/jsonl/csv/parquet file."""
     problem_column: str | None = None
     """Column with the question (default: matched by common names)."""
     answer_column: str | None = None
     """Column with the verified final answer (default: matched by common names)."""
+    trace_column: str | None = None
+    """Column with a worked solution, for the 'r1-trace' template (default: matched by common names, if any)."""
     limit: int | None = None
     """Tune on the first N question/answer pairs (unset: all)."""
     template: str = "r1"
-    """Elicitation template: 'r1' (R1 system prompt + User/Assistant, the authors' code) or 'short' (the
-    paper's text)."""
+    """Elicitation template: 'r1' (R1 system prompt + User/Assistant, the authors' code), 'r1-paper', 'short' (the
+    paper's text), or 'r1-trace' (the 'r1' turns with each example's worked solution inside <think>, for SFT of a
+    source model with --no-sae)."""
     max_length: int = 2048
     """Sequences are truncated to this many tokens; with `pack`, the chunk length (the authors' 2048)."""
     pack: bool = False

@@ -18,10 +18,11 @@ def encode_examples(config: TuneConfig, tokenizer) -> tuple[list[torch.Tensor], 
         config.dataset,
         problem_column=config.problem_column,
         answer_column=config.answer_column,
+        trace_column=config.trace_column,
         limit=config.limit,
         seed=config.seed,
     )
-    texts = [format_trigger(e.problem, e.answer, config.template) for e in examples]
+    texts = [format_trigger(e.problem, e.answer, config.template, e.trace) for e in examples]
     if config.pack:
         encoded = pack_texts(tokenizer, texts, config.max_length)
     else:

@@ -1,0 +1,61 @@
+"""Accuracy in the elicitation format: a model is given a question in a trigger template's own format (the R1
+system prompt, the user turn, the assistant's opening `<think>`), decodes greedily until `</answer>` or a blank line,
+and the existing grader (`grading.grade`, 'expr') reads the answer after `</think>`. This is the format a transfer
+experiment's models are tuned in, where the chat-template evaluation (`evaluate`) asks them something else."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from resa_interp.data import THINK, QAExample, elicitation_prompt
+from resa_interp.evaluation.backends import load_local_model, sample_completions
+from resa_interp.evaluation.config import EvalConfig
+from resa_interp.evaluation.grading import grade, require_grader
+
+STOPS = ("</answer>", "\n\n")
+"""Where a completion ends: the templates close the answer with `</answer>` (models tuned without EOS go on past
+it), and no template's answer holds a blank line, which is where an untuned model starts a new paragraph."""
+
+
+@dataclass(frozen=True)
+class ElicitedAnswer:
+    """One problem's greedy completion and verdict."""
+
+    problem: str
+    gold: str
+    completion: str
+    extracted: str | None
+    correct: bool
+    n_tokens: int
+
+
+def elicited_answers(
+    model: str | Path,
+    examples: list[QAExample],
+    *,
+    template: str = "r1",
+    max_new_tokens: int = 96,
+    batch_size: int = 32,
+    device: str = "cpu",
+) -> list[ElicitedAnswer]:
+    """Greedy completions of every example's elicitation prompt by the HF model folder `model`, graded against the
+    example's answer."""
+    require_grader()
+    config = EvalConfig(temperature=0.0, samples=1, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                        device=device, dtype="float32")
+    path = Path(model)
+    local = load_local_model(path, config)
+    ids = [local.tokenizer(elicitation_prompt(e.problem, template))["input_ids"] for e in examples]
+    completions = sample_completions(path, local, ids, config, stop_strings=STOPS)
+    out = []
+    for example, (generation,) in zip(examples, completions):
+        verdict = grade(THINK + generation.text, example.answer, "expr")
+        out.append(ElicitedAnswer(example.problem, example.answer, generation.text, verdict.extracted,
+                                  verdict.correct, generation.n_tokens))
+    return out
+
+
+def answers_to_json(answers: list[ElicitedAnswer]) -> list[dict]:
+    """Plain dicts, for a condition's answers.json."""
+    return [asdict(a) for a in answers]

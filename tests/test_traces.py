@@ -1,0 +1,117 @@
+"""Worked solutions (`data.traces`), the trace template and trace columns: every step of every trace is checked by
+an independent reading of its arithmetic."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from resa_interp.data import (
+    TEMPLATES,
+    TRACE_KINDS,
+    dataset_fingerprint,
+    elicitation_prompt,
+    format_trigger,
+    load_qa,
+    synthetic_qa,
+    traced_qa,
+)
+from resa_interp.errors import ResaError
+from resa_interp.sae import SAETrainConfig
+
+STEP = re.compile(r"(\d+) ([+*]) (\d+)(?: \+ (\d+))? = (\d+), write (\d+)(?:, carry (\d+))?\.")
+
+
+def _check_columns(example) -> None:
+    a, op, b = re.fullmatch(r"What is (\d+) ([+*]) (\d+)\?", example.problem).groups()
+    steps = STEP.findall(example.trace)
+    assert len(steps) == 3
+    carry, digits = 0, []
+    for i, (x, step_op, y, carried, value, written, carry_out) in enumerate(steps):
+        assert step_op == op and int(carried or 0) == carry
+        expected = (int(x) + int(y) if op == "+" else int(x) * int(y)) + carry
+        assert int(value) == expected
+        last = i == 2
+        assert int(written) == (expected if last else expected % 10)
+        carry = 0 if last else expected // 10
+        assert int(carry_out or 0) == carry
+        digits.append(written)
+    total = int("".join(reversed(digits)))
+    assert total == (int(a) + int(b) if op == "+" else int(a) * int(b)) == int(example.answer)
+    assert example.trace.endswith(f"So {a} {op} {b} = {example.answer}.")
+
+
+def test_every_trace_step_is_right():
+    examples = traced_qa(300, seed=5)
+    assert [e.problem.split()[0] for e in examples[:3]] == ["What", "What", "Find"]
+    carries = 0
+    for example in examples:
+        if example.problem.startswith("Find"):
+            a, b, c = map(int, re.fullmatch(r"Find x if (\d+)x \+ (\d+) = (\d+)\.", example.problem).groups())
+            x = int(example.answer)
+            assert a * x + b == c
+            assert example.trace == (f"Subtract {b} from both sides: {a}x = {c} - {b} = {c - b}. "
+                                     f"Divide both sides by {a}: x = {c - b} / {a} = {x}.")
+        else:
+            _check_columns(example)
+            carries += "carry" in example.trace
+    assert carries > 100  # most column problems carry, which is the skill
+
+
+def test_traced_qa_is_seeded_and_apart_from_the_synthetic_set():
+    assert traced_qa(30, seed=1) == traced_qa(30, seed=1) != traced_qa(30, seed=2)
+    assert len(TRACE_KINDS) == 3
+    assert not {e.problem for e in traced_qa(2000)} & {e.problem for e in synthetic_qa(2000)}
+
+
+def test_the_trace_template_puts_the_trace_inside_think():
+    e = traced_qa(1, seed=0)[0]
+    text = format_trigger(e.problem, e.answer, "r1-trace", e.trace)
+    assert f"<think> {e.trace} </think>\n<answer> Answer: {e.answer}</answer>" in text
+    # the CoT-free text and the trace text share the elicitation prompt, the part a model is given
+    prompt = elicitation_prompt(e.problem)
+    assert text.startswith(prompt) and format_trigger(e.problem, e.answer).startswith(prompt)
+    assert prompt.endswith("<think>") and text[len(prompt):] == TEMPLATES["r1-trace"].split("<think>")[-1].format(
+        trace=e.trace, answer=e.answer)
+    with pytest.raises(ResaError, match="has none; give data with a trace column"):
+        format_trigger(e.problem, e.answer, "r1-trace")
+
+
+def test_trace_columns_are_read_and_fingerprinted(tmp_path):
+    rows = [{"question": e.problem, "answer": e.answer, "reasoning": e.trace} for e in traced_qa(4, seed=3)]
+    path = tmp_path / "t.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    loaded = load_qa(str(path))
+    assert [(e.problem, e.answer, e.trace) for e in loaded] == [tuple(r.values()) for r in rows]
+    assert load_qa("traces", limit=4, seed=3) == traced_qa(4, seed=3)
+    bare = [type(e)(e.problem, e.answer) for e in loaded]
+    assert dataset_fingerprint("x", bare) != dataset_fingerprint("x", loaded)
+    with pytest.raises(ResaError, match="trace column 'steps' does not exist"):
+        load_qa(str(path), trace_column="steps")
+
+
+def test_stage_one_refuses_the_trace_template():
+    with pytest.raises(ResaError, match="r1-trace"):
+        SAETrainConfig(template="r1-trace").check()
+
+
+def test_completions_end_at_their_first_stop_string(tiny_qwen2):
+    from pathlib import Path
+
+    from resa_interp.evaluation import EvalConfig
+    from resa_interp.evaluation.backends import load_local_model, sample_completions
+
+    config = EvalConfig(temperature=0.0, max_new_tokens=24, batch_size=4, device="cpu", dtype="float32")
+    local = load_local_model(Path(tiny_qwen2), config)
+    ids = [local.tokenizer(text)["input_ids"] for text in ("What is 2 + 3?", "Find x if 2x + 1 = 5.", "a b c")]
+    free = [g.text for (g,) in sample_completions(Path(tiny_qwen2), local, ids, config)]
+    stop = next(ch for text in free for ch in text if ch.strip())  # a character some completion writes
+    stopped = sample_completions(Path(tiny_qwen2), local, ids, config, stop_strings=(stop,))
+    for text, (generation,) in zip(free, stopped):
+        if stop in text:  # greedy: the same text, cut just after the stop string's first occurrence
+            assert generation.text == text[: text.index(stop) + len(stop)] and not generation.truncated
+        else:
+            assert generation.text == text
+    assert any(stop in text for text in free)
