@@ -18,7 +18,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from resa_interp.evaluation.transfer import QUICK, TUNED, TransferConfig, run_transfer
+from resa_interp.evaluation import QUICK, TUNED, TransferConfig, run_transfer
 from resa_interp.figures import save_figure
 from resa_interp.runs import atomic_write_json
 

@@ -9,12 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+from resa_interp.dashboard import agreement, latent_patterns, pearson_columns
 from resa_interp.errors import ResaError
-from resa_interp.evaluation.recovery import recovery, summarize
-from resa_interp.evaluation.transfer import TUNED, TransferConfig, run_transfer
-from resa_interp.features.transparency import agreement, latent_patterns, pearson_columns
-from resa_interp.sae import load_sae, sae_dir
-from resa_interp.sae.controls import decoder_permutation, permuted_decoder, write_permuted_control
+from resa_interp.evaluation import TUNED, TransferConfig, recovery, run_transfer, summarize
+from resa_interp.sae import decoder_permutation, load_sae, permuted_decoder, sae_dir, write_permuted_control
 
 
 def _planted(n: int, correct: int, rng: np.random.Generator) -> np.ndarray:

@@ -7,7 +7,7 @@ Jupyter). `export_neuronpedia` writes that dashboard data in Neuronpedia's bulk-
 
 Modules: `config` (the configs), `harvest` (the data and its sinks), `stats` (statistics and contexts), `logits`
 (logit effects), `results` (the dashboard data), `build` (assembling it), `html` (the page), `run` (the stage),
-`export` (Neuronpedia).
+`export` (Neuronpedia), `transparency` (one SAE read in several models: per-latent agreement).
 """
 
 from resa_interp.dashboard.build import build_dashboards
@@ -24,9 +24,10 @@ from resa_interp.dashboard.html import DashboardSet, fragment_html, histogram_fi
 from resa_interp.dashboard.logits import logit_effects, unembedding
 from resa_interp.dashboard.results import Context, DashboardData, FeatureDashboard
 from resa_interp.dashboard.run import DashboardRun, run_dashboard
+from resa_interp.dashboard.transparency import Agreement, agreement, latent_patterns, pearson_columns
 
 __all__ = [
-    "PLOTLYJS",
+    "Agreement",
     "Context",
     "Corpus",
     "DashboardConfig",
@@ -37,7 +38,9 @@ __all__ = [
     "LayerLatents",
     "NeuronpediaConfig",
     "NeuronpediaExport",
+    "PLOTLYJS",
     "activation_rows",
+    "agreement",
     "build_dashboards",
     "check_plotlyjs",
     "export_neuronpedia",
@@ -45,8 +48,10 @@ __all__ = [
     "fragment_html",
     "harvest_latents",
     "histogram_figure",
+    "latent_patterns",
     "logit_effects",
     "page_html",
+    "pearson_columns",
     "read_dashboards",
     "run_dashboard",
     "sink_mask",

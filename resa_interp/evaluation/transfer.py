@@ -15,7 +15,7 @@ Each is tuned with several seeds at one middle layer, and `sae_tuning` alone at 
 base and source included, answers the same held-out problems of the trained kinds greedily in the elicitation
 format (`evaluation.elicited`), and `evaluation.recovery` gives accuracy and recovery with bootstrap intervals.
 The source's reasoning-feature counts per layer (`features`) against per-layer recovery is the paper's layer
-alignment (`layers.analyze_layers`); the source's SAE read in the tuned models (`features.transparency`) shows
+alignment (`layers.analyze_layers`); the source's SAE read in the tuned models (`dashboard.transparency`) shows
 whether the source's reasoning features moved towards the source.
 
 Resumable: every finished piece (data, source, SAEs, each tuned model, each model's answers) is kept in the output
@@ -24,6 +24,7 @@ folder, and a rerun with the same settings skips it.
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import time
@@ -34,13 +35,18 @@ from typing import Any
 
 import numpy as np
 
-from resa_interp.data import QAExample, format_trigger
-from resa_interp.data.traces import traced_qa
+from resa_interp.dashboard import agreement, latent_patterns
+from resa_interp.data import QAExample, format_trigger, traced_qa
 from resa_interp.errors import ResaError
 from resa_interp.evaluation.elicited import answers_to_json, elicited_answers
 from resa_interp.evaluation.recovery import BOOTSTRAP, summarize
+from resa_interp.features import FeatureConfig, run_features
+from resa_interp.layers import analyze_layers, read_counts, read_scores
+from resa_interp.model import load_subject, resolve_model_path
 from resa_interp.numbering import default_layers, parse_layers
 from resa_interp.runs import atomic_write_json, atomic_write_text, numerics
+from resa_interp.sae import CHECKPOINT, SAETrainConfig, load_sae, sae_dir, train_saes, write_permuted_control
+from resa_interp.tuning import LORA_TARGETS, preset_config, tune
 
 log = logging.getLogger(__name__)
 
@@ -147,8 +153,6 @@ def write_data(config: TransferConfig, out: Path) -> TransferData:
 
 def _tuned(out: Path, **settings: Any) -> Path:
     """The merged model of the tuning run in `out` (trained, resumed or kept as it is)."""
-    from resa_interp.tuning import preset_config, tune
-
     if (out / "manifest.json").exists() and (out / "merged").is_dir():
         return out / "merged"
     config = preset_config(None, resume=(out / "tune_config.json").exists(), **settings)
@@ -157,8 +161,6 @@ def _tuned(out: Path, **settings: Any) -> Path:
 
 def _stage1(model: str | None, dataset: Path, layers: str, out: Path, config: TransferConfig) -> Path:
     """A one-seed Stage I run at `layers` on the CoT-free elicitation text (kept, or resumed, when present)."""
-    from resa_interp.sae import CHECKPOINT, SAETrainConfig, train_saes
-
     if (out / "saes" / "metrics.json").exists():
         return out
     cfg = SAETrainConfig.from_options(model=model, dataset=str(dataset), template="r1", layers=layers, seed=0,
@@ -196,8 +198,6 @@ class Condition:
 
 def conditions(config: TransferConfig, source_saes: Path, base_saes: Path, control: Path) -> list[Condition]:
     """Every tuned condition at the middle layer with every seed, then `sae_tuning` at the further layers."""
-    from resa_interp.sae import sae_dir
-
     mid, first = config.layer, config.seeds[0]
     saes = {SAE_TUNING: sae_dir(source_saes, HOOK, mid), SFT: None, BASE_SAE: sae_dir(base_saes, HOOK, mid),
             CONTROL: control}
@@ -209,12 +209,6 @@ def conditions(config: TransferConfig, source_saes: Path, base_saes: Path, contr
 def run_transfer(config: TransferConfig, out: str | Path, echo: Callable[[str], None] = print) -> dict[str, Any]:
     """The whole experiment into `out` (resumable); returns the document `figures/transfer.json` holds."""
     from transformers import AutoConfig
-
-    from resa_interp.features import FeatureConfig, run_features
-    from resa_interp.model import resolve_model_path
-    from resa_interp.sae import sae_dir
-    from resa_interp.sae.controls import write_permuted_control
-    from resa_interp.tuning import LORA_TARGETS
 
     out = Path(out)
     timings_file = out / "timings.json"
@@ -286,8 +280,6 @@ def run_transfer(config: TransferConfig, out: str | Path, echo: Callable[[str], 
 
 
 def _counts(path: Path) -> dict[int, int]:
-    import csv
-
     with path.open() as f:
         return {int(row["layer"]): int(row["count"]) for row in csv.DictReader(f)}
 
@@ -297,8 +289,6 @@ def _alignment(counts: dict[int, int], per_layer: dict[int, dict], out: Path) ->
     (what `select-layers --counts out/counts.csv --scores out/scores.csv` computes; recovery is accuracy shifted and
     scaled, so under the scores' shift-min transform both give the same weights); the refusal's line where it
     cannot be fitted."""
-    from resa_interp.layers import analyze_layers, read_counts, read_scores
-
     layers = sorted(per_layer)
     counts_csv = atomic_write_text(out / "counts.csv", "layer,count\n" + "".join(
         f"{layer},{counts.get(layer, 0)}\n" for layer in layers))
@@ -319,10 +309,6 @@ def _transparency(config: TransferConfig, out: Path, data: TransferData, source:
     """The source's SAE at the middle layer read in every model at the middle layer on held-out trigger text:
     per source reasoning feature (and over all latents the source uses there), the correlation of its activation
     pattern with the source's."""
-    from resa_interp.features.transparency import agreement, latent_patterns
-    from resa_interp.model import load_subject
-    from resa_interp.sae import load_sae, sae_dir
-
     sae = load_sae(sae_dir(out / "source_saes", HOOK, config.layer), device=config.device)
     doc = json.loads((out / "source_features" / "features.json").read_text())
     features = next((row["features"] for row in doc["layers"] if row["layer"] == config.layer), [])

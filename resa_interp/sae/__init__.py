@@ -21,6 +21,7 @@ from resa_interp.sae.config import (
     check_latents,
     parse_seeds,
 )
+from resa_interp.sae.controls import CONTROL_FILE, decoder_permutation, permuted_decoder, write_permuted_control
 from resa_interp.sae.folders import (
     SAES_DIR,
     check_sae_fits,
@@ -45,6 +46,7 @@ __all__ = [
     "ARCHITECTURES",
     "ActivationCache",
     "CHECKPOINT",
+    "CONTROL_FILE",
     "CacheResult",
     "Checkpoint",
     "DEAD_WINDOW",
@@ -69,6 +71,7 @@ __all__ = [
     "check_export_target",
     "check_latents",
     "check_sae_fits",
+    "decoder_permutation",
     "evaluate_saes",
     "export_hub",
     "format_table",
@@ -77,6 +80,7 @@ __all__ = [
     "load_sparsify_sae",
     "novel_texts",
     "parse_seeds",
+    "permuted_decoder",
     "plan_memory",
     "plan_stage1",
     "read_metrics",
@@ -88,4 +92,5 @@ __all__ = [
     "stage1_settings",
     "train_saes",
     "trigger_data",
+    "write_permuted_control",
 ]

@@ -17,10 +17,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from resa_interp.dashboard.harvest import Corpus, harvest_latents
+from resa_interp.model import Subject, encode_texts, parse_hook_name, shared_prefix_length
+
 if TYPE_CHECKING:
     from sae_lens import SAE
-
-    from resa_interp.model import Subject
 
 
 def pearson_columns(reference: torch.Tensor, other: torch.Tensor) -> np.ndarray:
@@ -39,9 +40,6 @@ def latent_patterns(subject: Subject, sae: SAE, latents: list[int], texts: list[
                     ) -> torch.Tensor:
     """Activations [positions, latents] of `sae`'s `latents` on `subject`'s activations at the SAE's hookpoint,
     over `texts` (their shared prefix once, position 0 left out)."""
-    from resa_interp.dashboard.harvest import Corpus, harvest_latents
-    from resa_interp.model import encode_texts, parse_hook_name, shared_prefix_length
-
     hook, layer = parse_hook_name(sae.cfg.metadata.hook_name)
     encoded = encode_texts(subject.tokenizer, texts)
     corpus = Corpus(encoded, shared_prefix_length(encoded), [set() for _ in encoded])
