@@ -8,6 +8,7 @@ problems greedily (`resa_interp.evaluation.transfer` says how). Writes `figures/
 
     python analysis/transfer.py               # the full run (about 70-90 minutes on 2 cores), kept in runs/transfer
     python analysis/transfer.py --quick       # a smoke run of every piece (about 15-20 minutes), runs/transfer-quick
+    python analysis/transfer.py --replot      # the figure again from figures/transfer.json, nothing rerun
 
 Resumable: every finished piece is kept in --out, and a rerun skips it.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 from pathlib import Path
 
 from resa_interp.evaluation import QUICK, TUNED, TransferConfig, run_transfer
@@ -64,10 +66,11 @@ def figure(doc: dict):
         fig.add_hline(y=1, line_dash="dash", row=1, col=col)
     fig.update_xaxes(title_text="layer (blocks.L.hook_resid_post)", row=1, col=3)
     settings = doc["settings"]
-    fig.update_layout(height=460, width=1400, title=(
-        f"SAE-Tuning transfer on {settings['base_model_path'].split('/')[-1] or 'the base'}: "
-        f"{conditions['base']['n']} held-out problems, seeds {settings['seeds']}, layer {settings['layer']} "
-        "(recovery 0 = base, 1 = source; 95% bootstrap intervals)"))
+    model = settings["model"] or "the embedded SmolLM2-135M-Instruct"
+    fig.update_layout(height=480, width=1400, margin={"t": 110}, title=(
+        f"SAE-Tuning transfer on {model}: {conditions['base']['n']} held-out problems, seeds "
+        f"{tuple(settings['seeds'])}, middle layer {settings['layer']}<br><sup>recovery 0 = base, 1 = source; "
+        "95% paired bootstrap intervals</sup>"))
     return fig
 
 
@@ -79,6 +82,8 @@ def main() -> None:
     parser.add_argument("--figures", default=None,
                         help="where transfer.json and the figure go (default: figures/, or the run folder with "
                              "--quick, so a smoke run never replaces the committed result)")
+    parser.add_argument("--replot", action="store_true",
+                        help="redraw the figure from the transfer.json in --figures; runs nothing")
     parser.add_argument("--model", default=None, help="base model (default: the embedded SmolLM2-135M-Instruct)")
     args = parser.parse_args()
     config = TransferConfig(model=args.model)
@@ -86,8 +91,11 @@ def main() -> None:
         config = dataclasses.replace(config, **QUICK)
     out = Path(args.out or ROOT / "runs" / ("transfer-quick" if args.quick else "transfer"))
     figures = Path(args.figures or (out if args.quick else ROOT / "figures"))
-    doc = run_transfer(config, out)
-    atomic_write_json(figures / "transfer.json", doc)
+    if args.replot:
+        doc = json.loads((figures / "transfer.json").read_text())
+    else:
+        doc = run_transfer(config, out)
+        atomic_write_json(figures / "transfer.json", doc)
     save_figure(figure(doc), figures / "transfer", plotlyjs="cdn")
     for name, row in doc["conditions"].items():
         rec = "" if row["recovery"] is None else (
