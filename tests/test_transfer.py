@@ -159,3 +159,10 @@ def test_every_condition_runs_and_a_rerun_keeps_them(tiny_qwen2, tmp_path):
     again = run_transfer(config, out, echo=lambda line: None)
     assert {p: p.stat().st_mtime_ns for p in out.rglob("answers.json")} == before
     assert again["conditions"] == doc["conditions"]
+    # how long the answers are, per condition: the mean over every seed's answers (planted lengths, kept answers)
+    for seed, n in ((0, 3), (1, 5)):
+        path = out / "runs" / "cot_free_sft" / "layer-1" / f"seed-{seed}" / "answers.json"
+        rows = json.loads(path.read_text())
+        path.write_text(json.dumps([{**row, "n_tokens": n + i % 2} for i, row in enumerate(rows)]))
+    planted = run_transfer(config, out, echo=lambda line: None)["conditions"]["cot_free_sft"]
+    assert planted["mean_completion_tokens"] == pytest.approx((3.5 + 5.5) / 2)

@@ -114,9 +114,10 @@ class TransferConfig:
                     raise ResaError(f"layer {layer} is outside the model: it has layers 0..{n_layers - 1}")
 
 
-QUICK = {"heldout": 60, "seeds": (0,), "more_layers": (8, 22), "steps": 100, "feature_layers": "8,15,22"}
-"""--quick: a smoke run of every piece (one seed, two more layers, 60 problems, features at the tuned layers
-only); the source is trained as in the full run, since without its ability nothing can be measured."""
+QUICK = {"heldout": 40, "seeds": (0,), "more_layers": (8, 22), "source_steps": 120, "steps": 30,
+         "feature_layers": "8,15,22"}
+"""--quick: a smoke run of every piece (one seed, two more layers, 40 problems, features at the tuned layers only,
+a fifth of the source's steps, 30 tuning steps), to check that everything runs, not to measure."""
 
 
 @dataclass(frozen=True)
@@ -170,7 +171,8 @@ def _stage1(model: str | None, dataset: Path, layers: str, out: Path, config: Tr
 
 
 def _answers(model: Path, examples: list[QAExample], out: Path, config: TransferConfig) -> np.ndarray:
-    """0/1 per held-out problem for `model` (kept in OUT/.../answers.json)."""
+    """[correct (0/1), completion tokens] per held-out problem for `model`: shape [2, problems] (kept in
+    OUT/.../answers.json)."""
     path = out / ANSWERS
     if not path.exists():
         answers = elicited_answers(model, examples, template="r1", max_new_tokens=config.max_new_tokens,
@@ -179,7 +181,7 @@ def _answers(model: Path, examples: list[QAExample], out: Path, config: Transfer
     rows = json.loads(path.read_text())
     if [r["problem"] for r in rows] != [e.problem for e in examples]:
         raise ResaError(f"{path} answers other held-out problems; remove it (or use another --out)")
-    return np.array([r["correct"] for r in rows], dtype=float)
+    return np.array([[r["correct"] for r in rows], [r["n_tokens"] for r in rows]], dtype=float)
 
 
 @dataclass
@@ -246,9 +248,9 @@ def run_transfer(config: TransferConfig, out: str | Path, echo: Callable[[str], 
     control = out / "control_sae"
     if not control.exists():
         write_permuted_control(sae_dir(source_saes, HOOK, config.layer), control, seed=0)
-    correct: dict[str, list[np.ndarray]] = {}
-    correct[BASE] = [step("answers: base", _answers, base_path, data.heldout, out / "base", config)]
-    correct[SOURCE] = [step("answers: source", _answers, source, data.heldout, out / "source", config)]
+    answered: dict[str, list[np.ndarray]] = {}
+    answered[BASE] = [step("answers: base", _answers, base_path, data.heldout, out / "base", config)]
+    answered[SOURCE] = [step("answers: source", _answers, source, data.heldout, out / "source", config)]
     tuning = {"dataset": str(data.elicitation), "template": "r1", "steps": config.steps, "lr": config.lr}
     for c in conditions(config, source_saes, base_saes, control):
         folder = c.folder(out)
@@ -256,17 +258,20 @@ def run_transfer(config: TransferConfig, out: str | Path, echo: Callable[[str], 
         sae = {"no_sae": True} if c.sae is None else {"sae": str(c.sae)}
         model = step(f"tune: {label}", _tuned, folder, **common, **tuning, **sae, seed=c.seed)
         key = c.name if c.layer == config.layer else f"{c.name}@{c.layer}"
-        correct.setdefault(key, []).append(step(f"answers: {label}", _answers, model, data.heldout, folder, config))
+        answered.setdefault(key, []).append(step(f"answers: {label}", _answers, model, data.heldout, folder, config))
         if c.name == SAE_TUNING and c.layer == config.layer:
-            correct.setdefault(f"{SAE_TUNING}@{c.layer}", []).append(correct[key][-1])
-    summary = summarize({k: np.stack(v) for k, v in correct.items()}, BASE, SOURCE, config.bootstrap)
+            answered.setdefault(f"{SAE_TUNING}@{c.layer}", []).append(answered[key][-1])
+    runs = {k: np.stack(v) for k, v in answered.items()}  # [seeds, (correct, tokens), problems]
+    summary = summarize({k: v[:, 0] for k, v in runs.items()}, BASE, SOURCE, config.bootstrap)
+    rows = {k: {**summary[k].to_dict(), "mean_completion_tokens": round(float(v[:, 1].mean()), 2)}
+            for k, v in runs.items()}
     counts = _counts(features_out / "counts.csv")
-    per_layer = {layer: {**summary[f"{SAE_TUNING}@{layer}"].to_dict(), "reasoning_features": counts.get(layer)}
+    per_layer = {layer: {**rows[f"{SAE_TUNING}@{layer}"], "reasoning_features": counts.get(layer)}
                  for layer in config.layers}
     alignment = step("layer alignment", _alignment, counts, per_layer, out / "alignment")
     transparency = step("transparency", _transparency, config, out, data, source, base_path)
     doc = {
-        "conditions": {k: v.to_dict() for k, v in summary.items() if "@" not in k},
+        "conditions": {k: v for k, v in rows.items() if "@" not in k},
         "per_layer": {str(layer): row for layer, row in sorted(per_layer.items())},
         "alignment": alignment,
         "transparency": transparency,
