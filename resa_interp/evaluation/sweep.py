@@ -38,7 +38,7 @@ from resa_interp.evaluation.evaluator import SCORES, EvalResult, evaluate, read_
 from resa_interp.evaluation.tasks import PAPER_ORDER, SYNTHETIC, load_tasks
 from resa_interp.features import missing_saes, train_first
 from resa_interp.model import check_splice_hook, model_shape
-from resa_interp.numbering import default_layers, parse_layers
+from resa_interp.numbering import default_layers, layer_ranges, parse_layers
 from resa_interp.presets import with_preset
 from resa_interp.runs import atomic_write_text, read_manifest, record_stage, run_relative
 from resa_interp.sae import PRESETS as SAE_PRESETS
@@ -186,8 +186,8 @@ def sweep(
         raise ResaError(f"--tasks: a task named {reserved[0]!r} would clash with scores.csv's own column; rename it")
     counted = read_manifest(out)["stages"].get("features", {}).get("layers")
     if counted and counted != layers:
-        echo(f"note: the features in {out} count layers {_span(counted)}, this sweep tunes {_span(layers)}; "
-             "select-layers needs the same layers in both")
+        echo(f"note: the features in {out} count layers {layer_ranges(counted)}, this sweep tunes "
+             f"{layer_ranges(layers)}; select-layers needs the same layers in both")
     run = _sae_run(config, out, layers, echo, shard)
     mine = shard.take(layers)
     prefix = f"{shard.label}: " if shard.sharded else ""
@@ -214,7 +214,7 @@ def _sae_run(config: SweepConfig, out: Path, layers: list[int], echo: Callable[[
                 f"train-saes --out {out} first (torchrun spreads it over GPUs), or give --saes RUN"
             )
         stage1 = replace(config.saes, model=config.tune.model, hook=hook, layers=",".join(map(str, layers)))
-        train_first(stage1, out, echo, f"Stage I, layers {_span(layers)}")
+        train_first(stage1, out, echo, f"Stage I, layers {layer_ranges(layers)}")
         _release_memory()
     run = Path(config.saes_run) if config.saes_run is not None else out
     require_sae_dirs(run, hook, layers)
@@ -237,13 +237,6 @@ def _merge(
         if not (shard.launched and shard.index > 0):
             _record(out, config, run, layers, merged, out / SCORES_CSV, wall, shard)
     return merged
-
-
-def _span(layers: list[int]) -> str:
-    """'1-26' for a run of consecutive layers, else '3,12,24'."""
-    if len(layers) > 2 and layers == list(range(layers[0], layers[-1] + 1)):
-        return f"{layers[0]}-{layers[-1]}"
-    return ",".join(map(str, layers))
 
 
 def _sweep_layer(config: SweepConfig, run: Path, layer: int, out: Path, task_names: list[str]) -> LayerResult:
