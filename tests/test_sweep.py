@@ -19,7 +19,7 @@ import pytest
 from safetensors.torch import load_file
 
 from resa_interp.errors import ResaError
-from resa_interp.evaluation.sweep import sweep, sweep_config
+from resa_interp.evaluation import sweep, sweep_config
 from resa_interp.evaluation.tasks import PAPER_ORDER
 from resa_interp.numbering import layer_of_paper_label, paper_label, parse_layers
 from resa_interp.sae import train_saes

@@ -8,12 +8,20 @@ sweep); gives `scores.json` and `samples.jsonl` (the sweep: `scores.csv`, which 
 `EvalResult` (`SweepResult`).
 """
 
-from resa_interp.evaluation.config import DEFAULT_TASKS, EVAL_PRESETS, EvalConfig, parse_task_list
+from resa_interp.evaluation.config import (
+    DEFAULT_TASKS,
+    EVAL_PRESETS,
+    SWEEP_PRESETS,
+    EvalConfig,
+    SweepConfig,
+    parse_task_list,
+    sweep_config,
+)
 from resa_interp.evaluation.evaluator import EvalResult, evaluate, format_table, read_scores
 from resa_interp.evaluation.grading import grade, require_grader
 from resa_interp.evaluation.plan import eval_settings, plan_evaluation, plan_sweep, sweep_settings
 from resa_interp.evaluation.recovery import BOOTSTRAP, ConditionSummary, recovery, summarize
-from resa_interp.evaluation.sweep import GOLD_LOGPROB, SweepConfig, SweepResult, sweep, sweep_config
+from resa_interp.evaluation.sweep import GOLD_LOGPROB, SweepResult, sweep
 from resa_interp.evaluation.tasks import PAPER_ORDER, EvalTask, load_tasks
 from resa_interp.evaluation.transfer import QUICK, TUNED, TransferConfig, run_transfer
 
@@ -28,6 +36,7 @@ __all__ = [
     "GOLD_LOGPROB",
     "PAPER_ORDER",
     "QUICK",
+    "SWEEP_PRESETS",
     "SweepConfig",
     "SweepResult",
     "TUNED",

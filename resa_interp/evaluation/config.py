@@ -1,15 +1,20 @@
-"""What `eval` runs and how: `EvalConfig` (a docstring under every field, which is also its `--help`), its
-presets and the `--tasks` parser. Everything that takes an evaluation config imports it from here."""
+"""What `eval` and `sweep` run and how: `EvalConfig` and `SweepConfig` (a docstring under every field, which is
+also its `--help`), their presets and the `--tasks` parser. Everything that takes an evaluation or sweep config
+imports it from here."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from resa_interp.errors import ResaError, check_choice
-from resa_interp.evaluation.tasks import PAPER_TASKS, SYNTHETIC
+from resa_interp.evaluation.tasks import PAPER_ORDER, PAPER_TASKS, SYNTHETIC
 from resa_interp.model import resolve_dtype
+from resa_interp.presets import with_preset
+from resa_interp.sae import PRESETS as SAE_PRESETS
+from resa_interp.sae import SAETrainConfig
+from resa_interp.tuning import TuneConfig, preset_config
 
 BACKENDS = ("auto", "vllm", "transformers")
 DEFAULT_TASKS = ("aime24", "aime25", "amc23", "math_500", "minerva", "gpqa:diamond")
@@ -100,3 +105,60 @@ def parse_task_list(text: str) -> list[str]:
     if not specs:
         raise ResaError("--tasks is empty; give one or more of: " + ", ".join([*PAPER_TASKS, SYNTHETIC, "file.jsonl"]))
     return specs
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """What a sweep runs at every layer. The tuning settings name the model and the kind of hookpoint."""
+
+    layers: str | None = None
+    """Layers to sweep: a range 'A-B' (inclusive), a list 'L,L,...' or 'all'. None: 1..L-2, the layers
+    `features` counts by default, so that the scores line up with its counts (paper preset: 1-26, Table 6's
+    rows, which the paper labels 2nd..27th; see `resa_interp.numbering`)."""
+    tasks: tuple[str, ...] = (SYNTHETIC,)
+    """Evaluation tasks: the paper's task names, 'synthetic' or local .jsonl files; one scores.csv column each."""
+    saes_run: str | None = None
+    """Stage I run with an SAE at every swept layer. None: the sweep's own output folder, where the SAEs are
+    trained first (with `saes`) when it holds none."""
+    tune: TuneConfig = field(default_factory=TuneConfig)
+    """SAE-Tuning settings of every layer (model, hook, data, steps, LoRA, ...); `layer`, `saes_run` and
+    `resume` are set per layer, `sae` is not used."""
+    evaluation: EvalConfig = field(default_factory=EvalConfig)
+    """How every tuned model is evaluated; `model` and `tasks` are set per layer (the layer's tuning output and
+    the sweep's `tasks`)."""
+    saes: SAETrainConfig = field(default_factory=SAETrainConfig)
+    """Stage I settings for SAEs the sweep trains itself; model, hook and layers are taken from the sweep."""
+
+
+SWEEP_PRESETS: dict[str, dict[str, Any]] = {
+    "cpu": {"tasks": (SYNTHETIC,)},
+    "paper": {"layers": "1-26", "tasks": PAPER_ORDER},  # hook indices of Table 6's 2nd..27th layers
+}
+"""Sweep-level values of each preset; the stages' own presets of the same name supply the rest: tuning's
+'cpu' and 'paper' (`tuning.config.PRESETS`), evaluation's (`evaluation.config.EVAL_PRESETS`), and Stage I's
+'paper' (`sae.config.PRESETS`)."""
+
+
+def sweep_config(
+    preset: str | None = "cpu",
+    *,
+    layers: str | None = None,
+    tasks: list[str] | tuple[str, ...] | None = None,
+    saes_run: str | None = None,
+    device: str | None = None,
+    tune: dict[str, Any] | None = None,
+    evaluation: dict[str, Any] | None = None,
+) -> SweepConfig:
+    """A config from a preset ('cpu', 'paper'; None: each stage's defaults), then every non-None value given;
+    `device` applies to Stage I, tuning and evaluation alike."""
+    if preset is not None:
+        check_choice("--preset", preset, SWEEP_PRESETS)
+    return with_preset(
+        SweepConfig, SWEEP_PRESETS, preset,
+        layers=layers,
+        tasks=tuple(tasks) if tasks is not None else None,
+        saes_run=saes_run,
+        tune=preset_config(preset, device=device, **(tune or {})),
+        evaluation=with_preset(EvalConfig, EVAL_PRESETS, preset, device=device, **(evaluation or {})),
+        saes=with_preset(SAETrainConfig, SAE_PRESETS, preset if preset in SAE_PRESETS else None, device=device),
+    )

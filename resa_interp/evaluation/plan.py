@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from resa_interp.evaluation.config import EVAL_PRESETS, EvalConfig
+from resa_interp.evaluation.config import EVAL_PRESETS, EvalConfig, SweepConfig, sweep_config
 from resa_interp.evaluation.evaluator import SAMPLES, SCORES, resolve_backend
-from resa_interp.evaluation.sweep import EVAL_DIR, SCORES_CSV, SweepConfig, sweep_config
+from resa_interp.evaluation.sweep import EVAL_DIR, SCORES_CSV
 from resa_interp.model import EMBEDDED_ALIASES, model_shape
 from resa_interp.numbering import default_layers, describe_layers, parse_layers
 from resa_interp.presets import SettingsReport, settings_report, with_preset

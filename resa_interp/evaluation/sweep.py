@@ -32,20 +32,18 @@ from typing import Any
 import torch
 from filelock import FileLock
 
-from resa_interp.errors import ResaError, check_choice
-from resa_interp.evaluation.config import EVAL_PRESETS, EvalConfig, generation_settings
+from resa_interp.errors import ResaError
+from resa_interp.evaluation.config import EvalConfig, SweepConfig, generation_settings
 from resa_interp.evaluation.evaluator import SCORES, EvalResult, evaluate, read_scores, table_columns
-from resa_interp.evaluation.tasks import PAPER_ORDER, SYNTHETIC, load_tasks
+from resa_interp.evaluation.tasks import load_tasks
 from resa_interp.features import missing_saes, train_first
 from resa_interp.model import check_splice_hook, model_shape
 from resa_interp.numbering import default_layers, layer_ranges, parse_layers
-from resa_interp.presets import with_preset
 from resa_interp.runs import atomic_write_text, read_manifest, record_stage, run_relative
-from resa_interp.sae import PRESETS as SAE_PRESETS
-from resa_interp.sae import SAETrainConfig, require_sae_dirs
+from resa_interp.sae import require_sae_dirs
 from resa_interp.shards import ONLY, Shard, on_its_own, wait_for_all_ranks
 from resa_interp.tuning import STAGE as TUNE_STAGE
-from resa_interp.tuning import TuneConfig, changed_settings, preset_config, tune
+from resa_interp.tuning import TuneConfig, changed_settings, tune
 
 STAGE = "sweep"
 SCORES_CSV = "scores.csv"
@@ -56,63 +54,6 @@ GOLD_LOGPROB, GOLD_LOGPROB_SUM = "gold_logprob", "gold_logprob_sum"
 """scores.csv's continuous columns (see `resa_interp.evaluation.likelihood`); select-layers reads them with
 --score-column where every layer's Pass@1 is 0."""
 _RESERVED_COLUMNS = ("layer", "avg", GOLD_LOGPROB, GOLD_LOGPROB_SUM)
-
-
-@dataclass(frozen=True)
-class SweepConfig:
-    """What a sweep runs at every layer. The tuning settings name the model and the kind of hookpoint."""
-
-    layers: str | None = None
-    """Layers to sweep: a range 'A-B' (inclusive), a list 'L,L,...' or 'all'. None: 1..L-2, the layers
-    `features` counts by default, so that the scores line up with its counts (paper preset: 1-26, Table 6's
-    rows, which the paper labels 2nd..27th; see `resa_interp.numbering`)."""
-    tasks: tuple[str, ...] = (SYNTHETIC,)
-    """Evaluation tasks: the paper's task names, 'synthetic' or local .jsonl files; one scores.csv column each."""
-    saes_run: str | None = None
-    """Stage I run with an SAE at every swept layer. None: the sweep's own output folder, where the SAEs are
-    trained first (with `saes`) when it holds none."""
-    tune: TuneConfig = field(default_factory=TuneConfig)
-    """SAE-Tuning settings of every layer (model, hook, data, steps, LoRA, ...); `layer`, `saes_run` and
-    `resume` are set per layer, `sae` is not used."""
-    evaluation: EvalConfig = field(default_factory=EvalConfig)
-    """How every tuned model is evaluated; `model` and `tasks` are set per layer (the layer's tuning output and
-    the sweep's `tasks`)."""
-    saes: SAETrainConfig = field(default_factory=SAETrainConfig)
-    """Stage I settings for SAEs the sweep trains itself; model, hook and layers are taken from the sweep."""
-
-
-PRESETS: dict[str, dict[str, Any]] = {
-    "cpu": {"tasks": (SYNTHETIC,)},
-    "paper": {"layers": "1-26", "tasks": PAPER_ORDER},  # hook indices of Table 6's 2nd..27th layers
-}
-"""Sweep-level values of each preset; the stages' own presets of the same name supply the rest: tuning's
-'cpu' and 'paper' (`tuning.config.PRESETS`), evaluation's (`evaluation.config.EVAL_PRESETS`), and Stage I's
-'paper' (`sae.config.PRESETS`)."""
-
-
-def sweep_config(
-    preset: str | None = "cpu",
-    *,
-    layers: str | None = None,
-    tasks: list[str] | tuple[str, ...] | None = None,
-    saes_run: str | None = None,
-    device: str | None = None,
-    tune: dict[str, Any] | None = None,
-    evaluation: dict[str, Any] | None = None,
-) -> SweepConfig:
-    """A config from a preset ('cpu', 'paper'; None: each stage's defaults), then every non-None value given;
-    `device` applies to Stage I, tuning and evaluation alike."""
-    if preset is not None:
-        check_choice("--preset", preset, PRESETS)
-    return with_preset(
-        SweepConfig, PRESETS, preset,
-        layers=layers,
-        tasks=tuple(tasks) if tasks is not None else None,
-        saes_run=saes_run,
-        tune=preset_config(preset, device=device, **(tune or {})),
-        evaluation=with_preset(EvalConfig, EVAL_PRESETS, preset, device=device, **(evaluation or {})),
-        saes=with_preset(SAETrainConfig, SAE_PRESETS, preset if preset in SAE_PRESETS else None, device=device),
-    )
 
 
 @dataclass(frozen=True)
