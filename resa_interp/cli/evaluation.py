@@ -8,31 +8,19 @@ from typing import Any
 import typer
 
 from resa_interp.cli.fields import field_option, given
-from resa_interp.cli.options import (
-    Dataset,
-    Device,
-    DryRun,
-    Epochs,
-    Hook,
-    LoraAlpha,
-    LoraDropout,
-    LoraLr,
-    LoraR,
-    LoraTargets,
-    Model,
-    Out,
-    Preset,
-    SaveEvery,
-    Shard,
-    Steps,
-    SweepTrainLimit,
-    TuneSeed,
-)
+from resa_interp.cli.options import Device, DryRun, Out, Preset, Shard
+from resa_interp.cli.tuning import TuneLoraTargets, TuneModel, tune_option
 
-COMMAND_CONFIGS = {"eval": [("evaluation.config", "EvalConfig")], "sweep": [("evaluation.sweep", "SweepConfig")]}
-"""The configs each command of this module builds: its options named like their fields come from them. The sweep's
-evaluation options are `EvalConfig`'s fields too, but its --model, --seed and --device are tuning's (or every
-stage's), so `EvalConfig` is not listed for it."""
+SWEEP_TUNING = ("model", "hook", "dataset", "epochs", "steps", "lr", "lora_r", "lora_alpha", "lora_dropout",
+                "lora_targets", "save_every", "seed")
+"""The sweep's options that are `TuneConfig`'s fields under their own names (its --train-limit is `limit`)."""
+COMMAND_CONFIGS = {
+    "eval": [("evaluation.config", "EvalConfig")],
+    "sweep": [("evaluation.config", "SweepConfig"), ("tuning.config", "TuneConfig", SWEEP_TUNING)],
+}
+"""The configs each command of this module builds: its options named like their fields come from them (only the
+fields listed, where a third item lists them). The sweep's evaluation options are `EvalConfig`'s fields too, but
+its --seed is tuning's and --device every stage's, so `EvalConfig` is not listed for it."""
 
 
 def _eval(name: str, *flags: str, default: str | None = None) -> Any:
@@ -40,7 +28,7 @@ def _eval(name: str, *flags: str, default: str | None = None) -> Any:
 
 
 def _sweep(name: str, *flags: str, default: str | None = None) -> Any:
-    return field_option("evaluation.sweep", "SweepConfig", name, *flags, default=default)
+    return field_option("evaluation.config", "SweepConfig", name, *flags, default=default)
 
 
 def evaluate(
@@ -90,20 +78,20 @@ def evaluate(
 def sweep(
     out: Out,
     layers: _sweep("layers", default="1..L-2; --preset paper: 1-26") = None,
-    model: Model = None,
+    model: TuneModel = None,
     saes_run: _sweep("saes_run", "--saes") = None,
-    hook: Hook = None,
-    dataset: Dataset = None,
-    train_limit: SweepTrainLimit = None,
-    epochs: Epochs = None,
-    steps: Steps = None,
-    lr: LoraLr = None,
-    lora_r: LoraR = None,
-    lora_alpha: LoraAlpha = None,
-    lora_dropout: LoraDropout = None,
-    lora_targets: LoraTargets = None,
-    save_every: SaveEvery = None,
-    seed: TuneSeed = None,
+    hook: tune_option("hook") = None,
+    dataset: tune_option("dataset", "--dataset", "-d") = None,
+    train_limit: tune_option("limit", "--train-limit") = None,
+    epochs: tune_option("epochs") = None,
+    steps: tune_option("steps") = None,
+    lr: tune_option("lr") = None,
+    lora_r: tune_option("lora_r") = None,
+    lora_alpha: tune_option("lora_alpha") = None,
+    lora_dropout: tune_option("lora_dropout") = None,
+    lora_targets: TuneLoraTargets = None,
+    save_every: tune_option("save_every") = None,
+    seed: tune_option("seed") = None,
     tasks: _sweep("tasks", default="synthetic; --preset paper: the paper's six") = None,
     backend: _eval("backend", default="transformers; --preset paper: vllm") = None,
     samples: _eval("samples") = None,

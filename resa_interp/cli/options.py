@@ -1,33 +1,18 @@
 """Every option that more than one command takes, declared once as a typed `Annotated` alias.
 
-A command writes `model: Model = None`; its default stays in its own signature (presets decide where it is None).
-Where one option goes by another flag in one command (sweep's `--train-limit`), `renamed` gives
-the same declaration another flag. Options only one command takes are declared in that command.
+A command writes `out: Out`; its default stays in its own signature (presets decide where it is None). Options
+that are a config's fields come from the field (`cli/fields.py`, e.g. `tune_option` for tune's and sweep's tuning
+options); options only one command takes are declared in that command.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, get_args
+from typing import Annotated
 
 import typer
 
-
-def renamed(alias: Any, *flags: str) -> Any:
-    """The option `alias` (an `Annotated[T, typer.Option(help=...)]`) under other flags, help and type unchanged."""
-    kind, info = get_args(alias)
-    return Annotated[kind, typer.Option(*flags, help=info.help)]
-
-
 # ------------------------------------------------------------------ models and runs
 
-Model = Annotated[
-    str | None,
-    typer.Option(
-        "--model",
-        "-m",
-        help="Model spec: HF directory, .gguf file, hub id (org/name), or 'smollm2-135m' (the embedded default).",
-    ),
-]
 Device = Annotated[
     str | None,
     typer.Option("--device", help="cpu, cuda, cuda:N or auto (CUDA when present; under accelerate launch each "
@@ -58,18 +43,6 @@ Layers = Annotated[
     str | None,
     typer.Option("--layers", help="Layers (hook indices, blocks.N): all, A-B or L,L,... [default: train-saes all; "
                  "features and sweep 1..L-2, the paper's cut]."),
-]
-Hook = Annotated[
-    str | None,
-    typer.Option("--hook", help="resid_post (output of decoder layer l, the authors' code; the default), mlp_out "
-                 "(the paper's text), resid_pre, resid_mid, attn_out, or any TransformerLens hook name pattern with "
-                 "the layer as {l} (blocks.{l}.attn.hook_z, blocks.{l}.mlp.hook_post, ...); SAE-Tuning splices at "
-                 "resid_post, resid_pre, mlp_out, attn_out and blocks.{l}.attn.hook_z."),
-]
-Dataset = Annotated[
-    str | None,
-    typer.Option("--dataset", "-d", help="Question/answer data: synthetic (built-in), still, deepscaler, a hub id, or "
-                 "a .json/.jsonl/.csv/.parquet file."),
 ]
 Template = Annotated[
     str | None,
@@ -121,34 +94,3 @@ Preset = Annotated[
     typer.Option("--preset", help="cpu (the embedded model, minutes) or paper (R1-Distill-Qwen-1.5B, STILL, "
                  "Appendix A; a GPU); options given override it."),
 ]
-
-# ------------------------------------------------------------------ SAE-Tuning (tune, sweep)
-
-TrainLimit = Annotated[
-    int | None, typer.Option("--limit", help="Tune on the first N question/answer pairs (cpu preset: 64; paper: all).")
-]
-Epochs = Annotated[int | None, typer.Option("--epochs", help="Passes over the data (paper: 2); ignored with --steps.")]
-Steps = Annotated[
-    int | None, typer.Option("--steps", help="Optimizer steps per tuning (cpu preset: 60); overrides --epochs.")
-]
-LoraLr = Annotated[
-    float | None,
-    typer.Option("--lr", help="Peak AdamW lr. Paper: 1e-6 (--preset paper). The cpu preset uses 1e-4: at 1e-6 the KL "
-                 "barely moves in a 60-step CPU run."),
-]
-LoraR = Annotated[int | None, typer.Option("--lora-r", help="LoRA rank (paper: 32).")]
-LoraAlpha = Annotated[int | None, typer.Option("--lora-alpha", help="LoRA alpha (paper: 128).")]
-LoraDropout = Annotated[float | None, typer.Option("--lora-dropout", help="LoRA dropout (paper: 0.05).")]
-LoraTargets = Annotated[
-    str | None,
-    typer.Option("--lora-targets", help="attn (paper: q,k,v,o), attn+mlp (authors' code) or comma-separated module "
-                 "names."),
-]
-SaveEvery = Annotated[
-    int | None, typer.Option("--save-every", help="Tuning checkpoint every N steps, for resuming (default 500; cpu "
-                             "preset 30).")
-]
-TuneSeed = Annotated[
-    int | None, typer.Option("--seed", help="Tuning seed: LoRA init, dropout, data order (default 42).")
-]
-SweepTrainLimit = renamed(TrainLimit, "--train-limit")

@@ -13,9 +13,10 @@ COMMAND_CONFIGS = {"tune": [("tuning.config", "TuneConfig")]}
 """The configs each command of this module builds: its options named like their fields come from them."""
 
 
-def _tune(name: str, *flags: str, default: str | None = None) -> Any:
-    """The option of `TuneConfig.<name>`; where a preset sets the field, the shown default is the cpu preset's
-    (tune's default preset) and the paper preset's beside it."""
+def tune_option(name: str, *flags: str, default: str | None = None) -> Any:
+    """The option of `TuneConfig.<name>` (for `tune`, and `sweep`'s tuning options); where a preset sets the
+    field, the shown default is the cpu preset's (tune's and sweep's default preset) and the paper preset's beside
+    it."""
     field = config_fields("tuning.config", "TuneConfig")[name]
     presets = module_constant("tuning.config", "PRESETS")
     cpu, paper = presets["cpu"], presets["paper"]
@@ -26,39 +27,43 @@ def _tune(name: str, *flags: str, default: str | None = None) -> Any:
     return field_option("tuning.config", "TuneConfig", name, *flags, default=default)
 
 
+TuneModel = tune_option("model", "--model", "-m", default="the embedded model with --preset cpu, "
+                        "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B with paper")
+TuneLoraTargets = tune_option("lora_targets", default="attn")
+
+
 def tune(
     out: Out,
-    model: _tune("model", "--model", "-m", default="the embedded model with --preset cpu, "
-                 "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B with paper") = None,
-    saes_run: _tune("saes_run", "--saes") = None,
-    layer: _tune("layer", "--layer", "-l") = None,
-    hook: _tune("hook") = None,
-    sae: _tune("sae") = None,
-    dataset: _tune("dataset", "--dataset", "-d") = None,
-    limit: _tune("limit") = None,
-    template: _tune("template") = None,
-    pack: _tune("pack", "--pack/--no-pack") = None,
-    max_length: _tune("max_length", "--max-seq-len") = None,
-    epochs: _tune("epochs") = None,
-    steps: _tune("steps") = None,
-    lr: _tune("lr") = None,
-    min_lr_rate: _tune("min_lr_rate") = None,
-    warmup_ratio: _tune("warmup_ratio") = None,
-    lora_r: _tune("lora_r") = None,
-    lora_alpha: _tune("lora_alpha") = None,
-    lora_dropout: _tune("lora_dropout") = None,
-    lora_targets: _tune("lora_targets", default="attn") = None,
-    grad_accum: _tune("grad_accum") = None,
-    max_grad_norm: _tune("max_grad_norm") = None,
-    kl_reduction: _tune("kl_reduction") = None,
-    detach_sae: _tune("detach_sae", "--detach-sae") = None,
-    no_sae: _tune("no_sae", "--no-sae") = None,
-    save_every: _tune("save_every") = None,
-    resume: _tune("resume", "--resume") = None,
+    model: TuneModel = None,
+    saes_run: tune_option("saes_run", "--saes") = None,
+    layer: tune_option("layer", "--layer", "-l") = None,
+    hook: tune_option("hook") = None,
+    sae: tune_option("sae") = None,
+    dataset: tune_option("dataset", "--dataset", "-d") = None,
+    limit: tune_option("limit") = None,
+    template: tune_option("template") = None,
+    pack: tune_option("pack", "--pack/--no-pack") = None,
+    max_length: tune_option("max_length", "--max-seq-len") = None,
+    epochs: tune_option("epochs") = None,
+    steps: tune_option("steps") = None,
+    lr: tune_option("lr") = None,
+    min_lr_rate: tune_option("min_lr_rate") = None,
+    warmup_ratio: tune_option("warmup_ratio") = None,
+    lora_r: tune_option("lora_r") = None,
+    lora_alpha: tune_option("lora_alpha") = None,
+    lora_dropout: tune_option("lora_dropout") = None,
+    lora_targets: TuneLoraTargets = None,
+    grad_accum: tune_option("grad_accum") = None,
+    max_grad_norm: tune_option("max_grad_norm") = None,
+    kl_reduction: tune_option("kl_reduction") = None,
+    detach_sae: tune_option("detach_sae", "--detach-sae") = None,
+    no_sae: tune_option("no_sae", "--no-sae") = None,
+    save_every: tune_option("save_every") = None,
+    resume: tune_option("resume", "--resume") = None,
     preset: Preset = "cpu",
-    seed: _tune("seed") = None,
-    device: _tune("device") = None,
-    dtype: _tune("dtype") = None,
+    seed: tune_option("seed") = None,
+    device: tune_option("device") = None,
+    dtype: tune_option("dtype") = None,
     dry_run: DryRun = False,
 ) -> None:
     """Stage II, SAE-Tuning: splice a frozen SAE into the target, train LoRA on KL(teacher || student), merge.
