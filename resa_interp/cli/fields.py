@@ -61,12 +61,17 @@ def module_constant(module: str, name: str) -> Any:
 
 @functools.cache
 def config_fields(module: str, config: str) -> dict[str, Field]:
-    """The fields of dataclass `config` in `resa_interp.<module>`, read from its source (nothing is imported)."""
+    """The fields of dataclass `config` in `resa_interp.<module>`, read from its source (nothing is imported);
+    a base class defined in the same module gives its fields first, as `dataclasses` orders them."""
     tree, constants = _source(module)
-    body = next((n.body for n in tree.body if isinstance(n, ast.ClassDef) and n.name == config), None)
-    if body is None:
+    cls = next((n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == config), None)
+    if cls is None:
         raise LookupError(f"resa_interp.{module} has no class {config}")
     fields: dict[str, Field] = {}
+    for base in cls.bases:
+        if isinstance(base, ast.Name) and any(isinstance(n, ast.ClassDef) and n.name == base.id for n in tree.body):
+            fields.update(config_fields(module, base.id))
+    body = cls.body
     for node, after in zip(body, [*body[1:], None]):
         if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
             continue

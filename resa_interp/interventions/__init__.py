@@ -6,7 +6,7 @@ Reads a run's SAEs (and its features.json for the default latents, the reasoning
 samples and figures into an output folder, and gives small result dataclasses for notebooks.
 """
 
-from resa_interp.interventions.config import SteerConfig, TraceConfig, parse_latents
+from resa_interp.interventions.config import EditedLatents, SteerConfig, TraceConfig, parse_latents
 from resa_interp.interventions.hook import MODES, Intervention, LatentEdit, edit_latents, residual_delta
 from resa_interp.interventions.measure import (
     AblationEffect,
@@ -22,15 +22,16 @@ from resa_interp.interventions.steer import load_chosen, matched_controls, run_s
 from resa_interp.interventions.trace import Trace, TraceRun, run_trace, trace_text
 
 __all__ = [
-    "MODES",
     "AblationEffect",
     "ConditionEffect",
     "Difference",
+    "EditedLatents",
     "Estimate",
     "Generation",
     "GenerationSample",
     "Intervention",
     "LatentEdit",
+    "MODES",
     "SteerConfig",
     "SteerResult",
     "TextEffect",

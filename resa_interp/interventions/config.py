@@ -1,5 +1,5 @@
 """What `steer` and `trace` run: `SteerConfig` and `TraceConfig` (a docstring under every field, which is also its
-`--help`) and the `--latents` parser."""
+`--help`), the fields they share (`EditedLatents`) and the `--latents` parser."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ TEXT_SOURCES = ("r1-prompt", "trigger")
 
 
 @dataclass
-class SteerConfig:
-    """What to edit, how, and on which texts."""
+class EditedLatents:
+    """The latents an intervention reads or edits: a run's SAEs, which latents, and the model they run in (the
+    fields `steer` and `trace` share)."""
 
     run: str
     """Run folder with saes/ (and features.json for 'reasoning')."""
@@ -23,6 +24,19 @@ class SteerConfig:
     """Only these layers (blocks.N): A-B or L,L,...; unset: every layer with chosen latents."""
     latents: str = REASONING
     """'reasoning' (the run's reasoning features, per layer) or LAYER:ID pairs like 3:17,3:20,6:5."""
+    model: str | None = None
+    """Model to run (a model spec: HF folder, .gguf file, hub id org/name, or smollm2-135m); unset: the one the
+    SAEs were trained on."""
+    hook: str | None = None
+    """Hookpoint kind (resid_post, mlp_out, ...); unset: features.json's, else resid_post."""
+    device: str = "cpu"
+    """Device of the model and the SAEs: cpu, cuda, cuda:N or auto."""
+
+
+@dataclass
+class SteerConfig(EditedLatents):
+    """What to edit, how, and on which texts."""
+
     mode: str = "ablate"
     """ablate (set to 0) | clamp (set to --value) | scale (times --value)."""
     value: float = 0.0
@@ -49,13 +63,6 @@ class SteerConfig:
     """Bootstrap resamples of the texts."""
     seed: int = 0
     """Seed of the control draws, the bootstrap and the synthetic texts."""
-    model: str | None = None
-    """Model to run (a model spec: HF folder, .gguf file, hub id org/name, or smollm2-135m); unset: the one the
-    SAEs were trained on."""
-    hook: str | None = None
-    """Hookpoint kind (resid_post, mlp_out, ...); unset: features.json's, else resid_post."""
-    device: str = "cpu"
-    """Device of the model and the SAEs: cpu, cuda, cuda:N or auto."""
 
     def check(self) -> None:
         """One-line errors for settings nothing can run with, before any model is loaded."""
@@ -70,29 +77,16 @@ class SteerConfig:
 
 
 @dataclass
-class TraceConfig:
+class TraceConfig(EditedLatents):
     """Which latents to trace, over which text."""
 
-    run: str
-    """Run folder with saes/ (and features.json for 'reasoning')."""
     text: str | None = None
     """Text to trace."""
     generate: int = 0
     """Instead of --text: trace a greedy continuation of this many tokens after a synthetic question in the r1
     template (ending in an open <think>)."""
-    latents: str = REASONING
-    """'reasoning' (the run's reasoning features, per layer) or LAYER:ID pairs like 3:17,3:20,6:5."""
-    layers: str | None = None
-    """Only these layers (blocks.N): A-B or L,L,...; unset: every layer with chosen latents."""
     seed: int = 0
     """Which synthetic question --generate continues."""
-    model: str | None = None
-    """Model to run (a model spec: HF folder, .gguf file, hub id org/name, or smollm2-135m); unset: the one the
-    SAEs were trained on."""
-    hook: str | None = None
-    """Hookpoint kind (resid_post, mlp_out, ...); unset: features.json's, else resid_post."""
-    device: str = "cpu"
-    """Device of the model and the SAEs: cpu, cuda, cuda:N or auto."""
 
     def check(self) -> None:
         """One-line errors for a trace with no text or with two."""
