@@ -6,8 +6,8 @@ base's own SAE and a permuted-decoder control are tuned into the base, and every
 problems greedily (`resa_interp.evaluation.transfer` says how). Writes `figures/transfer.json` and
 `figures/transfer.{html,png}` (accuracy and recovery per condition, recovery per layer, with 95% intervals).
 
-    python analysis/transfer.py               # the full run (about 70-90 minutes on 2 cores), kept in runs/transfer
-    python analysis/transfer.py --quick       # a smoke run of every piece (about 15-20 minutes), runs/transfer-quick
+    python analysis/transfer.py               # the full run (94 min measured on 2 cores), kept in runs/transfer
+    python analysis/transfer.py --quick       # a smoke run of every piece (15 min measured), runs/transfer-quick
     python analysis/transfer.py --replot      # the figure again from figures/transfer.json, nothing rerun
 
 Resumable: every finished piece is kept in --out, and a rerun skips it.
