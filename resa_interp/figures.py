@@ -19,13 +19,15 @@ def save_figure(
     fig: go.Figure, stem: str | Path, png: bool = True, scale: float = 2.0, plotlyjs: bool | str = True
 ) -> list[Path]:
     """Write `stem`.html (plotly.js inlined, opens without a server; `plotlyjs='cdn'` loads it from plotly's CDN
-    instead, for small committed files) and `stem`.png; returns what was written.
+    instead, for small committed files) and `stem`.png; returns what was written. The plot's div is named after
+    the stem (plotly's default is a random uuid), so the same figure gives the same bytes.
 
     PNG export needs Kaleido and a Chrome/Chromium (scripts/setup.sh installs one where it can); without one
     the PNG is skipped with a one-line warning rather than failing the stage.
     """
     stem = Path(stem)
-    written = [atomic_write_text(stem.with_suffix(".html"), fig.to_html(include_plotlyjs=plotlyjs, full_html=True))]
+    page = fig.to_html(include_plotlyjs=plotlyjs, full_html=True, div_id=stem.name)
+    written = [atomic_write_text(stem.with_suffix(".html"), page)]
     if png:
         try:
             written.append(atomic_write_bytes(stem.with_suffix(".png"), fig.to_image(format="png", scale=scale)))
