@@ -92,6 +92,9 @@ def main() -> None:
     out = Path(args.out or ROOT / "runs" / ("transfer-quick" if args.quick else "transfer"))
     figures = Path(args.figures or (out if args.quick else ROOT / "figures"))
     if args.replot:
+        if not (figures / "transfer.json").is_file():
+            parser.error(f"--replot: {figures / 'transfer.json'} does not exist; run the experiment first, or point "
+                         "--figures at a folder holding one")
         doc = json.loads((figures / "transfer.json").read_text())
     else:
         doc = run_transfer(config, out)
