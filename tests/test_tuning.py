@@ -27,6 +27,7 @@ from resa_interp.tuning import (
     reduce_kl,
     tune,
 )
+from resa_interp.tuning.teacher import model_key, sequence_key
 
 D = 64  # tiny models' width
 
@@ -277,6 +278,51 @@ def test_no_sae_is_plain_next_token_sft(tiny_qwen2, tmp_path):
     assert set(json.loads((tmp_path / "sft" / "train_log.jsonl").read_text().splitlines()[0])) == {
         "step", "epoch", "ce", "lr", "grad_norm", "tokens"}
 
+
+
+def _trained(config: TuneConfig, steps: int) -> SAETuner:
+    tuner = SAETuner(config)
+    for step in range(steps):
+        tuner.train_step(step)
+    return tuner
+
+
+def test_teacher_cache_trains_the_same_adapter_and_skips_the_teacher(tiny_qwen2, tiny_llama, saes, tmp_path):
+    """A run that fills the teacher cache and one that reads it train, bit for bit on this machine, the adapter
+    of a run without it (each of the 4 sequences is read 3 times in 6 steps of 2); the reading run never runs the
+    teacher's forward, and what it reads is what decides its KL (a planted cache changes it)."""
+    config = tiny_config(tiny_qwen2, saes["random"], limit=4, steps=6, grad_accum=2)
+    cached = TuneConfig(**{**config.to_dict(), "teacher_cache": str(tmp_path / "cache")})
+    plain, filling, reading = _trained(config, 6), _trained(cached, 6), _trained(cached, 6)
+    assert plain.teacher.folder is None and filling.teacher.hits == 12 - 4 and reading.teacher.hits == 12
+    files = sorted(filling.teacher.folder.glob("*.safetensors"))
+    assert len(files) == len({tuple(e.tolist()) for e in filling.examples}) == 4
+    for tuner in (filling, reading):
+        assert all(torch.equal(a, b) for a, b in zip(plain.trainable, tuner.trainable, strict=True))
+    ids = plain.examples[0][None]
+    hidden = load_file(str(filling.teacher.folder / f"{sequence_key(ids)}.safetensors"))["hidden"]
+    assert torch.equal(reading.teacher(ids), plain.teacher(ids))
+    assert torch.equal(plain.model.get_base_model().get_output_embeddings()(hidden), plain.teacher(ids))
+    for path in files:  # a planted cache: the reading run's teacher is whatever the files hold
+        from safetensors.torch import save_file
+
+        save_file({"hidden": torch.zeros_like(load_file(str(path))["hidden"])}, str(path))
+    assert SAETuner(cached).train_step(0).kl != SAETuner(config).train_step(0).kl
+    # another target, or another dtype, keys another folder
+    assert model_key(tiny_qwen2, torch.float32, "cpu") != model_key(tiny_llama, torch.float32, "cpu")
+    assert model_key(tiny_qwen2, torch.float32, "cpu") != model_key(tiny_qwen2, torch.bfloat16, "cpu")
+
+
+def test_teacher_cache_refuses_what_it_would_change(tiny_qwen2, saes, tmp_path):
+    """No cache for the SFT baseline (it has no teacher), and none for a model whose logits are more than its head
+    applied to its last hidden state."""
+    with pytest.raises(ResaError, match="no teacher"):
+        tiny_config(tiny_qwen2, None, no_sae=True, teacher_cache=str(tmp_path)).check()
+    tuner = SAETuner(tiny_config(tiny_qwen2, saes["random"], teacher_cache=str(tmp_path / "cache")))
+    head = tuner.teacher._head
+    tuner.teacher._head = lambda hidden: head(hidden) * 0.5  # as soft-capping or a logit scale would
+    with pytest.raises(ResaError, match="output head"):
+        tuner.teacher.check(tuner.examples[0][None])
 
 # ------------------------------------------------------------------------------------------ presets and CLI
 

@@ -58,6 +58,7 @@ def tune(
     kl_reduction: tune_option("kl_reduction") = None,
     detach_sae: tune_option("detach_sae", "--detach-sae") = None,
     no_sae: tune_option("no_sae", "--no-sae") = None,
+    teacher_cache: tune_option("teacher_cache") = None,
     save_every: tune_option("save_every") = None,
     resume: tune_option("resume", "--resume") = None,
     preset: Preset = "cpu",
@@ -88,7 +89,8 @@ def tune(
         min_lr_rate=min_lr_rate, warmup_ratio=warmup_ratio, lora_r=lora_r, lora_alpha=lora_alpha,
         lora_dropout=lora_dropout, lora_targets=parse_targets(lora_targets) if lora_targets else None,
         grad_accum=grad_accum, max_grad_norm=max_grad_norm, kl_reduction=kl_reduction, detach_sae=detach_sae,
-        no_sae=no_sae, save_every=save_every, resume=resume, seed=seed, device=device, dtype=dtype,
+        no_sae=no_sae, teacher_cache=teacher_cache, save_every=save_every, resume=resume, seed=seed, device=device,
+        dtype=dtype,
     ))
     if is_main_process():
         typer.echo(tuning_settings(config, preset).format())

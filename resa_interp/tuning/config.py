@@ -91,6 +91,11 @@ class TuneConfig:
     """The first positions keep their clean activation (SAEs are trained without the sink position)."""
     no_sae: bool = False
     """The CoT-free SFT baseline: same data and LoRA, next-token cross-entropy, no SAE and no teacher."""
+    teacher_cache: str | None = None
+    """A folder that keeps the teacher's final hidden states, one file per training sequence, under a key of the
+    target's weights, dtype and device: runs on the same target and data (other seeds, layers or SAEs) read them
+    and apply only the output head instead of the teacher's forward, with the same logits. Unset: the teacher
+    runs at every micro-step."""
     save_every: int | None = 500
     """Save a checkpoint every this many optimizer steps, for resuming (the authors' code: 500); unset: only at
     the end."""
@@ -119,6 +124,8 @@ class TuneConfig:
                 raise ResaError(f"{name} {getattr(self, name)} must be at least 1")
         if self.steps is None and self.epochs < 1 or self.steps is not None and self.steps < 1:
             raise ResaError("the run needs at least one step: --steps N >= 1 or --epochs E >= 1")
+        if self.no_sae and self.teacher_cache is not None:
+            raise ResaError("--teacher-cache with --no-sae: the CoT-free SFT baseline has no teacher to cache")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ResaError(f"device {self.device!r}: accepted auto, cpu, cuda (one GPU per process)")
 

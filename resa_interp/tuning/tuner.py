@@ -19,6 +19,7 @@ from resa_interp.sae import SAEReconstruction, check_sae_fits, load_sae
 from resa_interp.tuning.config import KL_REDUCTIONS, LORA_TARGETS, TuneConfig
 from resa_interp.tuning.data import Schedule, encode_examples
 from resa_interp.tuning.targets import model_lora_targets, resolve_sae
+from resa_interp.tuning.teacher import Teacher
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -86,7 +87,8 @@ class SAETuner:
         self.config = config
         self.choice = None if config.no_sae else resolve_sae(config)
         # the data first: a dataset without answers is refused before a large model is loaded
-        tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(config.model))
+        model_dir = resolve_model_path(config.model)
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.examples, self.data_fingerprint = encode_examples(config, tokenizer)
         self.accelerator = accelerator or Accelerator(
             cpu=config.device == "cpu",
@@ -111,6 +113,9 @@ class SAETuner:
             self.sae = sae.to(dtype=self.subject.dtype).eval().requires_grad_(False)
             self.recon = SAEReconstruction(self.sae)
         self.model = self._peft_model()
+        self.teacher = Teacher(self.model, model_dir, self.device, config.teacher_cache)
+        if not config.no_sae:
+            self.teacher.check(self.examples[0].unsqueeze(0).to(self.device))
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
             self.trainable, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
@@ -170,8 +175,7 @@ class SAETuner:
         if config.no_sae:
             loss = next_token_loss(self.wrapped(input_ids=ids, use_cache=False).logits, ids)
             return loss, loss.detach()
-        with torch.no_grad(), self.model.disable_adapter():
-            teacher = self.model(input_ids=ids, use_cache=False).logits
+        teacher = self.teacher(ids)
         with self._student():
             student = self.wrapped(input_ids=ids, use_cache=False).logits
         kl = kl_per_token(teacher, student)
