@@ -4,9 +4,11 @@ an independent reading of its arithmetic."""
 from __future__ import annotations
 
 import json
+import os
 import re
 
 import pytest
+import torch
 
 from resa_interp.data import (
     TEMPLATES,
@@ -115,3 +117,31 @@ def test_completions_end_at_their_first_stop_string(tiny_qwen2):
         else:
             assert generation.text == text
     assert any(stop in text for text in free)
+
+
+def test_a_cached_prompt_prefix_gives_every_prompt_its_own_greedy_scores(tiny_qwen2):
+    """Prompts that share a prefix, batched with that prefix's cache and the padding after it, get the tokens and
+    next-token scores of each prompt generated alone without any cache (within float32 rounding)."""
+    from pathlib import Path
+
+    from resa_interp.evaluation import EvalConfig
+    from resa_interp.evaluation.backends import PromptPrefix, load_local_model
+
+    local = load_local_model(Path(tiny_qwen2), EvalConfig(device="cpu", dtype="float32"))
+    model, tokenizer = local.model, local.tokenizer
+    head = "You are a careful assistant. Think first, then answer.\nQuestion: "
+    ids = [tokenizer(head + q)["input_ids"] for q in ("What is 2 + 3?", "Find x if 2x + 1 = 5, then add 7.", "a b")]
+    prefix = PromptPrefix.of(model, ids, local.device)
+    assert prefix.length == len(os.path.commonprefix(ids)) >= 8
+    settings = {"max_new_tokens": 4, "do_sample": False, "output_scores": True, "return_dict_in_generate": True,
+                "pad_token_id": 0}
+    with torch.no_grad():
+        batched = model.generate(**prefix.batch(ids, 0, local.device), **settings)
+        for row, x in enumerate(ids):
+            alone = model.generate(input_ids=torch.tensor([x]), attention_mask=torch.ones(1, len(x), dtype=torch.long),
+                                   **settings)
+            width = batched.sequences.shape[1] - 4
+            assert batched.sequences[row, width:].tolist() == alone.sequences[0, len(x):].tolist()
+            for step in range(4):
+                torch.testing.assert_close(batched.scores[step][row], alone.scores[step][0], atol=1e-4, rtol=1e-4)
+    assert PromptPrefix.of(model, [ids[0][:1], ids[1]], local.device).length == 0  # one shared token: no cache

@@ -10,12 +10,13 @@ top-k and no repetition penalty, until an end-of-sequence token or `max_new_toke
 from __future__ import annotations
 
 import contextlib
+import copy
 import itertools
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from tqdm.auto import tqdm
@@ -147,7 +148,7 @@ def load_local_model(model_path: Path, config: EvalConfig) -> LocalModel:
 
 
 def generate_transformers(model_path: Path, local: LocalModel, tasks: list[EvalTask], config: EvalConfig) -> BackendRun:
-    """Sample `config.samples` completions per problem with transformers (left-padded batches, seeded per batch)
+    """Sample `config.samples` completions per problem with transformers (padded batches, seeded per batch)
     from `local`, the model at `model_path`."""
     prompts, ids = prompt_token_ids(local.tokenizer, tasks)
     generations = sample_completions(model_path, local, ids, config)
@@ -158,12 +159,58 @@ def generate_transformers(model_path: Path, local: LocalModel, tasks: list[EvalT
     )
 
 
+@dataclass(frozen=True)
+class PromptPrefix:
+    """The token prefix every prompt shares (a system prompt, a chat template's head) and the model's key/value
+    cache of it, computed once: each batch then runs only its prompts' own tokens before generating. Attention over
+    the cached keys is the same computation as over recomputed ones (positions count from the attention mask, so
+    the padding after the prefix shifts nothing)."""
+
+    length: int
+    """Tokens of the shared prefix that are cached (0: none; at least one token of every prompt is left to run)."""
+    cache: Any = None
+    keyword: str = "cache"
+    """The name transformers gives the cache (`cache` from 5.x, `past_key_values` before)."""
+
+    @classmethod
+    def of(cls, model: PreTrainedModel, ids: list[list[int]], device: torch.device) -> PromptPrefix:
+        """The prefix all of `ids` share and its cache; none when fewer than two tokens are shared or the model's
+        cache cannot be repeated over a batch."""
+        shortest = min(len(x) for x in ids)
+        length = next((i for i in range(shortest) if any(x[i] != ids[0][i] for x in ids)), shortest)
+        length = min(length, shortest - 1)
+        if length < 2:
+            return cls(0)
+        with torch.no_grad():
+            out = model(input_ids=torch.tensor([ids[0][:length]], device=device), use_cache=True)
+        keyword = "cache" if "cache" in out else "past_key_values"
+        cache = out[keyword]
+        return cls(length, cache, keyword) if hasattr(cache, "batch_repeat_interleave") else cls(0)
+
+    def batch(self, prompts: list[list[int]], pad: int, device: torch.device) -> dict[str, Any]:
+        """`generate`'s inputs for `prompts` (each starting with the prefix): rows laid out as [prefix][padding]
+        [the prompt's own tokens], their attention mask, and a fresh copy of the cache (generate extends it)."""
+        width = max(len(x) for x in prompts)
+        n = self.length
+        inputs = {
+            "input_ids": torch.tensor([x[:n] + [pad] * (width - len(x)) + x[n:] for x in prompts], device=device),
+            "attention_mask": torch.tensor([[1] * n + [0] * (width - len(x)) + [1] * (len(x) - n) for x in prompts],
+                                           device=device),
+        }
+        if self.cache is not None:
+            cache = copy.deepcopy(self.cache)
+            cache.batch_repeat_interleave(len(prompts))
+            inputs[self.keyword] = cache
+        return inputs
+
+
 def sample_completions(
     model_path: Path, local: LocalModel, ids: list[list[int]], config: EvalConfig, stop_strings: tuple[str, ...] = ()
 ) -> list[list[Generation]]:
-    """`config.samples` completions of every prompt (token ids) from `local`, the model at `model_path`: left-padded
-    batches, longest prompts first, seeded per batch; greedy at temperature 0. A completion ends at an
-    end-of-sequence token or, when given, just after the first of `stop_strings`."""
+    """`config.samples` completions of every prompt (token ids) from `local`, the model at `model_path`: batches
+    padded after the prompts' shared prefix (`PromptPrefix`, cached once), longest prompts first, seeded per
+    batch; greedy at temperature 0. A completion ends at an end-of-sequence token or, when given, just after the
+    first of `stop_strings`."""
     from transformers import GenerationConfig
 
     model, tokenizer, device = local.model, local.tokenizer, local.device
@@ -183,17 +230,16 @@ def sample_completions(
     )
     # every (prompt, sample) pair is one sequence; longest prompts first so that batches pad little
     items = sorted(((p, s) for p in range(len(ids)) for s in range(config.samples)), key=lambda i: -len(ids[i[0]]))
+    prefix = PromptPrefix.of(model, ids, device)
     results: dict[tuple[int, int], Generation] = {}
     with tqdm(total=len(items), desc="generating", unit="seq") as bar:
         for batch_index, start in enumerate(range(0, len(items), config.batch_size)):
             batch = items[start : start + config.batch_size]
             width = max(len(ids[p]) for p, _ in batch)
-            input_ids = torch.tensor([[pad] * (width - len(ids[p])) + ids[p] for p, _ in batch], device=device)
-            mask = torch.tensor([[0] * (width - len(ids[p])) + [1] * len(ids[p]) for p, _ in batch], device=device)
             torch.manual_seed(config.seed + batch_index)
             with torch.no_grad():
-                out = model.generate(input_ids=input_ids, attention_mask=mask, generation_config=settings,
-                                     tokenizer=tokenizer if stop_strings else None)
+                out = model.generate(**prefix.batch([ids[p] for p, _ in batch], pad, device),
+                                     generation_config=settings, tokenizer=tokenizer if stop_strings else None)
             for item, row in zip(batch, out[:, width:].tolist()):
                 stop = next((i + 1 for i, token in enumerate(row) if token in eos), len(row))
                 tokens = row[:stop]
