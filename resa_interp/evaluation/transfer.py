@@ -255,7 +255,7 @@ def run_transfer(config: TransferConfig, out: str | Path, echo: Callable[[str], 
     for c in conditions(config, source_saes, base_saes, control):
         folder = c.folder(out)
         label = f"{c.name} layer {c.layer} seed {c.seed}"
-        sae = {"no_sae": True} if c.sae is None else {"sae": str(c.sae)}
+        sae = {"no_sae": True} if c.sae is None else {"sae": str(c.sae), "teacher_cache": str(out / "teacher_cache")}
         model = step(f"tune: {label}", _tuned, folder, **common, **tuning, **sae, seed=c.seed)
         key = c.name if c.layer == config.layer else f"{c.name}@{c.layer}"
         answered.setdefault(key, []).append(step(f"answers: {label}", _answers, model, data.heldout, folder, config))
