@@ -1,9 +1,12 @@
 """`export`: the hub folder read back by SAELens itself (load_from_disk, and from_pretrained through
-huggingface_hub's own offline cache lookup), its model card against metrics.json and the manifest, and the
-Neuronpedia layout field by field against SAEDashboard's exporter and the dashboard's own numbers."""
+huggingface_hub's own offline cache lookup), its model card against metrics.json and the manifest, the
+Neuronpedia layout field by field against SAEDashboard's exporter and the dashboard's own numbers, delphi's latent
+cache recomputed from the HF model and SAELens and read by delphi's own loader, and the SAEBench core-eval files
+validated by SAEBench's pydantic model against metrics.json."""
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import re
@@ -11,6 +14,7 @@ import shutil
 from datetime import datetime
 
 import huggingface_hub.constants
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -19,10 +23,14 @@ from sae_lens import SAE
 from resa_interp.dashboard import (
     Context,
     DashboardConfig,
+    DelphiConfig,
     FeatureDashboard,
     activation_rows,
+    export_delphi,
     read_dashboards,
     run_dashboard,
+    shard_arrays,
+    shard_ranges,
 )
 from resa_interp.model.loading import hub_id
 from resa_interp.sae import export_hub
@@ -273,7 +281,7 @@ def test_errors(tiny_run, tmp_path, cli):
     shutil.copytree(run / "saes", no_dashboard / "saes")
     out = str(tmp_path / "o")
     cases = [
-        (["--run", str(run), "--to", "zip", out], "--to 'zip' is unknown; accepted: hf, neuronpedia"),
+        (["--run", str(run), "--to", "zip", out], "--to 'zip' is unknown; accepted: hf, neuronpedia, delphi, saebench"),
         (["--run", str(empty), "--to", "hf", out], "has no SAEs"),
         (["--run", str(run), "--to", "hf", str(busy)], "exists and is not empty"),
         (["--run", str(run), "--to", "neuronpedia", str(busy)], "exists and is not empty"),
@@ -288,3 +296,241 @@ def test_errors(tiny_run, tmp_path, cli):
         assert code == 2 and needle in err and err.count("\n") == 1, (args, code, err, stdout)
     assert not (tmp_path / "o").exists()
     assert sorted(p.name for p in busy.iterdir()) == ["x"]
+
+
+# --- delphi: the latent cache, recomputed on our own and read by delphi's loader ---------------------------------
+
+CACHE_CONFIG_FIELDS = {"dataset_repo": str, "dataset_split": str, "dataset_name": str, "dataset_column": str,
+                       "batch_size": int, "cache_ctx_len": int, "n_tokens": int, "n_splits": int}
+"""delphi.config.CacheConfig's fields and types (delphi/config.py), which save_config writes with model_name."""
+REASONING_AT_1 = [3, 5, 17]
+
+
+@pytest.fixture(scope="module")
+def delphi_cache(tiny_run, tmp_path_factory):
+    """`export --to delphi` of a copy of the tiny run (with a features.json naming reasoning features at layer 1),
+    24 texts packed in rows of 64 tokens, 4 shards."""
+    run = tmp_path_factory.mktemp("delphi") / "run"
+    shutil.copytree(tiny_run[0], run)
+    (run / "features.json").write_text(json.dumps(
+        {"hook": "resid_post", "layers": [{"layer": 1, "features": REASONING_AT_1}, {"layer": 2, "features": []}]}))
+    out = run.parent / "delphi"
+    result = export_delphi(run, out, DelphiConfig(texts=24, ctx_len=64, n_splits=4, batch_size=8), progress=False)
+    return run, out, result
+
+
+def _shards(folder) -> list[tuple[int, int, dict]]:
+    """(start, end, tensors) of every shard file of a hookpoint folder, by start: read as delphi's loader reads the
+    names (`LatentDataset._edges`)."""
+    from safetensors.numpy import load_file
+
+    found = []
+    for path in folder.glob("*.safetensors"):
+        start, end = (int(p) for p in path.stem.split("_"))
+        found.append((start, end, load_file(str(path))))
+    return sorted(found, key=lambda s: s[0])
+
+
+def _reference_latents(run, layer: int, tokens: torch.Tensor) -> torch.Tensor:
+    """[rows, ctx, d_sae] latents recomputed without our harvest: the HF model's hidden_states[layer + 1]
+    (blocks.layer.hook_resid_post below the last layer) encoded by SAELens' SAE."""
+    from transformers import AutoModelForCausalLM
+
+    sae = SAE.load_from_disk(str(run / "saes" / f"blocks.{layer}.hook_resid_post"))
+    model = AutoModelForCausalLM.from_pretrained(sae.cfg.metadata.model_path)
+    with torch.no_grad():
+        hidden = model(tokens, output_hidden_states=True).hidden_states[layer + 1]
+        return sae.encode(hidden.float())
+
+
+def test_delphi_shards_cover_every_latent_once_in_delphis_dtypes(delphi_cache):
+    run, out, result = delphi_cache
+    hooks = sorted(p.name for p in (out / "latents").iterdir())
+    assert hooks == ["blocks.1.hook_resid_post", "blocks.2.hook_resid_post"] == sorted(result.hookpoints)
+    for hook in hooks:
+        config = json.loads((out / "latents" / hook / "config.json").read_text())
+        d_sae = json.loads((run / "saes" / hook / "cfg.json").read_text())["d_sae"]
+        for name, kind in CACHE_CONFIG_FIELDS.items():
+            assert type(config[name]) is kind, name
+        assert (config["n_splits"], config["cache_ctx_len"], config["model_name"]) == (4, 64, str(
+            json.loads((run / "saes" / hook / "cfg.json").read_text())["metadata"]["model_name"]))
+        shards = _shards(out / "latents" / hook)
+        assert len(shards) == 4
+        covered = [latent for start, end, _ in shards for latent in range(start, end + 1)]
+        assert covered == list(range(d_sae)), "the shards must cover every latent exactly once, in order"
+        tokens = shards[0][2]["tokens"]
+        assert tokens.shape == (result.rows, 64) and config["n_tokens"] == tokens.size
+        for start, end, data in shards:
+            assert np.array_equal(data["tokens"], tokens)
+            assert data["locations"].dtype == np.uint16 and data["locations"].shape[1] == 3
+            assert data["activations"].dtype == np.float16 and len(data["activations"]) == len(data["locations"])
+            assert data["locations"][:, 2].max() <= end - start
+    assert json.loads((out / "latents" / hooks[0] / "config.json").read_text())["resa_interp"][
+        "reasoning_features"] == REASONING_AT_1
+
+
+def test_delphi_locations_and_activations_recompute(delphi_cache):
+    run, out, result = delphi_cache
+    for layer in (1, 2):
+        shards = _shards(out / "latents" / f"blocks.{layer}.hook_resid_post")
+        tokens = torch.from_numpy(shards[0][2]["tokens"].astype(np.int64))
+        ref = _reference_latents(run, layer, tokens)
+        locations = np.concatenate([d["locations"].astype(np.int64) + [0, 0, start] for start, _, d in shards])
+        values = np.concatenate([d["activations"] for _, _, d in shards]).astype(np.float32)
+        ours = {tuple(loc): v for loc, v in zip(locations.tolist(), values)}
+        assert len(ours) == len(locations) == result.hookpoints[f"blocks.{layer}.hook_resid_post"]
+        theirs = {tuple(loc) for loc in torch.nonzero(ref.abs() > 1e-5).tolist()}
+        # an activation on the threshold may fall either side in another computation: nothing else may differ
+        for loc in set(ours) ^ theirs:
+            assert abs(float(ref[loc])) < 1e-4, (layer, loc, float(ref[loc]), ours.get(loc))
+        assert len(set(ours) & theirs) > 0.99 * len(theirs) > 0
+        expected = torch.tensor([float(ref[loc]) for loc in ours])
+        assert torch.allclose(torch.tensor(list(ours.values())), expected, rtol=2e-3, atol=1e-3)
+        # TopK: at most k latents per position
+        k = json.loads((run / "saes" / f"blocks.{layer}.hook_resid_post" / "cfg.json").read_text())["k"]
+        per_position = np.unique(locations[:, :2], axis=0, return_counts=True)[1]
+        assert per_position.max() <= k
+
+
+def test_delphi_own_loader_reads_the_cache(delphi_cache):
+    """delphi's TensorBuffer and LatentDataset (eai-delphi, installed with --no-deps plus faiss-cpu,
+    sentence-transformers, asyncer, blobfile, orjson) read the export: offsets restored from the file names, and
+    records built by its constructor and sampler for the reasoning features."""
+    loader = pytest.importorskip("delphi.latents.loader")
+    config = pytest.importorskip("delphi.config")
+    from transformers import AutoTokenizer
+
+    run, out, _ = delphi_cache
+    hook = "blocks.1.hook_resid_post"
+    shards = _shards(out / "latents" / hook)
+    for start, end, data in shards:
+        path = out / "latents" / hook / f"{start}_{end}.safetensors"
+        locations, activations, tokens = loader.TensorBuffer(str(path), hook).load()
+        assert torch.equal(locations, torch.from_numpy(data["locations"].astype(np.int64) + [0, 0, start]))
+        assert torch.equal(activations, torch.from_numpy(data["activations"]))
+        assert tokens.shape == data["tokens"].shape
+    fields = {f.name: f.type for f in dataclasses.fields(config.CacheConfig)}
+    assert set(CACHE_CONFIG_FIELDS) <= set(fields)
+    dataset = loader.LatentDataset(
+        out / "latents", config.SamplerConfig(n_examples_train=2, n_examples_test=2, n_quantiles=2),
+        config.ConstructorConfig(min_examples=1, n_non_activating=2, example_ctx_len=16),
+        tokenizer=AutoTokenizer.from_pretrained(out / "tokenizer"), modules=[hook],
+        latents={hook: torch.tensor(REASONING_AT_1)})
+    records = {r.latent.latent_index: r for r in dataset}
+    assert set(records) <= set(REASONING_AT_1) and records, "delphi built no record for the reasoning features"
+    everything = {}
+    for start, _, data in shards:
+        for loc, value in zip(data["locations"].astype(np.int64), data["activations"]):
+            everything.setdefault(int(loc[2]) + start, []).append(float(value))
+    for latent, record in records.items():
+        top = max(float(e.activations.max()) for e in record.examples)
+        assert top == max(everything[latent]), latent
+        assert record.per_token_frequency == len(everything[latent]) / shards[0][2]["tokens"].size
+
+
+def test_delphi_shard_ranges_are_delphis():
+    assert shard_ranges(256, 5) == [(0, 50), (51, 101), (102, 152), (153, 203), (204, 255)]
+    assert shard_ranges(7, 7) == [(i, i) for i in range(7)]
+    arrays = shard_arrays(torch.tensor([[0, 1, 2], [70000, 3, 5], [1, 2, 6]]), torch.tensor([1.0, 2.0, 3.0]),
+                          np.zeros((2, 4), np.int64), 5, 6)
+    assert arrays["locations"].dtype == np.uint32 and arrays["locations"].tolist() == [[70000, 3, 0], [1, 2, 1]]
+    assert arrays["activations"].tolist() == [2.0, 3.0]
+
+
+def test_delphi_errors_before_any_model(tiny_run, tmp_path, cli, monkeypatch):
+    run, _ = tiny_run
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the input was checked")
+
+    monkeypatch.setattr("resa_interp.dashboard.delphi.load_subject", no_model)
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "x").write_text("x")
+    out = str(tmp_path / "o")
+    cases = [
+        (["--n-splits", "0"], "must be >= 1"),
+        (["--ctx-len", "1"], "--ctx-len 1 >= 2"),
+        (["--n-splits", "999"], "more shards than the 256 latents"),
+        (["--layers", "3"], "no resid_post SAE at layer(s) 3; it has 1-2"),
+        (["--layers", "x"], "--layers 'x': accepted"),
+        (["--seed", "5"], "no resid_post SAEs of seed 5"),
+        (["--hook", "mlp_out"], "no mlp_out SAEs"),
+    ]
+    for args, needle in cases:
+        code, stdout, err = cli(["export", "--run", str(run), "--to", "delphi", out, *args])
+        assert code == 2 and needle in err and err.count("\n") == 1, (args, code, err, stdout)
+    code, _, err = cli(["export", "--run", str(run), "--to", "delphi", str(busy)])
+    assert code == 2 and "exists and is not empty" in err
+    assert not (tmp_path / "o").exists()
+
+
+# --- SAEBench: the held-out metrics as its core-eval output ------------------------------------------------------
+
+CORE_CATEGORIES = {
+    "model_behavior_preservation": ["kl_div_score", "kl_div_with_ablation", "kl_div_with_sae"],
+    "model_performance_preservation": ["ce_loss_score", "ce_loss_with_ablation", "ce_loss_with_sae",
+                                       "ce_loss_without_sae"],
+    "reconstruction_quality": ["explained_variance", "explained_variance_legacy", "mse", "cossim"],
+    "shrinkage": ["l2_norm_in", "l2_norm_out", "l2_ratio", "relative_reconstruction_bias"],
+    "sparsity": ["l0", "l1"],
+    "token_stats": ["total_tokens_eval_reconstruction", "total_tokens_eval_sparsity_variance"],
+    "misc_metrics": ["freq_over_1_percent", "freq_over_10_percent", "normalized_freq_over_1_percent",
+                     "normalized_freq_over_10_percent", "average_max_encoder_cosine_sim",
+                     "average_max_decoder_cosine_sim", "frac_alive"],
+}
+"""SAEBench's CoreMetricCategories, field by field (sae_bench/evals/core/eval_output.py)."""
+
+
+def test_saebench_core_output_validates_and_holds_the_runs_numbers(tiny_run, tmp_path, cli):
+    from safetensors.torch import load_file
+
+    run, _ = tiny_run
+    out = tmp_path / "bench"
+    code, stdout, err = cli(["export", "--run", str(run), "--to", "saebench", str(out), "--repo", "resa/tiny"])
+    assert code == 0, err
+    rows = {row["hook_name"]: row for row in json.loads((run / "saes" / "metrics.json").read_text())}
+    files = sorted(p.name for p in (out / "core").iterdir())
+    assert files == [f"resa_tiny_{hook}_eval_results.json" for hook in sorted(rows)]
+    try:
+        from sae_bench.evals.core.eval_output import CoreEvalOutput
+        from sae_bench.sae_bench_utils.general_utils import get_results_filepath
+    except ImportError:
+        CoreEvalOutput = get_results_filepath = None
+    for hook, row in rows.items():
+        path = out / "core" / f"resa_tiny_{hook}_eval_results.json"
+        if get_results_filepath is not None:
+            assert get_results_filepath(str(out / "core"), "resa/tiny", hook) == str(path)
+        doc = json.loads(path.read_text())
+        if CoreEvalOutput is not None:
+            CoreEvalOutput(**doc)  # SAEBench's own pydantic model
+        metrics = doc["eval_result_metrics"]
+        assert {k: list(v) for k, v in metrics.items()} == CORE_CATEGORIES
+        assert (doc["eval_type_id"], doc["sae_lens_id"], doc["sae_lens_release_id"]) == ("core", hook, "resa/tiny")
+        cfg = json.loads((run / "saes" / hook / "cfg.json").read_text())
+        assert doc["sae_cfg_dict"] == cfg and cfg["architecture"] == "topk"
+        assert metrics["reconstruction_quality"]["explained_variance"] == row["explained_variance"]
+        assert metrics["sparsity"]["l0"] == row["l0"]
+        assert metrics["model_behavior_preservation"]["kl_div_with_sae"] == row["kl_spliced"]
+        assert metrics["model_performance_preservation"]["ce_loss_with_sae"] == row["ce_spliced"]
+        assert metrics["model_performance_preservation"]["ce_loss_without_sae"] == row["ce_clean"]
+        assert metrics["token_stats"]["total_tokens_eval_sparsity_variance"] == row["heldout_tokens"]
+        assert metrics["misc_metrics"]["frac_alive"] == pytest.approx(1 - row["heldout_inactive_fraction"])
+        rate = 10 ** load_file(str(run / "saes" / hook / "sparsity.safetensors"))["sparsity"].double()
+        assert metrics["misc_metrics"]["freq_over_1_percent"] == pytest.approx((rate > 0.01).double().mean().item())
+        assert (rate > 1e-9).double().mean().item() == pytest.approx(metrics["misc_metrics"]["frac_alive"])
+        for cat, keys in (("model_behavior_preservation", ["kl_div_score", "kl_div_with_ablation"]),
+                          ("model_performance_preservation", ["ce_loss_score", "ce_loss_with_ablation"]),
+                          ("reconstruction_quality", ["explained_variance_legacy", "mse", "cossim"])):
+            assert all(metrics[cat][k] == -1 for k in keys), cat
+            assert set(keys) <= set(doc["eval_result_unstructured"]["resa_interp"]["absent"][cat])
+        assert doc["eval_config"]["compute_kl"] is doc["eval_config"]["compute_ce_loss"] is True
+        assert doc["eval_result_unstructured"]["resa_interp"]["metrics_row"] == row
+
+
+def test_saebench_needs_metrics(tiny_run, tmp_path, cli):
+    run, _ = tiny_run
+    bare = tmp_path / "bare"
+    shutil.copytree(run / "saes", bare / "saes", ignore=shutil.ignore_patterns("metrics.*"))
+    code, _, err = cli(["export", "--run", str(bare), "--to", "saebench", str(tmp_path / "o")])
+    assert code == 2 and "has no SAEs with held-out metrics" in err and err.count("\n") == 1

@@ -3,15 +3,18 @@ frequency and activation at the prompt's markers, as SAEDashboard and Neuronpedi
 
 Takes a `DashboardConfig` and a run with SAEs (and features.json); gives one offline HTML page and
 `dashboard.json` in the output folder, and a `DashboardRun` (its `DashboardSet` also displays inline in
-Jupyter). `export_neuronpedia` writes that dashboard data in Neuronpedia's bulk-import layout.
+Jupyter). `export_neuronpedia` writes that dashboard data in Neuronpedia's bulk-import layout; `export_delphi` writes
+delphi's latent cache of a run's SAEs over its trigger data, for delphi's explainers and scorers.
 
 Modules: `config` (the configs), `harvest` (the data and its sinks), `stats` (statistics and contexts), `logits`
 (logit effects), `results` (the dashboard data), `build` (assembling it), `html` (the page), `run` (the stage),
-`export` (Neuronpedia), `transparency` (one SAE read in several models: per-latent agreement).
+`export` (Neuronpedia), `delphi` (delphi's cache), `transparency` (one SAE read in several models: per-latent
+agreement).
 """
 
 from resa_interp.dashboard.build import build_dashboards
-from resa_interp.dashboard.config import PLOTLYJS, DashboardConfig, NeuronpediaConfig, check_plotlyjs
+from resa_interp.dashboard.config import PLOTLYJS, DashboardConfig, DelphiConfig, NeuronpediaConfig, check_plotlyjs
+from resa_interp.dashboard.delphi import DelphiExport, export_delphi, shard_arrays, shard_ranges
 from resa_interp.dashboard.export import (
     NeuronpediaExport,
     activation_rows,
@@ -34,6 +37,8 @@ __all__ = [
     "DashboardData",
     "DashboardRun",
     "DashboardSet",
+    "DelphiConfig",
+    "DelphiExport",
     "FeatureDashboard",
     "LayerLatents",
     "NeuronpediaConfig",
@@ -43,6 +48,7 @@ __all__ = [
     "agreement",
     "build_dashboards",
     "check_plotlyjs",
+    "export_delphi",
     "export_neuronpedia",
     "feature_row",
     "fragment_html",
@@ -54,6 +60,8 @@ __all__ = [
     "pearson_columns",
     "read_dashboards",
     "run_dashboard",
+    "shard_arrays",
+    "shard_ranges",
     "sink_mask",
     "unembedding",
     "write_dashboard",

@@ -99,3 +99,42 @@ class NeuronpediaConfig:
         """One-line error unless a batch file holds at least one latent."""
         if self.features_per_batch < 1:
             raise ResaError(f"features per batch {self.features_per_batch}: must be >= 1")
+
+
+@dataclass
+class DelphiConfig:
+    """What goes into a delphi latent cache of a run's SAEs and from which data."""
+
+    layers: str | None = None
+    """Layers whose SAEs are cached: 'all', a range like 1-26 or a list like 3,12; None: every layer of the run."""
+    seed: int | None = None
+    """SAEs of this further seed of a multi-seed run (RUN/saes/seed-S/); None: the run's own (RUN/saes/)."""
+    texts: int = 256
+    """Trigger texts packed into the cache (the first of the dataset; synthetic ones are generated with
+    data_seed)."""
+    dataset: str | None = None
+    """Trigger data: synthetic (built-in), still, deepscaler, a hub id, or a .json/.jsonl/.csv/.parquet file;
+    None: the dataset the SAEs were trained on."""
+    template: str | None = None
+    """Trigger template, 'r1' or 'short'; None: the template the SAEs were trained with."""
+    data_seed: int = 0
+    """Seed of the synthetic trigger data."""
+    ctx_len: int = 256
+    """Tokens per cached row (delphi's cache_ctx_len): the texts are packed into rows this long, as delphi's own
+    cache is; keep it a multiple of delphi's example_ctx_len (32 by default)."""
+    n_splits: int = 5
+    """Shards per hookpoint (delphi's n_splits): each holds a contiguous range of latents."""
+    batch_size: int = 16
+    """Rows per forward pass."""
+    model: str | None = None
+    """Model spec (HF directory, .gguf file, hub id or 'smollm2-135m'); None: the model the SAEs were trained on."""
+    hook: str | None = None
+    """Hookpoint of the SAEs (resid_post, mlp_out, ...); None: the run's features.json's, else resid_post."""
+    device: str = "cpu"
+    """Device of the model and the SAEs: cpu, cuda, cuda:N or auto."""
+
+    def check(self) -> None:
+        """One-line error unless the counts are >= 1 and a row holds at least two tokens."""
+        if min(self.texts, self.n_splits, self.batch_size) < 1 or self.ctx_len < 2:
+            raise ResaError(f"--texts {self.texts}, --n-splits {self.n_splits}, --batch-size {self.batch_size} must "
+                            f"be >= 1 and --ctx-len {self.ctx_len} >= 2")

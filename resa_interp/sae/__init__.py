@@ -6,7 +6,8 @@ folders `RUN/saes/<hook_name>/`, held-out quality (`RUN/saes/metrics.json`) and 
 run keeps its further seeds' SAEs in `RUN/saes/seed-<s>/`. `train.py` runs a stage, `trainer.py` trains a group of
 layers from one forward pass, `plan.py` plans memory and the run. The training step is the fused kernel in
 `topk_kernel.py` (`layer_sae.py`), or SAELens' own trainer for its six architectures (`saelens_trainer.py`,
-`--trainer saelens`).
+`--trainer saelens`). `hub.py` and `saebench.py` export a run's SAEs as a hub repo folder and its held-out quality
+in SAEBench's core-eval format.
 """
 
 from resa_interp.sae.activations import ActivationCache
@@ -33,10 +34,18 @@ from resa_interp.sae.folders import (
 )
 from resa_interp.sae.hub import HubExport, check_export_target, export_hub, run_sae_ids
 from resa_interp.sae.layer_sae import LayerSAE
-from resa_interp.sae.metrics import add_novel_quality, evaluate_saes, format_table, novel_texts, read_metrics
+from resa_interp.sae.metrics import (
+    add_novel_quality,
+    evaluate_saes,
+    format_table,
+    novel_texts,
+    read_metrics,
+    run_metrics_rows,
+)
 from resa_interp.sae.plan import MEMORY_HEADROOM, MemoryPlan, Stage1Plan, plan_memory, plan_stage1, stage1_settings
 from resa_interp.sae.pretrained import build_topk_sae, load_source_sae, load_sparsify_sae
 from resa_interp.sae.reconstruction import SAEReconstruction
+from resa_interp.sae.saebench import SAEBenchExport, core_eval_output, export_saebench, results_name
 from resa_interp.sae.saelens_trainer import SAELensLayer
 from resa_interp.sae.train import StageIResult, train_saes
 from resa_interp.sae.trainer import DEAD_WINDOW, GroupTrainer
@@ -58,6 +67,7 @@ __all__ = [
     "MemoryPlan",
     "PRESETS",
     "R1_DISTILL",
+    "SAEBenchExport",
     "SAELensLayer",
     "SAEReconstruction",
     "SAES_DIR",
@@ -71,9 +81,11 @@ __all__ = [
     "check_export_target",
     "check_latents",
     "check_sae_fits",
+    "core_eval_output",
     "decoder_permutation",
     "evaluate_saes",
     "export_hub",
+    "export_saebench",
     "format_table",
     "load_sae",
     "load_source_sae",
@@ -85,6 +97,8 @@ __all__ = [
     "plan_stage1",
     "read_metrics",
     "require_sae_dirs",
+    "results_name",
+    "run_metrics_rows",
     "run_sae_dirs",
     "run_sae_ids",
     "run_seeds",

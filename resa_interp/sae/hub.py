@@ -24,7 +24,7 @@ from resa_interp.errors import ResaError
 from resa_interp.model import hub_id
 from resa_interp.runs import atomic_dir, read_manifest
 from resa_interp.sae.folders import SAES_DIR
-from resa_interp.sae.metrics import COLUMNS, METRICS_FILE
+from resa_interp.sae.metrics import COLUMNS, run_metrics_rows
 
 SAE_FILES = ("cfg.json", "sae_weights.safetensors", "sparsity.safetensors")
 """What SAELens' hub loader reads from an SAE id's folder (sae_lens.constants; sparsity is optional there)."""
@@ -50,19 +50,6 @@ def check_export_target(out: str | Path) -> Path:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ResaError(f"export folder {str(out)!r} exists and is not empty; give a new or empty folder")
     return out
-
-
-def _quality_rows(run: Path) -> dict[Path, dict]:
-    """Resolved SAE folder -> its metrics row, from every metrics.json under RUN/saes (a row's sae_path, else the
-    folder of its hook name beside the metrics file)."""
-    rows = {}
-    for path in sorted((run / SAES_DIR).rglob(METRICS_FILE)):
-        if any(part.startswith(".") for part in path.relative_to(run).parts):
-            continue
-        for row in json.loads(path.read_text()):
-            folder = run / row["sae_path"] if row.get("sae_path") else path.parent / row["hook_name"]
-            rows[folder.resolve()] = row
-    return rows
 
 
 @dataclass(frozen=True)
@@ -144,7 +131,7 @@ def export_hub(run: str | Path, out: str | Path, repo: str | None = None) -> Hub
     if not ids:
         raise ResaError(f"run {str(run)!r} has no SAEs (no {run}/{SAES_DIR}/<hook_name>/cfg.json); train them with: "
                         f"resa-interp train-saes --out {run}")
-    rows = _quality_rows(run)
+    rows = run_metrics_rows(run)
     quality = {sae_id: rows[folder.resolve()] for sae_id, folder in ids.items() if folder.resolve() in rows}
     cfgs = {sae_id: json.loads((folder / SAE_FILES[0]).read_text()) for sae_id, folder in ids.items()}
     with atomic_dir(out) as tmp:

@@ -227,6 +227,22 @@ def read_metrics(run: str | Path, seed: int | None = None) -> dict[int, dict]:
     return {row["layer"]: row for row in json.loads(path.read_text())} if path.exists() else {}
 
 
+def run_metrics_rows(run: str | Path) -> dict[Path, dict]:
+    """Resolved SAE folder -> its held-out metrics row, from every metrics.json under RUN/saes (a row's sae_path,
+    else the folder of its hook name beside the metrics file; temporary folders left out)."""
+    import json
+
+    run = Path(run)
+    rows = {}
+    for path in sorted(saes_root(run).rglob(METRICS_FILE)):
+        if any(part.startswith(".") for part in path.relative_to(run).parts):
+            continue
+        for row in json.loads(path.read_text()):
+            folder = run / row["sae_path"] if row.get("sae_path") else path.parent / row["hook_name"]
+            rows[folder.resolve()] = row
+    return rows
+
+
 def novel_texts(tokenizer, n: int, template: str, max_len: int = 1024) -> list[EncodedText]:
     """`n` held-out trigger texts of question kinds the synthetic training set lacks (`data.synthetic.NOVEL_KINDS`),
     in the run's template."""
