@@ -38,6 +38,14 @@ def features(
         typer.Option(help="Several prompts (one per line, or JSONL with 'prompt'); a feature must qualify in every "
                      "one."),
     ] = None,
+    definition: _feature("definition") = None,
+    texts: _feature("texts") = None,
+    reason_words: _feature("reason_words") = None,
+    window_before: _feature("window_before") = None,
+    window_after: _feature("window_after") = None,
+    alpha: _feature("alpha") = None,
+    quantile: _feature("quantile") = None,
+    top_k: _feature("top_k") = None,
     threshold: _feature("threshold") = None,
     relative_threshold: _feature("relative_threshold") = None,
     noise: _feature("noise", "--noise/--no-noise") = None,
@@ -66,6 +74,13 @@ def features(
     embedded model and, when OUT has no SAEs, trains them first (Stage I defaults, layers 1..L-2).
     Writes OUT/features.json, OUT/counts.csv and OUT/figures/feature_counts.html/.png.
 
+    --definition reasonscore finds them instead by ReasonScore (Galichin et al. 2025) over the reasoning texts
+    of --texts: per latent, its mean activation in windows around reasoning words ('wait', 'hmm', 'however',
+    ...; --window-before/--window-after tokens) as a share of all latents', times its normalised entropy over
+    the words to the --alpha, minus its share elsewhere; the latents above the --quantile of their SAE's
+    scores (or the --top-k) are its features, written into the same files (their scores in features.json,
+    every latent's in OUT/reasonscore.safetensors).
+
     On a multi-seed run (train-saes --seeds/--n-seeds; here --seeds/--n-seeds go to the Stage I run made when
     OUT has no SAEs, 3 seeds by default) every seed's SAEs are read, their latents matched across seeds by
     decoder direction (one-to-one, cosine >= --match-threshold), and each layer gets its count per seed, mean
@@ -74,6 +89,8 @@ def features(
     count_std (count stays the first seed's), features.json a "seeds" section.
 
     Example: resa-interp features --out runs/default
+    (ReasonScore: resa-interp features --saes runs/default --definition reasonscore --texts reasoning.jsonl
+    --out runs/reasonscore)
     """
     from resa_interp.features import (
         FeatureConfig,
@@ -87,7 +104,9 @@ def features(
     from resa_interp.sae import parse_seeds
 
     cfg = FeatureConfig(**given(
-        threshold=threshold, relative_threshold=relative_threshold, noise=noise, marker_rule=marker_rule,
+        definition=definition, texts=texts, reason_words=reason_words, window_before=window_before,
+        window_after=window_after, alpha=alpha, quantile=quantile, top_k=top_k, threshold=threshold,
+        relative_threshold=relative_threshold, noise=noise, marker_rule=marker_rule,
         occurrences=occurrences, spliced=spliced, exclude_first=exclude_first, model=model,
         prompts=tuple(read_prompts(prompt, prompt_file, prompt_style)), saes=saes, source=source, layers=layers,
         hook=hook, allow_model_mismatch=allow_model_mismatch, device=device, dtype=dtype,
@@ -100,8 +119,11 @@ def features(
     if result.stability:
         typer.echo(format_headline(result.stability))
         typer.echo(format_seed_table(result.stability))
+    if result.word_counts:
+        typer.echo("reasoning-word windows in the texts: " + ", ".join(f"{w} {n}" for w, n in
+                                                                       result.word_counts.items()))
     typer.echo(format_table(result.layers))
-    if cfg.noise:
+    if cfg.noise and cfg.definition == "markers":
         typer.echo(format_paths(result.layers))
     typer.echo(f"features: {Path(out) / 'features.json'}  counts: {result.paths['counts']}  "
                f"figure: {result.paths['figure']}")

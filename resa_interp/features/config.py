@@ -1,5 +1,6 @@
 """What a features run is told: `FeatureConfig` (one declaration of every option of `resa-interp features`: the
-CLI's options, defaults and help come from its fields) and the choices it accepts.
+CLI's options, defaults and help come from its fields) and the choices it accepts: the definition (`DEFINITIONS`:
+the paper's marker rule, or ReasonScore over reasoning texts with its settings).
 
 Nothing here loads a model or an SAE: `FeatureConfig.check` refuses bad settings and prompts in one line first.
 """
@@ -7,6 +8,7 @@ Nothing here loads a model or an SAE: `FeatureConfig.check` refuses bad settings
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from resa_interp.data import END_THINK, R1_SYSTEM_PROMPT, THINK
 from resa_interp.errors import ResaError, check_choice
@@ -16,6 +18,17 @@ MARKER_RULES = ("any", "last", "all")
 """How a marker that tokenizes into several tokens counts as active: on any token of its span, its last, or all."""
 OCCURRENCES = ("all", "any")
 """Which occurrences of each marker a feature must be active at: every one, or at least one."""
+DEFINITIONS = ("markers", "reasonscore")
+"""What a reasoning feature is: 'markers' (Resa's: active only at the prompts' `<think>`/`</think>`) or
+'reasonscore' (Galichin et al. 2025: a high ReasonScore over reasoning texts, `features.reasonscore`)."""
+REASON_WORDS = (
+    "alternatively", " alternatively", "Alternatively", " Alternatively", "hmm", " hmm", "Hmm", " Hmm",
+    "maybe", " maybe", "Maybe", " Maybe", "wait", " wait", "Wait", " Wait", "perhaps", " perhaps", "Perhaps",
+    " Perhaps", "let me", " let me", "Let me", " Let me", "therefore", " therefore", "Therefore", " Therefore",
+    "however", " however", "However", " However", "But", "Another",
+)
+"""ReasonScore's reasoning words as the authors' `extraction/reason_tokens.json` lists them (34 strings; spellings
+that differ only by a leading space or case form one word: 10 words)."""
 DEFAULT_MATCH_THRESHOLD = 0.7
 """Decoder cosine a cross-seed match needs (`features.stability` says why 0.7). A literal: the CLI reads it from
 this file's source."""
@@ -26,6 +39,27 @@ class FeatureConfig:
     """How reasoning features are extracted: the definition's settings, the prompts, and where the model and the
     SAEs come from."""
 
+    definition: str = "markers"
+    """What a reasoning feature is: 'markers' (the paper's rule: active only at <think> and </think> of the
+    prompts) or 'reasonscore' (Galichin et al. 2025: the highest ReasonScore over the reasoning texts of --texts)."""
+    texts: str | None = None
+    """reasonscore: JSONL of reasoning texts, a 'text' per row (needed by that definition, read by no other)."""
+    reason_words: str | None = None
+    """reasonscore: JSON file with the list of reasoning-word strings (as the authors' reason_tokens.json; spellings
+    that differ by a leading space or case count as one word); none: the authors' list of 10 words ('wait', 'hmm',
+    'however', ...)."""
+    window_before: int = 1
+    """reasonscore: tokens before each reasoning word that count as its window (the authors: 1)."""
+    window_after: int = 2
+    """reasonscore: tokens after each reasoning word that count as its window (the authors: 2)."""
+    alpha: float = 0.7
+    """reasonscore: exponent of the normalised entropy over the words, the penalty on latents that fire at few of
+    them (the authors: 0.7)."""
+    quantile: float = 0.997
+    """reasonscore: keep the latents whose score is above this quantile of their SAE's scores (0.997: the top 0.3%)."""
+    top_k: int | None = None
+    """reasonscore: instead of --quantile, keep the k highest-scoring latents of each SAE (the authors' dashboard
+    script: 100)."""
     threshold: float = 0.0
     """A latent is active at a position when its activation is above this (the paper: 0)."""
     relative_threshold: float = 0.0
@@ -83,6 +117,9 @@ class FeatureConfig:
                             "activation, accepted in [0, 1)")
         if self.min_seeds is not None and self.min_seeds < 1:
             raise ResaError(f"--min-seeds {self.min_seeds}: a feature is stable in at least 1 seed; accepted 1..N")
+        check_choice("--definition", self.definition, DEFINITIONS)
+        if self.definition == "reasonscore":
+            self._check_reasonscore()
         check_choice("--marker-rule", self.marker_rule, MARKER_RULES)
         check_choice("--occurrences", self.occurrences, OCCURRENCES)
         self.hook = canonical_hook(self.hook)
@@ -91,6 +128,25 @@ class FeatureConfig:
             raise ResaError("no prompts to run; give one with --prompt or a --prompt-file")
         for text in prompts:
             require_markers(text)
+
+
+    def _check_reasonscore(self) -> None:
+        """The ReasonScore settings (the texts themselves are read and checked by `features.reasonscore`)."""
+        if self.texts is None:
+            raise ResaError("--definition reasonscore needs --texts FILE.jsonl (reasoning texts, a 'text' per row)")
+        if not Path(self.texts).is_file():
+            raise ResaError(f"--texts {self.texts!r}: no such file; accepted a JSONL file, a 'text' per row")
+        if self.reason_words is not None and not Path(self.reason_words).is_file():
+            raise ResaError(f"--reason-words {self.reason_words!r}: no such file; accepted a JSON list of strings")
+        if min(self.window_before, self.window_after) < 0:
+            raise ResaError(f"--window-before {self.window_before} / --window-after {self.window_after}: token "
+                            "counts, accepted >= 0")
+        if self.alpha < 0:
+            raise ResaError(f"--alpha {self.alpha}: an entropy exponent, accepted >= 0")
+        if not 0 < self.quantile < 1:
+            raise ResaError(f"--quantile {self.quantile}: a quantile of the scores, accepted in (0, 1)")
+        if self.top_k is not None and self.top_k < 1:
+            raise ResaError(f"--top-k {self.top_k}: a number of latents, accepted >= 1")
 
 
 def require_markers(text: str) -> None:

@@ -11,6 +11,13 @@ from resa_interp.features.config import FeatureConfig
 from resa_interp.features.extract import LayerFeatures, extract_features, measure_boundary
 from resa_interp.features.outputs import write_outputs
 from resa_interp.features.prompts import PromptInfo
+from resa_interp.features.reasonscore import (
+    LayerScores,
+    read_reason_texts,
+    read_reason_words,
+    reasonscore_features,
+    require_reason_words,
+)
 from resa_interp.features.saes import (
     check_trained_on,
     run_saes,
@@ -34,11 +41,16 @@ class FeaturesRun:
     prompts: list[PromptInfo]
     """The prompts as they were run."""
     paths: dict[str, Path]
-    """The files written: `features` (features.json), `counts` (counts.csv), `figure`."""
+    """The files written: `features` (features.json), `counts` (counts.csv), `figure` (and `scores`,
+    reasonscore.safetensors, with `definition='reasonscore'`)."""
     seed_layers: dict[int, list[LayerFeatures]] = field(default_factory=dict)
     """Multi-seed runs: seed -> its reasoning features per layer (the primary seed's are `layers`)."""
     stability: list[LayerStability] = field(default_factory=list)
     """Multi-seed runs: per layer, the counts over seeds and the cross-seed matching."""
+    scores: dict[int, LayerScores] = field(default_factory=dict)
+    """`definition='reasonscore'`: per layer, every latent's ReasonScore (of the primary seed)."""
+    word_counts: dict[str, int] = field(default_factory=dict)
+    """`definition='reasonscore'`: per reasoning word, its windows in the texts' tokens."""
 
 
 def run_features(
@@ -61,6 +73,10 @@ def run_features(
     config.check()
     stage1 = saes_to_train(config, out, seeds) if train_missing else None
     prompts = [config.prompts] if isinstance(config.prompts, str) else list(config.prompts)
+    reasonscore = config.definition == "reasonscore"
+    texts = read_reason_texts(config.texts) if reasonscore else []
+    if reasonscore:  # refused before the model is loaded: texts in which no reasoning word occurs
+        require_reason_words(texts, read_reason_words(config.reason_words), str(config.texts))
     if subject is None:
         subject = load_subject(config.model, dtype=config.dtype, device=config.device)
     layers = config.layers or default_layers(subject.facts.n_layers)
@@ -81,8 +97,9 @@ def run_features(
         check_trained_on(saes, subject)
     further = run_seeds(run) if source is None else []
     min_seeds = check_min_seeds(config.min_seeds, 1 + len(further))
-    infos, results = extract_features(subject, saes, hook, prompts, config, primary_set.paths, primary_set.quality)
-    if config.noise:
+    infos, results, scores, words = _extract(subject, saes, hook, prompts, texts, config, primary_set.paths,
+                                             primary_set.quality)
+    if config.noise and not reasonscore:  # the boundary and its noise are the marker rule's
         measure_boundary(subject, saes, hook, infos, config, results)
     seed_layers: dict[int, list[LayerFeatures]] = {}
     stability: list[LayerStability] = []
@@ -92,15 +109,16 @@ def run_features(
         seed_layers[primary] = results
         for seed in further:
             seed_set = run_saes(run, hook, wanted, out, device, seed=seed)
-            _, seed_layers[seed] = extract_features(subject, seed_set.saes, hook, prompts, config, seed_set.paths,
-                                                    seed_set.quality)
+            seed_layers[seed] = _extract(subject, seed_set.saes, hook, prompts, texts, config, seed_set.paths,
+                                         seed_set.quality)[1]
             decoders[seed] = {layer: sae.W_dec.detach() for layer, sae in seed_set.saes.items()}
         stability = [
             layer_stability(layer, {s: decoders[s][layer] for s in seed_layers},
                             {s: seed_layers[s][i].features for s in seed_layers}, config.match_threshold, min_seeds)
             for i, layer in enumerate(r.layer for r in results)  # every seed's results are sorted by layer
         ]
-    written = write_outputs(out, subject, hook, config, infos, results, stability, min_seeds)
+    written = write_outputs(out, subject, hook, config, infos, results, stability, min_seeds,
+                            scores=scores, word_counts=words, n_texts=len(texts))
     counts = {r.layer: r.count for r in results}
     record_stage(
         out,
@@ -109,7 +127,19 @@ def run_features(
          "saes": run_relative(config.saes or source or out, out), "counts": counts,
          "seeds": list(seed_layers), "stable": {st.layer: st.stable_count for st in stability}},
     )
-    return FeaturesRun(results, infos, written, seed_layers, stability)
+    return FeaturesRun(results, infos, written, seed_layers, stability, scores, words)
+
+
+def _extract(subject: Subject, saes: dict, hook: str, prompts: list[str], texts: list[str], config: FeatureConfig,
+             paths: dict[int, str], quality: dict[int, dict]
+             ) -> tuple[list[PromptInfo], list[LayerFeatures], dict[int, LayerScores], dict[str, int]]:
+    """One seed's reasoning features by the config's definition: (prompts as run, features per layer, and for
+    ReasonScore every layer's scores and the words' window counts)."""
+    if config.definition == "reasonscore":
+        found, scores, words = reasonscore_features(subject, saes, hook, texts, config, paths, quality)
+        return [], found, scores, words
+    infos, found = extract_features(subject, saes, hook, prompts, config, paths, quality)
+    return infos, found, {}, {}
 
 
 def _silent(line: str) -> None:

@@ -1,0 +1,175 @@
+"""The two definitions of a reasoning feature on the same SAEs: the paper's marker rule (a features run's
+features.json) against ReasonScore (Galichin et al. 2025, `features --definition reasonscore`) over reasoning texts.
+
+Per layer: each set's count (every seed), their overlap in the primary seed (intersection, Jaccard), and at a few
+layers where both sets are non-empty, `steer`'s ablation of each set against its frequency-matched control.
+The texts default to the worked solutions of the transfer experiment (`data.traced_qa`, in the 'r1-trace'
+template), written to OUT/worked_solutions.jsonl; when no reasoning word occurs in them, ReasonScore is refused
+and that is what the report says. Writes figures/reasonscore.json and figures/reasonscore.md.
+
+    python analysis/reasonscore_comparison.py --run runs/default                    # the worked solutions
+    python analysis/reasonscore_comparison.py --run runs/default --texts FILE.jsonl # other reasoning texts
+
+Reads --run only; everything it makes goes into --out (default runs/reasonscore).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+from resa_interp.data import format_trigger, traced_qa
+from resa_interp.errors import ResaError
+from resa_interp.features import REASON_WORDS, FeatureConfig, require_reason_words, run_features, words_in_texts
+from resa_interp.interventions import SteerConfig, run_steer
+from resa_interp.runs import atomic_write_json, atomic_write_text
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def worked_solutions(path: Path, n: int) -> Path:
+    """The transfer source's worked solutions (`traced_qa(n, seed=1)`), each in the 'r1-trace' template, as JSONL."""
+    rows = [json.dumps({"text": format_trigger(e.problem, e.answer, "r1-trace", e.trace)})
+            for e in traced_qa(n, seed=1)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, "\n".join(rows) + "\n")
+    return path
+
+
+def marker_sets(run: Path) -> tuple[dict[int, list[int]], dict[int, dict[str, int]]]:
+    """The marker rule's features per layer (primary seed) and its count per seed, from RUN/features.json."""
+    doc = json.loads((run / "features.json").read_text())
+    primary = {row["layer"]: row["features"] for row in doc["layers"]}
+    seeds = {row["layer"]: row["counts"] for row in doc.get("seeds", {}).get("layers", [])}
+    return primary, seeds or {layer: {"0": len(ids)} for layer, ids in primary.items()}
+
+
+def steer_set(run: Path, layer: int, ids: list[int], out: Path, n_texts: int) -> dict:
+    """Ablate `ids` at `layer` against frequency-matched controls on trigger texts: each metric's mean [95% CI]
+    for the set, the control and their paired difference."""
+    cfg = SteerConfig(run=str(run), latents=",".join(f"{layer}:{i}" for i in ids), n_texts=n_texts,
+                      control_draws=2, bootstrap=500)
+    cfg.check()
+    result = run_steer(cfg, out)
+    by_kind = {e.kind: e for e in result.effects}
+    diff = result.differences[0]
+    est = lambda e: {"mean": e.mean, "ci": [e.lo, e.hi]}  # noqa: E731
+    return {kind: {m: est(getattr(by_kind[kind], m)) for m in ("dlogp_marker", "dlogp_other", "kl")}
+            for kind in ("reasoning", "control")} | {
+        "difference": {m: est(getattr(diff, m)) for m in ("dlogp_marker", "dlogp_other", "kl")}}
+
+
+def compare(run: Path, out: Path, texts: Path | None, n_texts: int, steer_layers: int, steer_texts: int,
+            quantile: float) -> dict:
+    """Everything the report shows (see the module docstring)."""
+    texts = texts or worked_solutions(out / "worked_solutions.jsonl", n_texts)
+    rows = [json.loads(line)["text"] for line in texts.read_text().splitlines() if line.strip()]
+    doc = {"run": str(run), "texts": str(texts), "n_texts": len(rows),
+           "word_occurrences": words_in_texts(rows, REASON_WORDS), "quantile": quantile}
+    markers, marker_counts = marker_sets(run)
+    model = json.loads((run / "features.json").read_text())["model_path"]  # the model the run's SAEs read
+    cfg = FeatureConfig(definition="reasonscore", texts=str(texts), saes=str(run), quantile=quantile,
+                        layers=",".join(map(str, sorted(markers))), model=model)
+    try:  # texts without any reasoning word: what ReasonScore says of them is the finding
+        require_reason_words(rows, REASON_WORDS, str(texts))
+    except ResaError as exc:
+        doc["reasonscore_refused"] = str(exc)
+    result = None if "reasonscore_refused" in doc else run_features(cfg, out / "features")
+    per_layer = []
+    for layer in sorted(markers):
+        row = {"layer": layer, "markers": markers[layer], "marker_counts": marker_counts.get(layer, {})}
+        if result is not None:
+            found = next(r for r in result.layers if r.layer == layer).features
+            st = next((s for s in result.stability if s.layer == layer), None)
+            both = sorted(set(found) & set(markers[layer]))
+            union = set(found) | set(markers[layer])
+            row |= {"reasonscore": found, "reasonscore_counts": {str(s): c for s, c in st.counts.items()} if st
+                    else {"0": len(found)}, "intersection": both,
+                    "jaccard": len(both) / len(union) if union else None}
+        per_layer.append(row)
+    doc["layers"] = per_layer
+    if result is not None:
+        doc["word_windows"] = result.word_counts
+        chosen = [r["layer"] for r in per_layer if r["markers"] and r["reasonscore"]][:steer_layers]
+        doc["steer"] = {str(layer): {
+            name: steer_set(run, layer, next(r for r in per_layer if r["layer"] == layer)[name],
+                            out / f"steer-{name}-l{layer}", steer_texts)
+            for name in ("markers", "reasonscore")} for layer in chosen}
+    return doc
+
+
+def counts(values: dict[str, int]) -> str:
+    return "/".join(str(v) for v in values.values()) or "-"
+
+
+def report(doc: dict, command: str) -> str:
+    """figures/reasonscore.md: the table, what the two definitions agree on, and the command."""
+    occurring = {w: n for w, n in doc["word_occurrences"].items() if n}
+    lines = ["# ReasonScore against the marker rule, on the same SAEs", "",
+             f"Run: `{doc['run']}`; texts: `{doc['texts']}` ({doc['n_texts']} texts). Command:", "",
+             f"    {command}", "",
+             "Reasoning words (the authors' 10) in the texts, as substrings: "
+             + (", ".join(f"{w} {n}" for w, n in occurring.items()) or "**none of the 10 occurs**") + ".", ""]
+    refused = doc.get("reasonscore_refused")
+    if refused:
+        lines += [f"ReasonScore refused these texts: `{refused}`", "",
+                  "So there is no ReasonScore set to compare: on these texts the two definitions cannot agree on "
+                  "anything, and no `steer` comparison was run. The marker rule's counts per layer, for the "
+                  "record:", ""]
+    lines += ["| blocks.N | marker rule (seeds) | ReasonScore (seeds) | both (seed 0) | Jaccard |",
+              "|---:|---:|---:|---:|---:|"]
+    for r in doc["layers"]:
+        jac = "-" if r.get("jaccard") is None else f"{r['jaccard']:.3f}"
+        both = len(r["intersection"]) if "intersection" in r else "-"
+        lines.append(f"| {r['layer']} | {counts(r['marker_counts'])} | {counts(r.get('reasonscore_counts', {}))} | "
+                     f"{both} | {jac} |")
+    seeds = sorted({s for r in doc["layers"] for s in r["marker_counts"]})
+    totals = {s: sum(r["marker_counts"].get(s, 0) for r in doc["layers"]) for s in seeds}
+    lines += ["", "Marker-rule features in all layers, per seed: "
+              + ", ".join(f"seed {s}: {n}" for s, n in totals.items()) + "."]
+    if not refused:
+        total_m = sum(len(r["markers"]) for r in doc["layers"])
+        total_r = sum(len(r["reasonscore"]) for r in doc["layers"])
+        total_b = sum(len(r["intersection"]) for r in doc["layers"])
+        lines += ["", f"In seed 0: {total_m} marker-rule features, {total_r} ReasonScore features, {total_b} in both."]
+        if doc.get("steer"):
+            lines += ["", "Ablation against frequency-matched controls (`steer`, trigger texts): mean Δlog p at the "
+                      "`<think>`/`</think>` tokens and KL, set − control [95% CI]:", "",
+                      "| blocks.N | set | n | Δlogp markers | control | difference | KL difference |",
+                      "|---:|---|---:|---:|---:|---:|---:|"]
+            fmt = lambda e: f"{e['mean']:+.4f} [{e['ci'][0]:+.4f}, {e['ci'][1]:+.4f}]"  # noqa: E731
+            for layer, sets in doc["steer"].items():
+                for name, eff in sets.items():
+                    n = len(next(r for r in doc["layers"] if str(r["layer"]) == layer)[name])
+                    lines.append(f"| {layer} | {name} | {n} | {fmt(eff['reasoning']['dlogp_marker'])} | "
+                                 f"{fmt(eff['control']['dlogp_marker'])} | {fmt(eff['difference']['dlogp_marker'])}"
+                                 f" | {fmt(eff['difference']['kl'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", type=Path, default=ROOT / "runs" / "default", help="features run to compare with")
+    parser.add_argument("--texts", type=Path, help="reasoning texts (JSONL, 'text'); default: the worked solutions")
+    parser.add_argument("--n-texts", type=int, default=200, help="worked solutions to write when --texts is unset")
+    parser.add_argument("--quantile", type=float, default=FeatureConfig.quantile, help="ReasonScore's selection")
+    parser.add_argument("--steer-layers", type=int, default=3, help="layers to steer, where both sets are non-empty")
+    parser.add_argument("--steer-texts", type=int, default=16, help="trigger texts per steer run")
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "reasonscore", help="what it makes goes here")
+    parser.add_argument("--figures", type=Path, default=ROOT / "figures", help="reasonscore.json/.md go here")
+    args = parser.parse_args()
+    if not (args.run / "features.json").is_file():
+        sys.exit(f"error: {args.run}/features.json: missing; run `resa-interp features --out {args.run}` first")
+    doc = compare(args.run, args.out, args.texts, args.n_texts, args.steer_layers, args.steer_texts, args.quantile)
+    command = "python analysis/reasonscore_comparison.py " + shlex.join(sys.argv[1:])
+    doc["command"] = command
+    atomic_write_json(args.figures / "reasonscore.json", doc)
+    atomic_write_text(args.figures / "reasonscore.md", report(doc, command))
+    print(report(doc, command))
+
+
+if __name__ == "__main__":
+    main()
