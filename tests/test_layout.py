@@ -18,7 +18,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "resa_interp"
 # the pipeline, in order; a module may import its own stage, earlier stages and the cross-cutting helpers
 STAGES = ["data", "model", "sae", "features", "interventions", "dashboard", "layers", "tuning", "evaluation", "cli"]
-HELPERS = {"errors", "extras", "runs", "figures", "presets", "numbering", "checkpoints", "shards"}
+HELPERS = {"errors", "extras", "runs", "figures", "presets", "numbering", "checkpoints", "shards", "tracking"}
 
 
 def module_name(path: Path) -> str:

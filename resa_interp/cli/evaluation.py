@@ -101,6 +101,7 @@ def sweep(
     eval_seed: _eval("seed", "--eval-seed") = None,
     batch_size: _eval("batch_size") = None,
     device: Device = None,
+    report_to: _sweep("report_to") = None,
     preset: Preset = "cpu",
     shard: Shard = None,
     dry_run: DryRun = False,
@@ -133,7 +134,7 @@ def sweep(
     talks = is_main_process()
     config = sweep_config(
         preset, layers=layers, tasks=parse_task_list(tasks) if tasks is not None else None, saes_run=saes_run,
-        device=device,
+        device=device, report_to=report_to,
         tune=dict(
             model=model, hook=hook, dataset=dataset, limit=train_limit, epochs=epochs, steps=steps, lr=lr,
             lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,

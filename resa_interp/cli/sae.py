@@ -61,6 +61,7 @@ def train_saes(
     preset: Annotated[str | None, typer.Option("--preset", help="paper (R1-Distill-Qwen-1.5B, STILL, Appendix A; a "
                                                "GPU); options given override it.")] = None,
     activations: _sae("activations") = None,
+    report_to: _sae("report_to") = None,
     resume: Resume = False,
     device: _sae("device") = None,
     dtype: _sae("model_dtype", "--dtype") = None,
@@ -98,6 +99,7 @@ def train_saes(
         architecture=architecture, sparsity_coefficient=sparsity_coefficient, template=template, pack=pack,
         max_seq_len=max_seq_len, problem_column=problem_column, answer_column=answer_column,
         keep_first=keep_first or None, seed=seed, seeds=more_seeds, device=device, model_dtype=dtype,
+        report_to=report_to,
     )
     if talks:
         typer.echo(stage1_settings(cfg, preset).format())

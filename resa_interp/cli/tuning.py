@@ -65,6 +65,7 @@ def tune(
     seed: tune_option("seed") = None,
     device: tune_option("device") = None,
     dtype: tune_option("dtype") = None,
+    report_to: tune_option("report_to") = None,
     dry_run: DryRun = False,
 ) -> None:
     """Stage II, SAE-Tuning: splice a frozen SAE into the target, train LoRA on KL(teacher || student), merge.
@@ -90,7 +91,7 @@ def tune(
         lora_dropout=lora_dropout, lora_targets=parse_targets(lora_targets) if lora_targets else None,
         grad_accum=grad_accum, max_grad_norm=max_grad_norm, kl_reduction=kl_reduction, detach_sae=detach_sae,
         no_sae=no_sae, teacher_cache=teacher_cache, save_every=save_every, resume=resume, seed=seed, device=device,
-        dtype=dtype,
+        dtype=dtype, report_to=report_to,
     ))
     if is_main_process():
         typer.echo(tuning_settings(config, preset).format())

@@ -122,12 +122,18 @@ class SweepConfig:
     trained first (with `saes`) when it holds none."""
     tune: TuneConfig = field(default_factory=TuneConfig)
     """SAE-Tuning settings of every layer (model, hook, data, steps, LoRA, ...); `layer`, `saes_run` and
-    `resume` are set per layer, `sae` is not used."""
+    `resume` are set per layer, `report_to` is the sweep's, `sae` is not used."""
     evaluation: EvalConfig = field(default_factory=EvalConfig)
     """How every tuned model is evaluated; `model` and `tasks` are set per layer (the layer's tuning output and
     the sweep's `tasks`)."""
     saes: SAETrainConfig = field(default_factory=SAETrainConfig)
-    """Stage I settings for SAEs the sweep trains itself; model, hook and layers are taken from the sweep."""
+    """Stage I settings for SAEs the sweep trains itself; model, hook, layers and `report_to` are taken from the
+    sweep."""
+    report_to: str = "none"
+    """Experiment tracking: 'wandb' (WANDB_MODE=offline works without a network), 'tensorboard' or 'none'. The
+    sweep's own run (OUT/wandb/ or OUT/tensorboard/: its config, each layer's scores and KL with the layer as
+    the step, every layer's results at the end) and every run it starts report there: each layer's tuning
+    (OUT/layer-L/) and the Stage I run it trains first (extra 'track')."""
 
 
 SWEEP_PRESETS: dict[str, dict[str, Any]] = {
@@ -146,6 +152,7 @@ def sweep_config(
     tasks: list[str] | tuple[str, ...] | None = None,
     saes_run: str | None = None,
     device: str | None = None,
+    report_to: str | None = None,
     tune: dict[str, Any] | None = None,
     evaluation: dict[str, Any] | None = None,
 ) -> SweepConfig:
@@ -158,6 +165,7 @@ def sweep_config(
         layers=layers,
         tasks=tuple(tasks) if tasks is not None else None,
         saes_run=saes_run,
+        report_to=report_to,
         tune=preset_config(preset, device=device, **(tune or {})),
         evaluation=with_preset(EvalConfig, EVAL_PRESETS, preset, device=device, **(evaluation or {})),
         saes=with_preset(SAETrainConfig, SAE_PRESETS, preset if preset in SAE_PRESETS else None, device=device),

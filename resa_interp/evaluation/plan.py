@@ -14,11 +14,11 @@ from resa_interp.numbering import default_layers, describe_layers, parse_layers
 from resa_interp.presets import SettingsReport, settings_report, with_preset
 from resa_interp.sae import run_sae_dirs
 
-OPERATIONAL = ("batch_size", "device", "tune.save_every", "tune.resume", "tune.device", "evaluation.batch_size",
-               "evaluation.device", "saes.group_size", "saes.checkpoint_every", "saes.device")
-"""Settings that change where or how fast a run goes, not what it computes."""
-SET_PER_LAYER = ("tune.sae", "tune.saes_run", "tune.layer", "tune.resume", "evaluation.model", "evaluation.tasks",
-                 "saes.model", "saes.hook", "saes.layers")
+OPERATIONAL = ("batch_size", "device", "report_to", "tune.save_every", "tune.resume", "tune.device",
+               "evaluation.batch_size", "evaluation.device", "saes.group_size", "saes.checkpoint_every", "saes.device")
+"""Settings that change where or how fast a run goes, or where it reports, not what it computes."""
+SET_PER_LAYER = ("tune.sae", "tune.saes_run", "tune.layer", "tune.resume", "tune.report_to", "evaluation.model",
+                 "evaluation.tasks", "saes.model", "saes.hook", "saes.layers", "saes.report_to")
 """Sweep settings the sweep fills in itself for every layer (from its own layers, model, hook and tasks)."""
 
 

@@ -42,6 +42,7 @@ from resa_interp.numbering import default_layers, layer_ranges, parse_layers
 from resa_interp.runs import atomic_write_text, read_manifest, record_stage, run_relative
 from resa_interp.sae import require_sae_dirs
 from resa_interp.shards import ONLY, Shard, on_its_own, wait_for_all_ranks
+from resa_interp.tracking import open_tracker
 from resa_interp.tuning import STAGE as TUNE_STAGE
 from resa_interp.tuning import TuneConfig, changed_settings, tune
 
@@ -111,11 +112,14 @@ def sweep(
     """Tune and evaluate at every layer of `config.layers` (of `shard`'s share, `layers[i::n]`) into `out`, resuming
     what an earlier run of the same sweep finished; rewrite `out`/scores.csv from every finished layer on disk and
     the 'sweep' record of `out`/manifest.json. `echo` gets one line per layer (prefixed with the shard when there
-    are several) and a note when Stage I runs first."""
+    are several) and a note when Stage I runs first. With `config.report_to` the sweep reports each of its layers'
+    results (the layer as the step) and, at the end, every finished layer's, from one process (a launcher's rank 0,
+    or each `--shard` process); the runs it starts report too."""
     started = time.perf_counter()
     out = Path(out)
     config.evaluation.check()
     check_splice_hook(config.tune.hook)
+    tracker = open_tracker(config.report_to, main=not (shard.launched and shard.index > 0))
     n_layers = model_shape(config.tune.model).n_layers
     layers = parse_layers(config.layers or default_layers(n_layers), n_layers)
     if not config.tasks:
@@ -133,14 +137,22 @@ def sweep(
     mine = shard.take(layers)
     prefix = f"{shard.label}: " if shard.sharded else ""
     rows: list[LayerResult] = []
-    with on_its_own():  # one rank's tuning and evaluation are one process's, not a share of the launcher's job
-        for i, layer in enumerate(mine):
-            rows.append(_sweep_layer(config, run, layer, out, task_names))
-            echo(f"{prefix}[{i + 1}/{len(mine)}] {format_layer(rows[-1])}")
-            _merge(config, run, out, layers, task_names, rows, shard, time.perf_counter() - started)
-    if shard.launched and shard.sharded:
-        wait_for_all_ranks(shard)
-    merged = _merge(config, run, out, layers, task_names, rows, shard, time.perf_counter() - started)
+    tracker.start(_recorded_config(config), out,
+                  f"{out.name}-sweep" + (f"-{shard.index}of{shard.count}" if shard.sharded else ""))
+    try:
+        with on_its_own():  # one rank's tuning and evaluation are one process's, not a share of the launcher's job
+            for i, layer in enumerate(mine):
+                rows.append(_sweep_layer(config, run, layer, out, task_names))
+                echo(f"{prefix}[{i + 1}/{len(mine)}] {format_layer(rows[-1])}")
+                tracker.log(layer, layer_scalars(rows[-1]))
+                _merge(config, run, out, layers, task_names, rows, shard, time.perf_counter() - started)
+        if shard.launched and shard.sharded:
+            wait_for_all_ranks(shard)
+        merged = _merge(config, run, out, layers, task_names, rows, shard, time.perf_counter() - started)
+        tracker.summary({**{f"layer-{row.layer}": layer_scalars(row) for row in merged},
+                         "layers_finished": len(merged), "layers_planned": len(layers)})
+    finally:
+        tracker.finish()
     return SweepResult(out, rows, merged, out / SCORES_CSV, time.perf_counter() - started, layers)
 
 
@@ -154,7 +166,8 @@ def _sae_run(config: SweepConfig, out: Path, layers: list[int], echo: Callable[[
                 f"{str(out)!r} has no {hook} SAEs and a sharded sweep ({shard.label}) does not train them: run "
                 f"train-saes --out {out} first (torchrun spreads it over GPUs), or give --saes RUN"
             )
-        stage1 = replace(config.saes, model=config.tune.model, hook=hook, layers=",".join(map(str, layers)))
+        stage1 = replace(config.saes, model=config.tune.model, hook=hook, layers=",".join(map(str, layers)),
+                         report_to=config.report_to)
         train_first(stage1, out, echo, f"Stage I, layers {layer_ranges(layers)}")
         _release_memory()
     run = Path(config.saes_run) if config.saes_run is not None else out
@@ -206,7 +219,7 @@ def _sweep_layer(config: SweepConfig, run: Path, layer: int, out: Path, task_nam
 
 
 def _layer_tune_config(config: SweepConfig, run: Path, layer: int) -> TuneConfig:
-    return replace(config.tune, sae=None, saes_run=str(run), layer=layer, resume=True)
+    return replace(config.tune, sae=None, saes_run=str(run), layer=layer, resume=True, report_to=config.report_to)
 
 
 def _finished_layer(
@@ -276,6 +289,13 @@ def _release_memory() -> None:
         torch.cuda.empty_cache()
 
 
+def layer_scalars(row: LayerResult) -> dict[str, float]:
+    """A layer's results as a tracker's numbers: its scores.csv columns, then its tuning's KL, steps and times."""
+    return {**row.scores, "avg": row.average, GOLD_LOGPROB: row.gold_logprob, GOLD_LOGPROB_SUM: row.gold_logprob_sum,
+            "kl_first": row.kl_first, "kl_last": row.kl_last, "steps": row.steps, "tune_wall_s": row.tune_wall_s,
+            "eval_wall_s": row.eval_wall_s}
+
+
 def score_column(task: str) -> str:
     """A task's scores.csv column: its name with ':' as '_' (gpqa:diamond -> gpqa_diamond, as in Table 6's file)."""
     return task.replace(":", "_")
@@ -315,13 +335,18 @@ def format_layer(row: LayerResult) -> str:
     )
 
 
+def _recorded_config(config: SweepConfig) -> dict[str, Any]:
+    """The config as the manifest (and the tracker) records it."""
+    # evaluation's model and tasks are set per layer (recorded below and per layer), not the config's defaults
+    return {**asdict(config), "evaluation": generation_settings(config.evaluation)}
+
+
 def _record(
     out: Path, config: SweepConfig, run: Path, layers: list[int], rows: list[LayerResult], path: Path, wall: float,
     shard: Shard,
 ) -> None:
     record_stage(out, STAGE, {
-        # evaluation's model and tasks are set per layer (recorded below and per layer), not the config's defaults
-        "config": {**asdict(config), "evaluation": generation_settings(config.evaluation)},
+        "config": _recorded_config(config),
         "model": config.tune.model,
         "hook": config.tune.hook,
         "saes_run": run_relative(run, out),

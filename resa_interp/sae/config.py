@@ -17,6 +17,7 @@ from resa_interp.model import canonical_hook
 from resa_interp.presets import with_preset
 from resa_interp.runs import sha256_text
 from resa_interp.sae.activations import ActivationCache
+from resa_interp.tracking import check_report_to
 
 MODES = ("scratch", "finetune", "pretrained")
 OPTIMIZERS = ("adam", "signum")
@@ -134,6 +135,11 @@ class SAETrainConfig:
     """Train from this activation cache (`cache-activations`) instead of forward passes; the model is loaded only
     for the held-out metrics at the end. The cache must hold this model, hook and layers and the same data
     settings, which default to the cache's."""
+    report_to: str = "none"
+    """Experiment tracking: 'wandb' (a run under OUT/wandb/; WANDB_MODE=offline works without a network),
+    'tensorboard' (OUT/tensorboard/) or 'none'. Per step each SAE's loss, explained variance, L0, dead fraction,
+    lr and grad norm, with tokens/s; the config; the held-out metrics at the end (extra 'track'). The same
+    curves are in OUT/saes/train_log.jsonl either way."""
 
     @classmethod
     def from_options(cls, preset: str | None = None, **given: Any) -> SAETrainConfig:
@@ -209,10 +215,13 @@ class SAETrainConfig:
                             "coefficient is for jumprelu, standard and gated")
         if self.activations and self.mode == "pretrained":
             raise ResaError("--activations: --mode pretrained imports SAEs without training, so it reads no cache")
+        check_report_to(self.report_to)
 
     def semantic_hash(self) -> str:
-        """Hash of the fields that change results (a checkpoint is only resumed under the same hash)."""
-        return sha256_text(json.dumps(dataclasses.asdict(self), sort_keys=True))[:16]
+        """Hash of the fields that change results (a checkpoint is only resumed under the same hash); where the run
+        reports (`report_to`) does not."""
+        fields = {k: v for k, v in dataclasses.asdict(self).items() if k != "report_to"}
+        return sha256_text(json.dumps(fields, sort_keys=True))[:16]
 
 
 PRESETS: dict[str, dict[str, Any]] = {

@@ -57,24 +57,34 @@ class LayerSAE(nn.Module):
         params = [self.enc, self.b_enc, self.dec, self.b_dec]
         self.optimizer = torch.optim.Adam(params, lr=lr) if name == "adam" else Signum(params, lr=lr)
 
-    def step(self, x_raw: Tensor) -> float:
-        """One optimizer step on raw activations [n, d]; returns the batch's fraction of variance explained."""
+    def step(self, x_raw: Tensor) -> dict[str, float]:
+        """One optimizer step on raw activations [n, d]; returns the batch's `loss` (squared error per token, scaled
+        units), `explained_variance`, `l0` (active latents per token) before the update, and the `lr` and total
+        `grad_norm` (after the parallel part of the decoder's is removed) of the update."""
         x = x_raw * self.scale
         loss, values, indices, _ = reconstruction_loss(
             x, self.enc, self.b_enc, self.dec, self.b_dec, self.k, self.select_dtype
         )
         loss.backward()
         project_out_parallel_grad(self.dec)
+        with torch.no_grad():
+            grads = [p.grad for p in (self.enc, self.b_enc, self.dec, self.b_dec) if p.grad is not None]
+            grad_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         normalize_rows(self.dec.data)
         with torch.no_grad():
             fired = torch.zeros_like(self.since_fired, dtype=torch.bool)
-            fired[indices[values > 0]] = True
+            active = values > 0
+            fired[indices[active]] = True
             self.since_fired.add_(x.shape[0]).masked_fill_(fired, 0)
             self.tokens_seen.add_(x.shape[0])
             variance = (x - x.mean(0)).pow(2).sum(-1).mean()
-        return 1.0 - loss.item() / max(variance.item(), 1e-12)
+            # one transfer from the device for all four numbers
+            loss_value, variance_value, l0, norm = torch.stack(
+                [loss.detach(), variance, active.sum(-1).float().mean(), grad_norm]).tolist()
+        return {"loss": loss_value, "explained_variance": 1.0 - loss_value / max(variance_value, 1e-12), "l0": l0,
+                "lr": self.optimizer.param_groups[0]["lr"], "grad_norm": norm}
 
     @classmethod
     def from_source(cls, sae, source: str, seed: int, select_dtype: torch.dtype | None = None) -> LayerSAE:

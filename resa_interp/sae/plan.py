@@ -24,8 +24,8 @@ from resa_interp.sae.pretrained import find_source_sae
 from resa_interp.sae.ranks import layer_owners, most_per_rank
 from resa_interp.shards import launcher_shard
 
-OPERATIONAL = ("group_size", "checkpoint_every")
-"""Settings that change how a run is scheduled, not its result."""
+OPERATIONAL = ("group_size", "checkpoint_every", "report_to")
+"""Settings that change how a run is scheduled or reported, not its result."""
 
 
 def stage1_settings(cfg: SAETrainConfig, preset: str | None) -> SettingsReport:

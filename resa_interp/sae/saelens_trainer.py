@@ -109,15 +109,22 @@ class SAELensLayer:
         )
         self.initialised = True
 
-    def step(self, x_raw: Tensor) -> float:
-        """One SAELens training step on raw activations [n, d]; returns the batch's fraction of variance explained
-        (before the update)."""
+    def step(self, x_raw: Tensor) -> dict[str, float]:
+        """One SAELens training step on raw activations [n, d]; returns the batch's `loss` (SAELens' total, in its
+        scaled units), `explained_variance` and `l0` (before the update) and the `lr` the step used. SAELens'
+        trainer clips the gradient and keeps no norm of it, so there is no `grad_norm`."""
+        lr = self.trainer.optimizer.param_groups[0]["lr"]
         out = self.trainer.step(x_raw)
         self.trainer.n_training_steps += 1
         with torch.no_grad():
             x = out.sae_in.float()
             variance = (x - x.mean(0)).pow(2).sum()
-            return 1.0 - (out.sae_out.float() - x).pow(2).sum().item() / max(variance.item(), 1e-12)
+            error = (out.sae_out.float() - x).pow(2).sum()
+            l0 = out.feature_acts.bool().float().sum(-1).to_dense().mean()
+            loss, variance_value, error_value, l0_value = torch.stack(
+                [out.loss.detach().float(), variance, error, l0]).tolist()
+        return {"loss": loss, "explained_variance": 1.0 - error_value / max(variance_value, 1e-12), "l0": l0_value,
+                "lr": lr}
 
     def dead_fraction(self, window: int) -> float:
         """Fraction of latents that did not fire in the last `window` training tokens (whole steps)."""

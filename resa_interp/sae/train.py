@@ -37,9 +37,11 @@ from resa_interp.sae.plan import plan_memory
 from resa_interp.sae.pretrained import check_source_sae, load_source_sae
 from resa_interp.sae.ranks import RoutedFeed, gather_objects, layer_owners, most_per_rank, sae_to_rank_zero
 from resa_interp.sae.saelens_trainer import trainer_label
-from resa_interp.sae.trainer import DEAD_WINDOW, GroupTrainer, select_dtype
+from resa_interp.sae.train_log import StageOneLog, merge_steps, summary
+from resa_interp.sae.trainer import DEAD_WINDOW, GroupTrainer, TrainSteps, select_dtype
 from resa_interp.sae.trigger_data import prepends_bos, trigger_data
 from resa_interp.shards import Shard, is_main_process, launcher_shard, process_group
+from resa_interp.tracking import Tracker, open_tracker
 
 log = logging.getLogger(__name__)
 
@@ -106,24 +108,34 @@ def train_saes(
     if shard.sharded and cfg.mode == "pretrained":
         raise ResaError(f"--mode pretrained under {shard.count} launcher ranks: importing SAEs trains nothing to "
                         "spread; run it in one process")
+    tracker = open_tracker(cfg.report_to, main=is_main_process())
     with process_group(shard, resolve_device(cfg.device)):
-        stage = _StageOne(cfg, Path(run), subject, shard)
-        stage.produce(resume)
-        if not stage.talks:  # rank 0 measures every layer's SAEs and writes the run's records
-            return stage.result({}, time.time() - stage.t0)
-        metrics = stage.measure()
-        wall = time.time() - stage.t0
-        stage.record(wall)
-        return stage.result(metrics, wall)
+        stage = _StageOne(cfg, Path(run), subject, shard, tracker)
+        tracker.start(dataclasses.asdict(cfg), stage.run, stage.run.name)
+        try:
+            stage.produce(resume)
+            if not stage.talks:  # rank 0 measures every layer's SAEs and writes the run's records
+                return stage.result({}, time.time() - stage.t0)
+            metrics = stage.measure()
+            wall = time.time() - stage.t0
+            stage.record(wall)
+            tracker.summary(summary(cfg, metrics, {"tokens_per_layer": stage.tokens_trained, "wall_seconds": wall,
+                                                   "train_seconds": stage.train_seconds}))
+            return stage.result(metrics, wall)
+        finally:
+            stage.curves.close()
+            tracker.finish()
 
 
 class _StageOne:
     """One Stage I run as it goes: its inputs (model and data, or a cache), the SAEs finished so far and where they
     are, then the held-out metrics and the manifest (rank 0)."""
 
-    def __init__(self, cfg: SAETrainConfig, run: Path, subject: Subject | None, shard: Shard):
+    def __init__(self, cfg: SAETrainConfig, run: Path, subject: Subject | None, shard: Shard, tracker: Tracker):
         self.cfg, self.run, self.shard = cfg, run, shard
         self.talks = is_main_process()
+        self.curves = StageOneLog(cfg, run, tracker)
+        """The training curves (RUN/saes/train_log.jsonl and the tracker; rank 0 writes them)."""
         self.t0 = time.time()
         self.cache = ActivationCache(cfg.activations) if cfg.activations else None
         self.subject, self.data = subject, None
@@ -171,6 +183,8 @@ class _StageOne:
                     setattr(sae.cfg.metadata, key, value)
                 self.dirs[layer, cfg.seed] = _export(sae, self.folder((layer, cfg.seed)))
             return
+        if self.talks:
+            self.curves.open(state)
         # the ranks go through the same groups, each of them training its own layers of a group
         size = min(gather_objects(plan.group_size, "planning")) if self.shard.sharded else plan.group_size
         step = size * self.shard.count
@@ -207,7 +221,9 @@ class _StageOne:
             if state is not None and state.get("group") == mine:
                 trainer.load_state_dict(state)
             trained = trainer.fit(feed, progress, lambda group_state: self.checkpoint.save(
-                {"done": self.done, **group_state}))
+                {"done": self.done, **group_state}), self.report)
+        if self.talks:
+            self.curves.end_group(trainer.steps)
         self.train_seconds += time.time() - started
         for layer, seed in [(layer, seed) for layer in group for seed in cfg.all_seeds]:
             sae, exported = trained.get((layer, seed)), None
@@ -227,6 +243,13 @@ class _StageOne:
                 self.done.update(finished)
                 self.tokens_trained = max(self.tokens_trained, tokens)
             self.dirs.update({key: self.folder(key) for key in self.done})
+
+    def report(self, steps: TrainSteps) -> None:
+        """One flush's steps to the training curves (every rank's, which rank 0 gathers)."""
+        if self.shard.sharded:
+            steps = merge_steps(gather_objects(steps, "collecting the training curves"))
+        if self.talks:
+            self.curves.add(steps)
 
     def measure(self) -> dict[int, list[dict]]:
         """Rank 0: every seed's held-out metrics, written to the run with each SAE's firing counts."""

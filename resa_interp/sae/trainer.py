@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -24,6 +26,18 @@ log = logging.getLogger(__name__)
 DEAD_WINDOW = 1_000_000
 """A latent is dead when it has not fired in this many training tokens (the paper's dead feature threshold),
 or in the whole run when that is shorter."""
+
+
+@dataclass(frozen=True)
+class TrainSteps:
+    """The optimizer steps of one flush: a record per step and SAE, as RUN/saes/train_log.jsonl holds it, and each
+    step's throughput (which `train_log.jsonl` leaves out: timings differ run to run)."""
+
+    records: list[dict]
+    """{step (the group's, 1-based), layer, seed, tokens (trained so far per SAE), loss, explained_variance, l0,
+    dead_fraction, lr[, grad_norm]}, in step order."""
+    tokens_per_s: dict[int, float]
+    """The group's step -> its batch's tokens over the seconds this process's SAEs spent stepping on it."""
 
 
 def select_dtype(cfg: SAETrainConfig, device: torch.device) -> torch.dtype | None:
@@ -70,6 +84,8 @@ class GroupTrainer:
         """Per layer, the activations pooled since the last flush."""
         self.pending_tokens = 0
         self.tokens_done = 0
+        self.steps = 0
+        """Optimizer steps taken (every SAE of the group takes each of them)."""
         self.flushes = 0
         self.next_text = 0
         """The first text of the next batch to read (where a resumed run continues)."""
@@ -95,36 +111,54 @@ class GroupTrainer:
             self.pending[layer] = [state["pending"][layer].to(self.device)]
         self.next_text, self.tokens_done, self.flushes = state["next_text"], state["tokens_done"], state["flushes"]
         self.pending_tokens = state["pending_tokens"]
+        # a checkpoint is saved only after a flush that is not the last, which takes whole batches
+        self.steps = self.tokens_done // self.cfg.batch_tokens
         self.resumed = True
 
-    def flush(self, progress: Any, final: bool) -> bool:
+    def flush(self, progress: Any, final: bool) -> tuple[bool, TrainSteps]:
         """Shuffle the pooled activations and step every SAE on whole batches; a remainder waits for the next
-        flush (only the very last flush of a run takes a short final batch). Returns whether this was the last."""
+        flush (only the very last flush of a run takes a short final batch). Returns whether this was the last,
+        and its steps."""
         cfg = self.cfg
         available = int(min(self.pending_tokens, self.budget - self.tokens_done))
         last = final or available >= self.budget - self.tokens_done
         take = available if last else available - available % cfg.batch_tokens
         generator = torch.Generator().manual_seed(cfg.seed + 7919 * self.flushes)
         perm = torch.randperm(self.pending_tokens, generator=generator).to(self.device)
+        records: list[dict] = []
+        seconds: dict[int, float] = {}
+        sizes: dict[int, int] = {}
         for layer in self.layers:
             acts = torch.cat(self.pending[layer]).float()[perm]
             for seed in cfg.all_seeds:
                 sae = self.saes[layer, seed]
                 if sae.tokens_seen.item() == 0 and not sae.initialised:
                     sae.data_init(acts[:take], from_pretrained=cfg.mode == "finetune")
-                for i in range(0, take, cfg.batch_tokens):
-                    ev = sae.step(acts[i : min(i + cfg.batch_tokens, take)])
+                for n, i in enumerate(range(0, take, cfg.batch_tokens)):
+                    end, step = min(i + cfg.batch_tokens, take), self.steps + n + 1
+                    began = time.perf_counter()
+                    stats = sae.step(acts[i:end])
+                    seconds[step] = seconds.get(step, 0.0) + time.perf_counter() - began
+                    sizes[step] = end - i
+                    tokens = self.tokens_done + end
+                    records.append({"step": step, "layer": layer, "seed": seed, "tokens": tokens, **stats,
+                                    "dead_fraction": sae.dead_fraction(min(DEAD_WINDOW, tokens))})
             self.pending[layer] = [] if last else [acts[take:]]
-            progress.set_postfix(layer=layer, ev=f"{ev:.3f}", refresh=False)
+            if records:
+                progress.set_postfix(layer=layer, ev=f"{records[-1]['explained_variance']:.3f}", refresh=False)
         self.tokens_done += take
+        self.steps += math.ceil(take / cfg.batch_tokens)
         progress.update(take)
         self.pending_tokens = 0 if last else self.pending_tokens - take
         self.flushes += 1
-        return last
+        rates = {step: sizes[step] / max(spent, 1e-9) for step, spent in seconds.items()}
+        return last, TrainSteps(sorted(records, key=lambda r: (r["step"], r["layer"], r["seed"])), rates)
 
-    def fit(self, feed: ActivationFeed, progress: Any, save: Callable[[dict], None]) -> dict[tuple[int, int], Any]:
-        """Train on `feed` until the token budget or the data runs out, updating `progress` (a tqdm bar) and giving
-        `save` the `state_dict` every `cfg.checkpoint_every` flushes; returns the SAEs."""
+    def fit(self, feed: ActivationFeed, progress: Any, save: Callable[[dict], None],
+            on_steps: Callable[[TrainSteps], None] | None = None) -> dict[tuple[int, int], Any]:
+        """Train on `feed` until the token budget or the data runs out, updating `progress` (a tqdm bar), giving
+        `save` the `state_dict` every `cfg.checkpoint_every` flushes and `on_steps` every flush's steps (on every
+        rank, at the same flushes); returns the SAEs."""
         cfg = self.cfg
         if self.resumed:
             progress.update(self.tokens_done)
@@ -134,14 +168,18 @@ class GroupTrainer:
                 self.pending[layer].extend(chunks[layer])
             self.pending_tokens += n
             if self.pending_tokens >= min(cfg.buffer_tokens, self.budget - self.tokens_done):
-                last = self.flush(progress, final=False)
+                last, steps = self.flush(progress, final=False)
+                if on_steps is not None:
+                    on_steps(steps)
                 if cfg.checkpoint_every and self.flushes % cfg.checkpoint_every == 0 and not last:
                     self.next_text = first + cfg.seq_batch
                     save(self.state_dict())
             if self.tokens_done >= self.budget:
                 break
         if self.pending_tokens and self.tokens_done < self.budget:
-            self.flush(progress, final=True)  # the last flush saves no checkpoint, so its resume point is never read
+            _, steps = self.flush(progress, final=True)  # the last flush saves no checkpoint, so no resume point
+            if on_steps is not None:
+                on_steps(steps)
         if cfg.tokens is not None and self.tokens_done < cfg.tokens:
             log.warning("dataset exhausted after %d of %d tokens (one epoch)", self.tokens_done, cfg.tokens)
         return self.saes

@@ -9,6 +9,7 @@ from typing import Any
 from resa_interp.data import TEMPLATES
 from resa_interp.errors import ResaError, check_choice
 from resa_interp.presets import with_preset
+from resa_interp.tracking import check_report_to
 
 LORA_TARGETS = {
     "attn": ("q_proj", "k_proj", "v_proj", "o_proj"),
@@ -110,6 +111,10 @@ class TuneConfig:
     """'auto' (CUDA if present, or each process's device under accelerate launch), 'cpu' or 'cuda'."""
     dtype: str = "auto"
     """Model weights' dtype: 'auto' is bfloat16 on CUDA and float32 on CPU. Adapters train in float32."""
+    report_to: str = "none"
+    """Experiment tracking: 'wandb' (a run under OUT/wandb/; WANDB_MODE=offline works without a network),
+    'tensorboard' (OUT/tensorboard/) or 'none'. Per step what train_log.jsonl holds (KL or cross-entropy, SAE
+    MSE, lr, grad norm, tokens) and tokens/s; the config; the final KL or cross-entropy (extra 'track')."""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict form for JSON."""
@@ -128,6 +133,7 @@ class TuneConfig:
             raise ResaError("--teacher-cache with --no-sae: the CoT-free SFT baseline has no teacher to cache")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ResaError(f"device {self.device!r}: accepted auto, cpu, cuda (one GPU per process)")
+        check_report_to(self.report_to)
 
 
 PRESETS: dict[str, dict[str, Any]] = {

@@ -18,8 +18,8 @@ from resa_interp.tuning.config import TuneConfig, preset_config
 from resa_interp.tuning.run import TRAIN_LOG, prepare_out
 from resa_interp.tuning.targets import resolve_sae
 
-OPERATIONAL = ("save_every", "resume")
-"""Settings that change how a run is scheduled or saved, not its result."""
+OPERATIONAL = ("save_every", "resume", "report_to")
+"""Settings that change how a run is scheduled, saved or reported, not its result."""
 
 
 def tuning_settings(config: TuneConfig, preset: str | None) -> SettingsReport:

@@ -29,6 +29,8 @@ import torch
 from resa_interp.errors import ResaError
 from resa_interp.model import attach, save_adapter
 from resa_interp.runs import atomic_write_json, atomic_write_text, record_stage, run_relative
+from resa_interp.shards import is_main_process
+from resa_interp.tracking import Tracker, open_tracker
 from resa_interp.tuning.checkpoints import checkpoint_dirs, load_checkpoint, refuse_pickled_checkpoints, save_checkpoint
 from resa_interp.tuning.config import TuneConfig
 from resa_interp.tuning.tuner import SAETuner, StepRecord
@@ -39,7 +41,7 @@ if TYPE_CHECKING:
 TRAIN_LOG = "train_log.jsonl"
 STAGE = "tune"
 _CONFIG_FILE = "tune_config.json"
-_NOT_COMPARED_ON_RESUME = ("resume", "save_every", "device")
+_NOT_COMPARED_ON_RESUME = ("resume", "save_every", "device", "report_to")
 
 
 @dataclass(frozen=True)
@@ -61,7 +63,7 @@ class TuneResult:
 
 def changed_settings(config: TuneConfig, out: str | Path) -> list[str]:
     """Settings of `config` that differ from those the run in `out` was started with (none when `out` has no run);
-    `resume`, `save_every` and `device` do not count."""
+    `resume`, `save_every`, `device` and `report_to` do not count."""
     saved = Path(out) / _CONFIG_FILE
     if not saved.exists():
         return []
@@ -97,10 +99,10 @@ def tune(
     accelerator: Accelerator | None = None,
 ) -> TuneResult:
     """Run SAE-Tuning (or the `no_sae` SFT baseline) into `out`: adapter/, merged/, train_log.jsonl,
-    checkpoints/, manifest.json. `on_step` is called after every optimizer step (on every process)."""
-    from tqdm.auto import tqdm
-
+    checkpoints/, manifest.json, and (`config.report_to`) the same steps on a tracker from the main process.
+    `on_step` is called after every optimizer step (on every process)."""
     out = Path(out)
+    tracker = open_tracker(config.report_to, main=is_main_process())
     checkpoint = prepare_out(config, out)
     tuner = SAETuner(config, accelerator)
     accelerator = tuner.accelerator
@@ -116,16 +118,38 @@ def tune(
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / _CONFIG_FILE, config.to_dict())
         atomic_write_text(out / TRAIN_LOG, "".join(json.dumps(r.to_dict()) + "\n" for r in records))
+    tracker.start(config.to_dict(), out, out.name)
+    try:
+        for record in records:  # a resumed run's steps so far, so that the tracker's curves are whole
+            tracker.log(record.step, _scalars(record))
+        result = _train(tuner, config, out, records, start, elapsed_before, tracker, on_step)
+        tracker.summary(_summary(result, config))
+        return result
+    finally:
+        tracker.finish()
+
+
+def _train(tuner: SAETuner, config: TuneConfig, out: Path, records: list[StepRecord], start: int,
+           elapsed_before: float, tracker: Tracker, on_step: Callable[[StepRecord], None] | None) -> TuneResult:
+    """The steps from `start` on (appended to `records`, train_log.jsonl and the tracker), then the adapter, the
+    merged model and the manifest."""
+    from tqdm.auto import tqdm
+
+    accelerator = tuner.accelerator
+    main = accelerator.is_main_process
     total = tuner.schedule.total_steps
     began = time.perf_counter()
     bar = tqdm(total=total, initial=start, disable=not main, desc="sft" if config.no_sae else "sae-tuning", unit="step")
     with bar, (out / TRAIN_LOG).open("a") if main else contextlib.nullcontext() as log:
         for step in range(start, total):
+            step_began = time.perf_counter()
             record = tuner.train_step(step)
+            seconds = time.perf_counter() - step_began
             records.append(record)
             if main:
                 log.write(json.dumps(record.to_dict()) + "\n")
                 log.flush()
+            tracker.log(record.step, {**_scalars(record), "tokens_per_s": record.tokens / max(seconds, 1e-9)})
             bar.update(1)
             bar.set_postfix({"ce" if config.no_sae else "kl": f"{record.loss_value:.4g}"})
             done = record.step
@@ -144,6 +168,19 @@ def tune(
     accelerator.wait_for_everyone()
     first, last = records[0].loss_value, records[-1].loss_value
     return TuneResult(out, adapter, merged, total, first, last, tokens, wall, records)
+
+
+def _scalars(record: StepRecord) -> dict[str, float]:
+    """A step's train_log.jsonl line as the tracker's scalars (the step is the tracker's own)."""
+    return {key: value for key, value in record.to_dict().items() if key != "step"}
+
+
+def _summary(result: TuneResult, config: TuneConfig) -> dict[str, Any]:
+    """The tracker's summary: the final and first KL (or cross-entropy), the last SAE MSE, steps, tokens, time."""
+    name = "ce" if config.no_sae else "kl"
+    final = {name: result.last, **({"sae_mse": result.records[-1].sae_mse} if not config.no_sae else {})}
+    return {"final": final, "first": {name: result.first}, "steps": result.steps, "tokens_seen": result.tokens,
+            "wall_s": result.wall_s}
 
 
 def _manifest(tuner: SAETuner, out: Path, records: list[StepRecord], wall: float, tokens: int) -> dict[str, Any]:
