@@ -37,10 +37,17 @@ class StageOneLog:
         self.offset = 0
         """Steps of the groups finished before the current one."""
         self.handle: IO[str] | None = None
+        self.state: dict | None = None
+        """The checkpoint the run resumes from (None: a fresh log)."""
 
     def open(self, state: dict | None) -> None:
-        """Start the log: empty, or (resuming from checkpoint `state`) the lines up to the checkpoint, which go to
-        the tracker again so that its curves are whole."""
+        """Start the log at the first step that reaches it (so that a run refused before its first step leaves no
+        saes/ folder): empty, or (resuming from checkpoint `state`) the lines up to the checkpoint, which go to the
+        tracker again so that its curves are whole."""
+        self.state = state
+
+    def _start(self) -> None:
+        state = self.state
         kept: list[dict] = []
         if state is not None and self.path.exists():
             done = {tuple(key) for key in state["done"]}
@@ -55,6 +62,8 @@ class StageOneLog:
 
     def add(self, steps: TrainSteps) -> None:
         """One flush's steps (every rank's records, every rank's rates): to the log and the tracker."""
+        if self.handle is None:
+            self._start()
         records = [{**record, "step": record["step"] + self.offset} for record in steps.records]
         self.handle.write("".join(json.dumps(record) + "\n" for record in records))
         self.handle.flush()
