@@ -1,11 +1,17 @@
-"""SAE training throughput: resa-interp's fused TopK step vs EleutherAI sparsify on identical activations.
+"""SAE training throughput: resa-interp's fused TopK step vs EleutherAI sparsify on identical activations, and
+against the step's floor, the dense encoder product of the same shapes.
 
 Both train a TopK SAE (d_in 576 = SmolLM2's width, k 32, batch 4096 tokens, float32, sign-descent lr 2.5e-4)
-on the same synthetic activations (sums of sparse random directions). Steps alternate between the trainers
-so load on the machine hits both alike; the ratio is reported against sparsify measured in this same run.
+on the same synthetic activations (sums of sparse random directions). Steps alternate between the trainers and
+the plain encoder matmuls (`F.linear`, fp32 and bf16) so load on the machine hits all alike; ratios are against
+sparsify and against the matmul of the step's selection dtype, measured in this same run. A TopK step cannot be
+faster than its dense encoder product (everything else is O(k * d_in) per token), so "of matmul" is the share of
+the step spent on unavoidable work. The bf16 rows run only where the CPU multiplies bf16 natively (AMX or
+AVX512-BF16; elsewhere bf16 is emulated and slower than fp32, and the trainer never selects in it) unless
+`--bf16` forces them.
 
     pip install -e '.[bench]'          # eai-sparsify, not a runtime dependency
-    python benchmarks/bench_sae_train.py [--latents 4608 36864] [--steps 12] [--threads 2]
+    python benchmarks/bench_sae_train.py [--latents 4608 36864] [--steps 12] [--threads 2] [--bf16]
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import time
 import torch
 
 from resa_interp.sae import LayerSAE
+from resa_interp.sae.topk_kernel import fast_select_dtype
 
 
 def activations(n: int, d: int, seed: int = 0) -> torch.Tensor:
@@ -54,24 +61,37 @@ def ours_step_fn(d_in: int, latents: int, k: int, lr: float, select: torch.dtype
     return sae.step
 
 
+def matmul_fn(d_in: int, latents: int, dtype: torch.dtype):
+    """The step's floor: the dense encoder product x @ enc.T of the same shapes in `dtype` (bf16: the batch's
+    conversion included, as in the step)."""
+    enc = torch.nn.functional.normalize(torch.randn(latents, d_in), dim=-1).to(dtype)
+    return lambda x: torch.nn.functional.linear(x.to(dtype), enc)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--latents", type=int, nargs="+", default=[4608, 36864])
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--batch", type=int, default=4096)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--bf16", action="store_true", help="also the bf16 rows where bf16 is not native")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     d_in, k, lr = 576, 32, 2.5e-4
     data = activations(args.batch * 4, d_in)
     batches = data.split(args.batch)
-    print(f"d_in {d_in}, k {k}, batch {args.batch} tokens, {args.steps} timed steps each, {args.threads} threads")
+    bf16 = args.bf16 or fast_select_dtype(torch.device("cpu")) == torch.bfloat16
+    print(f"d_in {d_in}, k {k}, batch {args.batch} tokens, {args.steps} timed steps each, {args.threads} threads, "
+          f"bf16 rows {'on' if bf16 else 'off (no native bf16 on this CPU; --bf16 forces them)'}")
     for latents in args.latents:
         trainers = {
             "sparsify": sparsify_step_fn(d_in, latents, k, lr),
             "resa fp32 select": ours_step_fn(d_in, latents, k, lr, None, data),
-            "resa bf16 select": ours_step_fn(d_in, latents, k, lr, torch.bfloat16, data),
+            "matmul fp32": matmul_fn(d_in, latents, torch.float32),
         }
+        if bf16:
+            trainers["resa bf16 select"] = ours_step_fn(d_in, latents, k, lr, torch.bfloat16, data)
+            trainers["matmul bf16"] = matmul_fn(d_in, latents, torch.bfloat16)
         times = {name: [] for name in trainers}
         for step in trainers.values():  # warm-up
             step(batches[0])
@@ -80,12 +100,12 @@ def main() -> None:
                 start = time.perf_counter()
                 step(batches[i % len(batches)])
                 times[name].append(time.perf_counter() - start)
-        base = statistics.median(times["sparsify"])
+        med = {name: statistics.median(samples) for name, samples in times.items()}
         print(f"\n{latents} latents")
-        for name, samples in times.items():
-            med = statistics.median(samples)
-            print(f"  {name:<18} {args.batch / med:>9.0f} tok/s   {base / med:5.2f}x sparsify")
-
+        for name, value in med.items():
+            floor = f"   {med['matmul ' + name.split()[1]] / value:4.0%} of matmul {name.split()[1]}" \
+                if name.startswith("resa") else ""
+            print(f"  {name:<18} {args.batch / value:>9.0f} tok/s   {med['sparsify'] / value:5.2f}x sparsify{floor}")
 
 if __name__ == "__main__":
     main()

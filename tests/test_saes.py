@@ -28,22 +28,26 @@ def _dense_reference(x, enc, b_enc, dec, b_dec, indices):
 
 
 @pytest.mark.parametrize("select_dtype", [None, torch.bfloat16])
-def test_kernel_gradients_match_dense_autograd(select_dtype):
+@pytest.mark.parametrize("x_grad", [False, True], ids=["x-fixed", "x-grad"])
+def test_kernel_gradients_match_dense_autograd(select_dtype, x_grad):
+    """Loss and every gradient against plain autograd on the same support; with `x_grad` also the input's
+    gradient (training leaves x without one, and b_dec's gradient then takes the kernel's shortcut)."""
     torch.manual_seed(0)
     n, d, m, k = 300, 24, 96, 6
-    x = torch.randn(n, d)
+    x = torch.randn(n, d).requires_grad_(x_grad)
     params = [torch.randn(m, d), torch.randn(m) * 0.1, torch.nn.functional.normalize(torch.randn(m, d), dim=-1),
               torch.randn(d) * 0.1]
     params = [p.requires_grad_() for p in params]
+    leaves = params + [x] * x_grad
     loss, values, indices, _ = reconstruction_loss(x, *params[:2], *params[2:], k, select_dtype)
     loss.backward()
-    ours = [p.grad.clone() for p in params]
-    for p in params:
+    ours = [p.grad.clone() for p in leaves]
+    for p in leaves:
         p.grad = None
     reference = _dense_reference(x, *params, indices)
     reference.backward()
     assert loss.item() == pytest.approx(reference.item(), rel=1e-5)
-    for mine, theirs in zip(ours, (p.grad for p in params)):
+    for mine, theirs in zip(ours, (p.grad for p in leaves)):
         torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-5)
     exact = ((x - params[3]) @ params[0].T + params[1]).topk(k, -1).indices.sort(-1).values
     agreement = (exact == indices).float().mean().item()
