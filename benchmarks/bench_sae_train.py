@@ -11,7 +11,11 @@ AVX512-BF16; elsewhere bf16 is emulated and slower than fp32, and the trainer ne
 `--bf16` forces them.
 
     pip install -e '.[bench]'          # eai-sparsify, not a runtime dependency
-    python benchmarks/bench_sae_train.py [--latents 4608 36864] [--steps 12] [--threads 2] [--bf16]
+    python benchmarks/bench_sae_train.py [--latents 4608 36864] [--steps 12] [--threads 2] [--bf16] [--profile]
+
+`--profile` adds where the fp32 step's time goes (torch.profiler, top operators); `--seeds N` (default 3) times the
+selection of N seeds' SAEs on one batch one after another against one stacked encoder product, the only part of a
+step that several seeds could share.
 """
 
 from __future__ import annotations
@@ -68,6 +72,50 @@ def matmul_fn(d_in: int, latents: int, dtype: torch.dtype):
     return lambda x: torch.nn.functional.linear(x.to(dtype), enc)
 
 
+def interleaved(fns: dict, batches: list[torch.Tensor], steps: int) -> dict[str, float]:
+    """Median seconds of each function over `steps` rounds, the functions alternating within a round."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for fn in fns.values():  # warm-up
+        fn(batches[0])
+    for i in range(steps):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn(batches[i % len(batches)])
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(samples) for name, samples in times.items()}
+
+
+def profile_step(step, batches: list[torch.Tensor], top: int = 10) -> None:
+    """Print the step's `top` operators by own time, as shares of the step (3 profiled steps)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for i in range(3):
+            step(batches[i % len(batches)])
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events)
+    print("  where the fp32 step's time goes:")
+    for e in events[:top]:
+        print(f"    {e.key:<32} {e.self_cpu_time_total / total:5.1%}  ({e.count // 3} calls per step)")
+
+
+def seed_selection(d_in: int, latents: int, k: int, seeds: int, batches: list[torch.Tensor], steps: int) -> None:
+    """Selection (fp32 encoder product + top-k) of `seeds` SAEs: one after another vs one stacked product."""
+    encs = [torch.nn.functional.normalize(torch.randn(latents, d_in), dim=-1) for _ in range(seeds)]
+    stacked = torch.cat(encs)
+
+    def apart(x):
+        return [torch.nn.functional.linear(x, enc).topk(k, dim=-1, sorted=False) for enc in encs]
+
+    def together(x):
+        return torch.nn.functional.linear(x, stacked).view(len(x), seeds, latents).topk(k, dim=-1, sorted=False)
+
+    med = interleaved({"apart": apart, "together": together}, batches, steps)
+    apart_ms, together_ms = med["apart"] * 1e3, med["together"] * 1e3
+    print(f"  {seeds} seeds' selection: one after another {apart_ms:.0f} ms, stacked {together_ms:.0f} ms "
+          f"({apart_ms / together_ms:.2f}x)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--latents", type=int, nargs="+", default=[4608, 36864])
@@ -75,6 +123,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4096)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--bf16", action="store_true", help="also the bf16 rows where bf16 is not native")
+    parser.add_argument("--profile", action="store_true", help="where the fp32 step's time goes")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds for the stacked-selection comparison (0: skip)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     d_in, k, lr = 576, 32, 2.5e-4
@@ -92,20 +142,17 @@ def main() -> None:
         if bf16:
             trainers["resa bf16 select"] = ours_step_fn(d_in, latents, k, lr, torch.bfloat16, data)
             trainers["matmul bf16"] = matmul_fn(d_in, latents, torch.bfloat16)
-        times = {name: [] for name in trainers}
-        for step in trainers.values():  # warm-up
-            step(batches[0])
-        for i in range(args.steps):
-            for name, step in trainers.items():
-                start = time.perf_counter()
-                step(batches[i % len(batches)])
-                times[name].append(time.perf_counter() - start)
-        med = {name: statistics.median(samples) for name, samples in times.items()}
+        med = interleaved(trainers, batches, args.steps)
         print(f"\n{latents} latents")
         for name, value in med.items():
             floor = f"   {med['matmul ' + name.split()[1]] / value:4.0%} of matmul {name.split()[1]}" \
                 if name.startswith("resa") else ""
             print(f"  {name:<18} {args.batch / value:>9.0f} tok/s   {med['sparsify'] / value:5.2f}x sparsify{floor}")
+        if args.profile:
+            profile_step(trainers["resa fp32 select"], batches)
+        if args.seeds > 1:
+            seed_selection(d_in, latents, k, args.seeds, batches, args.steps)
+
 
 if __name__ == "__main__":
     main()
