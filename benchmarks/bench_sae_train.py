@@ -6,13 +6,18 @@ so load on the machine hits both alike; the ratio is reported against sparsify m
 
     pip install -e '.[bench]'          # eai-sparsify, not a runtime dependency
     python benchmarks/bench_sae_train.py [--latents 4608 36864] [--steps 12] [--threads 2]
+
+On a GPU, `scripts/gpu_check.py` times the same step functions at the paper's width (sparsify with its Triton
+decoder), through `interleaved_medians`.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -28,15 +33,21 @@ def activations(n: int, d: int, seed: int = 0) -> torch.Tensor:
     return torch.einsum("nk,nkd->nd", mags, dictionary[idx])
 
 
-def sparsify_step_fn(d_in: int, latents: int, k: int, lr: float):
+def sparsify_step_fn(d_in: int, latents: int, k: int, lr: float, device: str = "cpu",
+                     autocast: torch.dtype | None = None):
+    """sparsify's SparseCoder step as its trainer takes it (float32 weights, SignSGD); with `autocast`, its
+    forward under `torch.autocast` of that dtype (the cheapest precision it runs in)."""
     from sparsify import SparseCoder, SparseCoderConfig
     from sparsify.sign_sgd import SignSGD
 
-    sae = SparseCoder(d_in, SparseCoderConfig(num_latents=latents, k=k))
+    sae = SparseCoder(d_in, SparseCoderConfig(num_latents=latents, k=k), device=device)
     opt = SignSGD(sae.parameters(), lr=lr)
 
     def step(x: torch.Tensor) -> float:
-        out = sae(x)
+        cast = (torch.autocast(torch.device(device).type, dtype=autocast) if autocast is not None
+                else contextlib.nullcontext())
+        with cast:
+            out = sae(x)
         out.fvu.backward()
         sae.remove_gradient_parallel_to_decoder_directions()
         opt.step()
@@ -48,10 +59,28 @@ def sparsify_step_fn(d_in: int, latents: int, k: int, lr: float):
 
 
 def ours_step_fn(d_in: int, latents: int, k: int, lr: float, select: torch.dtype | None, x0: torch.Tensor):
-    sae = LayerSAE(d_in, latents, k, seed=0, select_dtype=select)
+    """The fused trainer's step (`LayerSAE.step`, Signum) on the device of `x0`, selecting in `select`."""
+    sae = LayerSAE(d_in, latents, k, seed=0, select_dtype=select).to(x0.device)
     sae.data_init(x0, from_pretrained=False)
     sae.make_optimizer("signum", lr)
     return sae.step
+
+
+def interleaved_medians(trainers: dict[str, Callable[[torch.Tensor], object]], batches: list[torch.Tensor],
+                        steps: int, sync: Callable[[], None] = lambda: None) -> dict[str, float]:
+    """Median seconds per step of each trainer: one warm-up step each, then `steps` rounds in which every trainer
+    steps once on the same batch, so that load on the machine hits them alike (`sync` waits for the device)."""
+    for step in trainers.values():
+        step(batches[0])
+    times: dict[str, list[float]] = {name: [] for name in trainers}
+    for i in range(steps):
+        for name, step in trainers.items():
+            sync()
+            start = time.perf_counter()
+            step(batches[i % len(batches)])
+            sync()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(samples) for name, samples in times.items()}
 
 
 def main() -> None:
@@ -72,18 +101,10 @@ def main() -> None:
             "resa fp32 select": ours_step_fn(d_in, latents, k, lr, None, data),
             "resa bf16 select": ours_step_fn(d_in, latents, k, lr, torch.bfloat16, data),
         }
-        times = {name: [] for name in trainers}
-        for step in trainers.values():  # warm-up
-            step(batches[0])
-        for i in range(args.steps):
-            for name, step in trainers.items():
-                start = time.perf_counter()
-                step(batches[i % len(batches)])
-                times[name].append(time.perf_counter() - start)
-        base = statistics.median(times["sparsify"])
+        medians = interleaved_medians(trainers, list(batches), args.steps)
+        base = medians["sparsify"]
         print(f"\n{latents} latents")
-        for name, samples in times.items():
-            med = statistics.median(samples)
+        for name, med in medians.items():
             print(f"  {name:<18} {args.batch / med:>9.0f} tok/s   {base / med:5.2f}x sparsify")
 
 
