@@ -2,7 +2,7 @@
 26 layers with the memory plan against the allocator's peak, one SAE-Tuning step with and without the splice, and
 `torchrun --nproc-per-node 1` with NCCL; every number in one JSON file. Not a test (CI has no GPU).
 
-    python scripts/gpu_check.py [--out gpu_check.json] [--budget-s 420]      # on a CUDA machine, ~5 min on an H200
+    python scripts/gpu_check.py [--out gpu_check.json] [--budget-s 420]      # on a CUDA machine (one H200: < 8 min)
     python scripts/gpu_check.py --dry-run-cpu --out /tmp/check.json          # every part at tiny shapes on the CPU
 
 The model is a random-weight Qwen2 of DeepSeek-R1-Distill-Qwen-1.5B's config (`R1_DISTILL_QWEN_1_5B`, built by
