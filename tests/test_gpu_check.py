@@ -22,8 +22,10 @@ def gpu_check():
     """The script as a module."""
     spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
     module = importlib.util.module_from_spec(spec)
+    sys.modules["gpu_check"] = module  # its dataclasses look their module up there
     spec.loader.exec_module(module)
-    return module
+    yield module
+    del sys.modules["gpu_check"]
 
 
 def qwen2_parameters(c: dict) -> int:
