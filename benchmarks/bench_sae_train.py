@@ -15,14 +15,17 @@ AVX512-BF16; elsewhere bf16 is emulated and slower than fp32, and the trainer ne
 
 `--profile` adds where the fp32 step's time goes (torch.profiler, top operators); `--seeds N` (default 3) times the
 selection of N seeds' SAEs on one batch one after another against one stacked encoder product, the only part of a
-step that several seeds could share.
+step that several seeds could share. On a GPU, `scripts/gpu_check.py` times the same step functions at the paper's
+width (sparsify with its Triton decoder), through `interleaved_medians`.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -39,15 +42,21 @@ def activations(n: int, d: int, seed: int = 0) -> torch.Tensor:
     return torch.einsum("nk,nkd->nd", mags, dictionary[idx])
 
 
-def sparsify_step_fn(d_in: int, latents: int, k: int, lr: float):
+def sparsify_step_fn(d_in: int, latents: int, k: int, lr: float, device: str = "cpu",
+                     autocast: torch.dtype | None = None):
+    """sparsify's SparseCoder step as its trainer takes it (float32 weights, SignSGD); with `autocast`, its
+    forward under `torch.autocast` of that dtype (the cheapest precision it runs in)."""
     from sparsify import SparseCoder, SparseCoderConfig
     from sparsify.sign_sgd import SignSGD
 
-    sae = SparseCoder(d_in, SparseCoderConfig(num_latents=latents, k=k))
+    sae = SparseCoder(d_in, SparseCoderConfig(num_latents=latents, k=k), device=device)
     opt = SignSGD(sae.parameters(), lr=lr)
 
     def step(x: torch.Tensor) -> float:
-        out = sae(x)
+        cast = (torch.autocast(torch.device(device).type, dtype=autocast) if autocast is not None
+                else contextlib.nullcontext())
+        with cast:
+            out = sae(x)
         out.fvu.backward()
         sae.remove_gradient_parallel_to_decoder_directions()
         opt.step()
@@ -59,7 +68,8 @@ def sparsify_step_fn(d_in: int, latents: int, k: int, lr: float):
 
 
 def ours_step_fn(d_in: int, latents: int, k: int, lr: float, select: torch.dtype | None, x0: torch.Tensor):
-    sae = LayerSAE(d_in, latents, k, seed=0, select_dtype=select)
+    """The fused trainer's step (`LayerSAE.step`, Signum) on the device of `x0`, selecting in `select`."""
+    sae = LayerSAE(d_in, latents, k, seed=0, select_dtype=select).to(x0.device)
     sae.data_init(x0, from_pretrained=False)
     sae.make_optimizer("signum", lr)
     return sae.step
@@ -72,15 +82,19 @@ def matmul_fn(d_in: int, latents: int, dtype: torch.dtype):
     return lambda x: torch.nn.functional.linear(x.to(dtype), enc)
 
 
-def interleaved(fns: dict, batches: list[torch.Tensor], steps: int) -> dict[str, float]:
-    """Median seconds of each function over `steps` rounds, the functions alternating within a round."""
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for fn in fns.values():  # warm-up
-        fn(batches[0])
+def interleaved_medians(trainers: dict[str, Callable[[torch.Tensor], object]], batches: list[torch.Tensor],
+                        steps: int, sync: Callable[[], None] = lambda: None) -> dict[str, float]:
+    """Median seconds per step of each trainer: one warm-up step each, then `steps` rounds in which every trainer
+    steps once on the same batch, so that load on the machine hits them alike (`sync` waits for the device)."""
+    for step in trainers.values():
+        step(batches[0])
+    times: dict[str, list[float]] = {name: [] for name in trainers}
     for i in range(steps):
-        for name, fn in fns.items():
+        for name, step in trainers.items():
+            sync()
             start = time.perf_counter()
-            fn(batches[i % len(batches)])
+            step(batches[i % len(batches)])
+            sync()
             times[name].append(time.perf_counter() - start)
     return {name: statistics.median(samples) for name, samples in times.items()}
 
@@ -110,7 +124,7 @@ def seed_selection(d_in: int, latents: int, k: int, seeds: int, batches: list[to
     def together(x):
         return torch.nn.functional.linear(x, stacked).view(len(x), seeds, latents).topk(k, dim=-1, sorted=False)
 
-    med = interleaved({"apart": apart, "together": together}, batches, steps)
+    med = interleaved_medians({"apart": apart, "together": together}, batches, steps)
     apart_ms, together_ms = med["apart"] * 1e3, med["together"] * 1e3
     print(f"  {seeds} seeds' selection: one after another {apart_ms:.0f} ms, stacked {together_ms:.0f} ms "
           f"({apart_ms / together_ms:.2f}x)")
@@ -142,7 +156,7 @@ def main() -> None:
         if bf16:
             trainers["resa bf16 select"] = ours_step_fn(d_in, latents, k, lr, torch.bfloat16, data)
             trainers["matmul bf16"] = matmul_fn(d_in, latents, torch.bfloat16)
-        med = interleaved(trainers, batches, args.steps)
+        med = interleaved_medians(trainers, list(batches), args.steps)
         print(f"\n{latents} latents")
         for name, value in med.items():
             floor = f"   {med['matmul ' + name.split()[1]] / value:4.0%} of matmul {name.split()[1]}" \

@@ -11,6 +11,8 @@ not depend on the weights' values.
     .venv/bin/python benchmarks/bench_tuning.py                      # embedded SmolLM2, layer 12, x64
     .venv/bin/python benchmarks/bench_tuning.py --expansion 8 --steps 10
     python benchmarks/bench_tuning.py --model path/to/r1-distill --d-sae 65536 --device cuda   # GPU, bf16
+
+`scripts/gpu_check.py` runs `splice_cost` on a random model of R1-Distill-Qwen-1.5B's shape.
 """
 
 from __future__ import annotations
@@ -39,11 +41,53 @@ def random_topk_sae(out: Path, d_in: int, d_sae: int, k: int, hook: str, seed: i
     return str(out)
 
 
-def main() -> None:
+def splice_cost(model: str | None, layer: int, d_sae: int | None = None, expansion: int = 64, k: int = 32,
+                steps: int = 8, warmup: int = 2, limit: int = 16, device: str = "cpu", detach_sae: bool = False,
+                dense: bool = False) -> dict:
+    """Median seconds of `SAETuner.train_step` with the SAE spliced and without, alternating on the same sequences;
+    the SAE a random TopK SAE of `d_sae` latents (else `expansion` x d_model) at `layer`'s resid_post."""
+    import json
+
     from resa_interp.model.hooks import hook_name
     from resa_interp.model.loading import resolve_model_path
     from resa_interp.tuning import SAETuner, TuneConfig
 
+    d_in = json.loads((resolve_model_path(model) / "config.json").read_text())["hidden_size"]
+    d_sae = d_sae or d_in * expansion
+    with tempfile.TemporaryDirectory() as tmp:
+        sae = random_topk_sae(Path(tmp) / "sae", d_in, d_sae, k, hook_name("resid_post", layer))
+        config = TuneConfig(model=model, sae=sae, limit=limit, steps=10_000, lr=1e-4, detach_sae=detach_sae,
+                            save_every=None, device=device)
+        tuner = SAETuner(config)
+    spliced_sae = tuner.recon
+    spliced_sae.sparse = spliced_sae.sparse and not dense
+    sync = torch.cuda.synchronize if tuner.accelerator.device.type == "cuda" else (lambda: None)
+
+    def timed(step: int, with_sae: bool) -> float:
+        tuner.recon = spliced_sae if with_sae else None
+        sync()
+        start = time.perf_counter()
+        tuner.train_step(step)
+        sync()
+        return time.perf_counter() - start
+
+    times: dict[bool, list[float]] = {True: [], False: []}
+    tokens = []
+    for i in range(warmup + steps):
+        for with_sae in (True, False):  # the same sequence for both
+            elapsed = timed(i, with_sae)
+            if i >= warmup:
+                times[with_sae].append(elapsed)
+        tokens.append(len(tuner.examples[tuner.schedule.indices(i, 0)[0]]))
+    spliced, plain = statistics.median(times[True]), statistics.median(times[False])
+    return {"device": str(tuner.accelerator.device), "dtype": str(tuner.subject.dtype).removeprefix("torch."),
+            "model": tuner.subject.spec, "d_model": d_in, "layer": layer, "d_sae": d_sae, "k": k,
+            "forward": "sparse TopK" if spliced_sae.sparse else "dense SAELens", "detach_sae": detach_sae,
+            "steps": steps, "tokens_min": min(tokens), "tokens_max": max(tokens),
+            "spliced_s": spliced, "plain_s": plain, "ratio": spliced / plain}
+
+
+def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="target model spec (default: embedded SmolLM2-135M)")
     parser.add_argument("--layer", type=int, default=12)
@@ -59,44 +103,15 @@ def main() -> None:
     parser.add_argument("--dense", action="store_true",
                         help="splice SAELens' own dense forward, not the sparse TopK path")
     args = parser.parse_args()
-
-    import json
-
-    d_in = json.loads((resolve_model_path(args.model) / "config.json").read_text())["hidden_size"]
-    d_sae = args.d_sae or d_in * args.expansion
-    with tempfile.TemporaryDirectory() as tmp:
-        sae = random_topk_sae(Path(tmp) / "sae", d_in, d_sae, args.k, hook_name("resid_post", args.layer))
-        config = TuneConfig(model=args.model, sae=sae, limit=args.limit, steps=10_000, lr=1e-4,
-                            detach_sae=args.detach_sae, save_every=None, device=args.device)
-        tuner = SAETuner(config)
-    spliced_sae = tuner.recon
-    spliced_sae.sparse = spliced_sae.sparse and not args.dense
-    sync = torch.cuda.synchronize if tuner.accelerator.device.type == "cuda" else (lambda: None)
-
-    def timed(step: int, with_sae: bool) -> float:
-        tuner.recon = spliced_sae if with_sae else None
-        sync()
-        start = time.perf_counter()
-        tuner.train_step(step)
-        sync()
-        return time.perf_counter() - start
-
-    times: dict[bool, list[float]] = {True: [], False: []}
-    tokens = []
-    for i in range(args.warmup + args.steps):
-        for with_sae in (True, False):  # the same sequence for both
-            elapsed = timed(i, with_sae)
-            if i >= args.warmup:
-                times[with_sae].append(elapsed)
-        tokens.append(len(tuner.examples[tuner.schedule.indices(i, 0)[0]]))
-    spliced, plain = statistics.median(times[True]), statistics.median(times[False])
-    print(f"device {tuner.accelerator.device}, dtype {tuner.subject.dtype}, torch threads {torch.get_num_threads()}")
-    print(f"model {tuner.subject.spec} (d_model {d_in}), SAE at layer {args.layer}: d_sae {d_sae}, "
-          f"k {args.k}, {'sparse TopK' if spliced_sae.sparse else 'dense SAELens'} forward, "
-          f"detach {args.detach_sae}; sequences of {min(tokens)}-{max(tokens)} tokens")
-    print(f"KL-LoRA step with SAE spliced: median {spliced * 1e3:.1f} ms over {args.steps} steps")
-    print(f"KL-LoRA step without SAE:      median {plain * 1e3:.1f} ms")
-    print(f"ratio spliced / without: {spliced / plain:.3f}x (goal <= 1.15x)")
+    cost = splice_cost(args.model, args.layer, args.d_sae, args.expansion, args.k, args.steps, args.warmup,
+                       args.limit, args.device, args.detach_sae, args.dense)
+    print(f"device {cost['device']}, dtype torch.{cost['dtype']}, torch threads {torch.get_num_threads()}")
+    print(f"model {cost['model']} (d_model {cost['d_model']}), SAE at layer {args.layer}: d_sae {cost['d_sae']}, "
+          f"k {args.k}, {cost['forward']} forward, detach {args.detach_sae}; sequences of "
+          f"{cost['tokens_min']}-{cost['tokens_max']} tokens")
+    print(f"KL-LoRA step with SAE spliced: median {cost['spliced_s'] * 1e3:.1f} ms over {args.steps} steps")
+    print(f"KL-LoRA step without SAE:      median {cost['plain_s'] * 1e3:.1f} ms")
+    print(f"ratio spliced / without: {cost['ratio']:.3f}x (goal <= 1.15x)")
 
 
 if __name__ == "__main__":

@@ -44,7 +44,7 @@ from resa_interp.model.loading import (
 )
 from resa_interp.model.splice import rewrite_at, spliced
 from resa_interp.model.subject import ModelFacts, Subject, build_hooked, load_subject
-from resa_interp.model.tiny import build_tiny_model
+from resa_interp.model.tiny import build_random_model, build_tiny_model
 
 __all__ = [
     "AttachConfig",
@@ -61,6 +61,7 @@ __all__ = [
     "TextBatch",
     "attach",
     "build_hooked",
+    "build_random_model",
     "build_tiny_model",
     "cache_dir",
     "cache_kwarg",

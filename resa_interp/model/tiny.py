@@ -2,7 +2,8 @@
 Gemma 3, OLMo 2; see `ARCHITECTURES`) saved as local HF directories, with a small BPE tokenizer in which
 `<think>` and `</think>` are single tokens.
 
-For fast tests, smoke checks on a GPU and benchmarks; never for results.
+For fast tests, smoke checks on a GPU and benchmarks; never for results. `build_random_model` writes a
+random-weight model of any config's shape (a real model's, say) with the same small tokenizer.
 """
 
 from __future__ import annotations
@@ -124,6 +125,30 @@ def build_tiny_model(
                 param.normal_(0.0, 0.08)
             elif random_norms:
                 param.add_(0.1 * torch.randn_like(param))
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def build_random_model(out: str | Path, config: dict[str, Any], *, seed: int = 0, device: str = "cpu",
+                       dtype: torch.dtype = torch.bfloat16) -> Path:
+    """Write into `out` a causal LM of the HF `config` (config.json's fields, `model_type` among them) with random
+    weights at transformers' own initialisation, built on `device` in `dtype`, and the tiny models' small BPE
+    tokenizer (its ids lie below any real vocabulary, so `vocab_size` may stay the real model's; its end-of-text
+    token replaces the config's eos, pad and bos ids). A real model's shape without its weights or the hub."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    tokenizer = _tokenizer(512)
+    if config["vocab_size"] < len(tokenizer):
+        raise ValueError(f"vocab_size {config['vocab_size']}: below the tokenizer's {len(tokenizer)} tokens")
+    settings = {key: value for key, value in config.items() if key != "model_type"}
+    settings.update(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None)
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(AutoConfig.for_model(config["model_type"], **settings), dtype=dtype)
+    out = Path(out)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out

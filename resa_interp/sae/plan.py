@@ -45,10 +45,15 @@ class MemoryPlan:
     seeds: int = 1
     """SAEs per layer (one per seed), all beside the layer's one buffer."""
 
+    @property
+    def total(self) -> int:
+        """Bytes planned for one group: its SAEs and buffers, and one step's workspace (the model not counted)."""
+        return self.group_size * (self.seeds * self.per_layer_sae + self.per_layer_buffer) + self.step
+
     def describe(self, n_layers: int) -> str:
         """One line for the log."""
         gib = 1024**3
-        total = self.group_size * (self.seeds * self.per_layer_sae + self.per_layer_buffer) + self.step
+        total = self.total
         avail = f" of {self.available / gib:.1f} GiB available" if self.available else ""
         seeds = f" x {self.seeds} seeds" if self.seeds > 1 else ""
         return (
