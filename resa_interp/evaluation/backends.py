@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from resa_interp.errors import ResaError
 from resa_interp.evaluation.config import EvalConfig
+from resa_interp.evaluation.decoding import greedy_decode
 from resa_interp.evaluation.tasks import EvalTask, chat_prompt
 from resa_interp.model import resolve_device, resolve_dtype
 
@@ -209,9 +210,9 @@ def sample_completions(
 ) -> list[list[Generation]]:
     """`config.samples` completions of every prompt (token ids) from `local`, the model at `model_path`: batches
     padded after the prompts' shared prefix (`PromptPrefix`, cached once), longest prompts first, seeded per
-    batch; greedy at temperature 0. A completion ends at an end-of-sequence token or, when given, just after the
-    first of `stop_strings`."""
-    from transformers import GenerationConfig
+    batch; greedy at temperature 0, where a row leaves its batch at the step it stops (`greedy_decode`). A
+    completion ends at an end-of-sequence token or, when given, just after the first of `stop_strings`."""
+    from transformers import EosTokenCriteria, GenerationConfig, StoppingCriteriaList, StopStringCriteria
 
     model, tokenizer, device = local.model, local.tokenizer, local.device
     required_length([len(x) for x in ids], config.max_new_tokens, model_context(model_path), str(model_path))
@@ -220,27 +221,34 @@ def sample_completions(
     sampling = config.temperature > 0
     settings = GenerationConfig(
         max_new_tokens=config.max_new_tokens,
-        do_sample=sampling,
-        temperature=config.temperature if sampling else None,
-        top_p=config.top_p if sampling else None,
+        do_sample=True,
+        temperature=config.temperature,
+        top_p=config.top_p,
         top_k=None,
         pad_token_id=pad,
         eos_token_id=sorted(eos),
         stop_strings=list(stop_strings) or None,
-    )
+    ) if sampling else None
     # every (prompt, sample) pair is one sequence; longest prompts first so that batches pad little
     items = sorted(((p, s) for p in range(len(ids)) for s in range(config.samples)), key=lambda i: -len(ids[i[0]]))
+    stopping = StoppingCriteriaList([EosTokenCriteria(sorted(eos)),
+                                     *([StopStringCriteria(tokenizer, list(stop_strings))] if stop_strings else [])])
     prefix = PromptPrefix.of(model, ids, device)
     results: dict[tuple[int, int], Generation] = {}
     with tqdm(total=len(items), desc="generating", unit="seq") as bar:
         for batch_index, start in enumerate(range(0, len(items), config.batch_size)):
             batch = items[start : start + config.batch_size]
             width = max(len(ids[p]) for p, _ in batch)
-            torch.manual_seed(config.seed + batch_index)
-            with torch.no_grad():
-                out = model.generate(**prefix.batch([ids[p] for p, _ in batch], pad, device),
-                                     generation_config=settings, tokenizer=tokenizer if stop_strings else None)
-            for item, row in zip(batch, out[:, width:].tolist()):
+            inputs = prefix.batch([ids[p] for p, _ in batch], pad, device)
+            if sampling:  # generate: the batch's rows draw from one generator, so no row may leave it early
+                torch.manual_seed(config.seed + batch_index)
+                with torch.no_grad():
+                    out = model.generate(**inputs, generation_config=settings,
+                                         tokenizer=tokenizer if stop_strings else None)
+                rows = out[:, width:].tolist()
+            else:
+                rows = [d.tokens for d in greedy_decode(model, inputs, config.max_new_tokens, stopping)]
+            for item, row in zip(batch, rows):
                 stop = next((i + 1 for i, token in enumerate(row) if token in eos), len(row))
                 tokens = row[:stop]
                 text = tokenizer.decode(tokens, skip_special_tokens=True)
