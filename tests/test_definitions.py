@@ -5,6 +5,7 @@ recomputed by hand through the model."""
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 
@@ -13,8 +14,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import resa_interp.features.outputs as outputs
+import resa_interp.interventions.report as report
 from resa_interp.data import format_trigger, synthetic_qa
 from resa_interp.features import FeatureConfig, run_features
+from resa_interp.figures import save_figure
 from resa_interp.interventions import compare_definitions
 from resa_interp.model import load_subject
 from resa_interp.sae import load_sae, require_sae_dirs
@@ -37,11 +41,14 @@ def compared(tmp_path_factory, tiny_qwen2, tiny_stage1_copy):
     root = tmp_path_factory.mktemp("definitions")
     run = tiny_stage1_copy(root / "run")
     subject = load_subject(tiny_qwen2)
-    run_features(FeatureConfig(layers="1,2"), run, subject=subject)
     texts = root / "planted.jsonl"
     texts.write_text("".join(json.dumps({"text": t}) + "\n" for t in PLANTED))
-    doc = compare_definitions(run, texts, root / "out", quantile=0.95, steer_layers=2, steer_texts=STEER_TEXTS,
-                              subject=subject, control_draws=DRAWS, bootstrap=50)
+    with pytest.MonkeyPatch.context() as patch:  # figures as HTML only: no PNG is looked at here
+        for module in (outputs, report):
+            patch.setattr(module, "save_figure", functools.partial(save_figure, png=False))
+        run_features(FeatureConfig(layers="1,2"), run, subject=subject)
+        doc = compare_definitions(run, texts, root / "out", quantile=0.95, steer_layers=2, steer_texts=STEER_TEXTS,
+                                  subject=subject, control_draws=DRAWS, bootstrap=50)
     return run, root / "out", subject, doc
 
 
