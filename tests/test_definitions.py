@@ -17,7 +17,6 @@ from safetensors.torch import load_file
 import resa_interp.features.outputs as outputs
 import resa_interp.interventions.report as report
 from resa_interp.data import format_trigger, synthetic_qa
-from resa_interp.features import FeatureConfig, run_features
 from resa_interp.figures import save_figure
 from resa_interp.interventions import compare_definitions
 from resa_interp.model import load_subject
@@ -32,21 +31,26 @@ PLANTED = [
 """Short texts holding several of the authors' reasoning words (hmm, wait, however, perhaps, alternatively, maybe,
 but, verify, another way), so that ReasonScore has windows to score."""
 
+MARKERS = {1: [3, 5, 17, 40], 2: [7, 11, 60]}
+"""The marker-rule sets the comparison is given, per layer."""
+
 DRAWS, WINDOW, STEER_TEXTS = 2, 20, 4  # control draws, steer's default window, trigger texts per steer run
 
 
 @pytest.fixture(scope="module")
 def compared(tmp_path_factory, tiny_qwen2, tiny_stage1_copy):
-    """The shared tiny run with the marker rule's features.json, and the comparison over the planted texts."""
+    """A copy of the shared tiny run with a marker-rule features.json, and the comparison over the planted texts."""
     root = tmp_path_factory.mktemp("definitions")
     run = tiny_stage1_copy(root / "run")
     subject = load_subject(tiny_qwen2)
     texts = root / "planted.jsonl"
     texts.write_text("".join(json.dumps({"text": t}) + "\n" for t in PLANTED))
+    # the marker rule's features.json, its sets planted (the random tiny model's own marker rule finds none)
+    (run / "features.json").write_text(json.dumps({"hook": "resid_post", "model_path": str(subject.path), "layers": [
+        {"layer": layer, "features": ids} for layer, ids in MARKERS.items()]}))
     with pytest.MonkeyPatch.context() as patch:  # figures as HTML only: no PNG is looked at here
         for module in (outputs, report):
             patch.setattr(module, "save_figure", functools.partial(save_figure, png=False))
-        run_features(FeatureConfig(layers="1,2"), run, subject=subject)
         doc = compare_definitions(run, texts, root / "out", quantile=0.95, steer_layers=2, steer_texts=STEER_TEXTS,
                                   subject=subject, control_draws=DRAWS, bootstrap=50)
     return run, root / "out", subject, doc
@@ -54,7 +58,7 @@ def compared(tmp_path_factory, tiny_qwen2, tiny_stage1_copy):
 
 def test_each_layer_holds_both_sets_and_their_overlap(compared):
     run, out, _, doc = compared
-    markers = {r["layer"]: r["features"] for r in json.loads((run / "features.json").read_text())["layers"]}
+    markers = MARKERS
     scored = {r["layer"]: r["features"] for r in json.loads((out / "features" / "features.json").read_text())["layers"]}
     assert [r["layer"] for r in doc["layers"]] == [1, 2]
     for row in doc["layers"]:
@@ -62,9 +66,11 @@ def test_each_layer_holds_both_sets_and_their_overlap(compared):
         assert row["markers"] == markers[row["layer"]] and row["reasonscore"] == scored[row["layer"]]
         assert row["intersection"] == sorted(a & b)
         assert row["jaccard"] == (len(a & b) / len(a | b) if a | b else None)
-        assert row["reasonscore_counts"] == {"0": len(b)}
+        assert row["reasonscore_counts"] == {"0": len(b)} and row["marker_counts"] == {"0": len(a)}
     assert doc["n_texts"] == len(PLANTED) and "reasonscore_refused" not in doc
-    assert doc["word_occurrences"]["wait"] == sum(t.lower().count("wait") for t in PLANTED)
+    # substrings of every spelling ("Wait", " wait", ...): an upper bound on the windows found in the tokens
+    assert doc["word_occurrences"]["wait"] >= sum(t.lower().count("wait") for t in PLANTED)
+    assert any(doc["word_windows"].values()), "no reasoning-word window in the tokens"
 
 
 def _rank(log_rates: torch.Tensor) -> np.ndarray:
