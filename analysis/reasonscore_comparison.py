@@ -22,9 +22,8 @@ import sys
 from pathlib import Path
 
 from resa_interp.data import format_trigger, traced_qa
-from resa_interp.errors import ResaError
-from resa_interp.features import REASON_WORDS, FeatureConfig, require_reason_words, run_features, words_in_texts
-from resa_interp.interventions import SteerConfig, run_steer
+from resa_interp.features import FeatureConfig
+from resa_interp.interventions import compare_definitions
 from resa_interp.runs import atomic_write_json, atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,68 +36,6 @@ def worked_solutions(path: Path, n: int) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, "\n".join(rows) + "\n")
     return path
-
-
-def marker_sets(run: Path) -> tuple[dict[int, list[int]], dict[int, dict[str, int]]]:
-    """The marker rule's features per layer (primary seed) and its count per seed, from RUN/features.json."""
-    doc = json.loads((run / "features.json").read_text())
-    primary = {row["layer"]: row["features"] for row in doc["layers"]}
-    seeds = {row["layer"]: row["counts"] for row in doc.get("seeds", {}).get("layers", [])}
-    return primary, seeds or {layer: {"0": len(ids)} for layer, ids in primary.items()}
-
-
-def steer_set(run: Path, layer: int, ids: list[int], out: Path, n_texts: int) -> dict:
-    """Ablate `ids` at `layer` against frequency-matched controls on trigger texts: each metric's mean [95% CI]
-    for the set, the control and their paired difference."""
-    cfg = SteerConfig(run=str(run), latents=",".join(f"{layer}:{i}" for i in ids), n_texts=n_texts,
-                      control_draws=2, bootstrap=500)
-    cfg.check()
-    result = run_steer(cfg, out)
-    by_kind = {e.kind: e for e in result.effects}
-    diff = result.differences[0]
-    est = lambda e: {"mean": e.mean, "ci": [e.lo, e.hi]}  # noqa: E731
-    return {kind: {m: est(getattr(by_kind[kind], m)) for m in ("dlogp_marker", "dlogp_other", "kl")}
-            for kind in ("reasoning", "control")} | {
-        "difference": {m: est(getattr(diff, m)) for m in ("dlogp_marker", "dlogp_other", "kl")}}
-
-
-def compare(run: Path, out: Path, texts: Path | None, n_texts: int, steer_layers: int, steer_texts: int,
-            quantile: float) -> dict:
-    """Everything the report shows (see the module docstring)."""
-    texts = texts or worked_solutions(out / "worked_solutions.jsonl", n_texts)
-    rows = [json.loads(line)["text"] for line in texts.read_text().splitlines() if line.strip()]
-    doc = {"run": str(run), "texts": str(texts), "n_texts": len(rows),
-           "word_occurrences": words_in_texts(rows, REASON_WORDS), "quantile": quantile}
-    markers, marker_counts = marker_sets(run)
-    model = json.loads((run / "features.json").read_text())["model_path"]  # the model the run's SAEs read
-    cfg = FeatureConfig(definition="reasonscore", texts=str(texts), saes=str(run), quantile=quantile,
-                        layers=",".join(map(str, sorted(markers))), model=model)
-    try:  # texts without any reasoning word: what ReasonScore says of them is the finding
-        require_reason_words(rows, REASON_WORDS, str(texts))
-    except ResaError as exc:
-        doc["reasonscore_refused"] = str(exc)
-    result = None if "reasonscore_refused" in doc else run_features(cfg, out / "features")
-    per_layer = []
-    for layer in sorted(markers):
-        row = {"layer": layer, "markers": markers[layer], "marker_counts": marker_counts.get(layer, {})}
-        if result is not None:
-            found = next(r for r in result.layers if r.layer == layer).features
-            st = next((s for s in result.stability if s.layer == layer), None)
-            both = sorted(set(found) & set(markers[layer]))
-            union = set(found) | set(markers[layer])
-            row |= {"reasonscore": found, "reasonscore_counts": {str(s): c for s, c in st.counts.items()} if st
-                    else {"0": len(found)}, "intersection": both,
-                    "jaccard": len(both) / len(union) if union else None}
-        per_layer.append(row)
-    doc["layers"] = per_layer
-    if result is not None:
-        doc["word_windows"] = result.word_counts
-        chosen = [r["layer"] for r in per_layer if r["markers"] and r["reasonscore"]][:steer_layers]
-        doc["steer"] = {str(layer): {
-            name: steer_set(run, layer, next(r for r in per_layer if r["layer"] == layer)[name],
-                            out / f"steer-{name}-l{layer}", steer_texts)
-            for name in ("markers", "reasonscore")} for layer in chosen}
-    return doc
 
 
 def counts(values: dict[str, int]) -> str:
@@ -163,7 +100,8 @@ def main() -> None:
     args = parser.parse_args()
     if not (args.run / "features.json").is_file():
         sys.exit(f"error: {args.run}/features.json: missing; run `resa-interp features --out {args.run}` first")
-    doc = compare(args.run, args.out, args.texts, args.n_texts, args.steer_layers, args.steer_texts, args.quantile)
+    texts = args.texts or worked_solutions(args.out / "worked_solutions.jsonl", args.n_texts)
+    doc = compare_definitions(args.run, texts, args.out, args.quantile, args.steer_layers, args.steer_texts)
     command = "python analysis/reasonscore_comparison.py " + shlex.join(sys.argv[1:])
     doc["command"] = command
     atomic_write_json(args.figures / "reasonscore.json", doc)
