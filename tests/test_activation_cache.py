@@ -4,6 +4,7 @@ and refuses runs it cannot feed."""
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from safetensors.torch import load_file
 from resa_interp.errors import ResaError
 from resa_interp.model.harvest import iter_batches
 from resa_interp.model.subject import load_subject
-from resa_interp.sae import SAETrainConfig, train_saes, trigger_data
+from resa_interp.sae import SAETrainConfig, activations, train_saes, trigger_data
 from resa_interp.sae.activations import ActivationCache
 from resa_interp.sae.cache import cache_activations
 
@@ -47,6 +48,25 @@ def _whole_text_activations(model: str, cfg: SAETrainConfig, layer: int) -> torc
         mask = batch.train_mask
         out += [acts[:, 1:p][mask[:, 1:p]], acts[:, p:][mask[:, p:]]]
     return torch.cat(out)
+
+
+@pytest.mark.parametrize(("model_dtype", "native", "warns"), [("bfloat16", None, True),
+                                                              ("bfloat16", torch.bfloat16, False),
+                                                              ("float32", None, False)])
+@pytest.mark.parametrize("stage", ["cache", "train"])
+def test_bf16_harvest_warns_where_the_cpu_emulates_it(small_cfg, tmp_path, monkeypatch, caplog, model_dtype, native,
+                                                      warns, stage):
+    # a bf16 model on a CPU without AMX/AVX512-BF16 is slower than fp32 (docs: Performance, bf16 harvest): both harvests
+    # say so in a warning; a CPU with native bf16, or a float32 model, harvests without one
+    monkeypatch.setattr(activations, "fast_select_dtype", lambda device: native)
+    cfg = small_cfg(model_dtype=model_dtype, tokens=256, layers="1")
+    with caplog.at_level(logging.WARNING, logger="resa_interp.sae"):
+        if stage == "cache":
+            cache_activations(cfg, tmp_path / "cache", dtype="float32")
+        else:
+            train_saes(cfg, tmp_path / "run")
+    emulated = [r for r in caplog.records if "without native bf16" in r.getMessage()]
+    assert len(emulated) == warns and all(r.levelno == logging.WARNING for r in emulated)
 
 
 @pytest.mark.slow

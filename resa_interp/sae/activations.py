@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,9 +37,12 @@ from resa_interp.model import (
     resolve_model_path,
 )
 from resa_interp.runs import MANIFEST, atomic_dir, atomic_write_json, library_versions
+from resa_interp.sae.topk_kernel import fast_select_dtype
 
 if TYPE_CHECKING:
     from resa_interp.model import Subject
+
+log = logging.getLogger(__name__)
 
 CACHE_FORMAT = "resa-interp activation cache"
 CACHE_VERSION = 1
@@ -51,6 +55,14 @@ DATA_SETTINGS = ("model", "dataset", "problem_column", "answer_column", "templat
 
 Batch = tuple[int, dict[int, list[Tensor]], int]
 """(index of the batch's first text, layer -> its activation rows [n, d] in pooling order, counted positions n)."""
+
+
+def warn_emulated_bf16(subject: Subject) -> None:
+    """Log a warning when `subject` runs in bfloat16 on a CPU that only emulates it (no AMX or AVX512-BF16): its
+    harvest is then slower than in float32, not faster (docs/performance.md, "bf16 harvest")."""
+    if subject.dtype == torch.bfloat16 and subject.device.type == "cpu" and fast_select_dtype(subject.device) is None:
+        log.warning("the model runs in bfloat16 on a CPU without native bf16 (no AMX or AVX512-BF16): PyTorch "
+                    "emulates it, so the harvest is slower than in float32 here (the default)")
 
 
 class ActivationFeed(Protocol):

@@ -16,7 +16,7 @@ from pathlib import Path
 from resa_interp.data import SYNTHETIC
 from resa_interp.model import Subject, load_subject
 from resa_interp.numbering import parse_layers
-from resa_interp.sae.activations import DATA_SETTINGS, ModelFeed, write_cache
+from resa_interp.sae.activations import DATA_SETTINGS, ModelFeed, warn_emulated_bf16, write_cache
 from resa_interp.sae.config import SAETrainConfig
 from resa_interp.sae.trigger_data import trigger_data
 from resa_interp.shards import require_one_process
@@ -43,6 +43,7 @@ def cache_activations(cfg: SAETrainConfig, out: str | Path, dtype: str = "bfloat
     require_one_process("cache-activations")
     t0 = time.time()
     subject = subject or load_subject(cfg.model, dtype=cfg.model_dtype, device=cfg.device)
+    warn_emulated_bf16(subject)
     layers = parse_layers(cfg.layers, subject.facts.n_layers)
     data = trigger_data(cfg, subject)
     # synthetic data draws as many examples as the token budget needs: pin that number, so that a run with fewer

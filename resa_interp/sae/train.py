@@ -28,7 +28,7 @@ from resa_interp.errors import ResaError
 from resa_interp.model import Subject, hook_name, load_subject, resolve_device
 from resa_interp.numbering import parse_layers
 from resa_interp.runs import atomic_dir, record_stage, run_relative
-from resa_interp.sae.activations import ActivationCache, ModelFeed
+from resa_interp.sae.activations import ActivationCache, ModelFeed, warn_emulated_bf16
 from resa_interp.sae.checkpoint import Checkpoint
 from resa_interp.sae.config import SAETrainConfig
 from resa_interp.sae.folders import load_sae, record_firing, sae_dir
@@ -141,6 +141,7 @@ class _StageOne:
         self.subject, self.data = subject, None
         if self.cache is None:
             self.subject = subject or load_subject(cfg.model, dtype=cfg.model_dtype, device=cfg.device)
+            warn_emulated_bf16(self.subject)
             self.layers = parse_layers(cfg.layers, self.subject.facts.n_layers)
             self.data = trigger_data(cfg, self.subject)
             self.origin = {"model": self.subject.spec, "model_path": str(self.subject.path),
