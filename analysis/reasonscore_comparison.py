@@ -5,9 +5,13 @@ Per layer: each set's count (every seed), their overlap in the primary seed (int
 layers where both sets are non-empty, `steer`'s ablation of each set against its frequency-matched control.
 The texts default to the worked solutions of the transfer experiment (`data.traced_qa`, in the 'r1-trace'
 template), written to OUT/worked_solutions.jsonl; when no reasoning word occurs in them, ReasonScore is refused
-and that is what the report says. Writes figures/reasonscore.json and figures/reasonscore.md.
+and that is what the report says. `--generate N` takes instead the run's model's own text: its answers to N
+synthetic problems, sampled at the paper's temperature 0.6 and top-p 0.95, in its chat template with a request
+to think step by step (or `--generate-template r1`: under the R1 prompt); kept in OUT/generations-*.jsonl.
+Writes figures/reasonscore.json and figures/reasonscore.md.
 
     python analysis/reasonscore_comparison.py --run runs/default                    # the worked solutions
+    python analysis/reasonscore_comparison.py --run runs/default --generate 200     # the model's own answers
     python analysis/reasonscore_comparison.py --run runs/default --texts FILE.jsonl # other reasoning texts
 
 Reads --run only; everything it makes goes into --out (default runs/reasonscore).
@@ -21,7 +25,8 @@ import shlex
 import sys
 from pathlib import Path
 
-from resa_interp.data import format_trigger, traced_qa
+from resa_interp.data import format_trigger, synthetic_qa, traced_qa
+from resa_interp.evaluation.elicited import elicited_texts
 from resa_interp.features import FeatureConfig
 from resa_interp.interventions import compare_definitions
 from resa_interp.runs import atomic_write_json, atomic_write_text
@@ -35,6 +40,23 @@ def worked_solutions(path: Path, n: int) -> Path:
             for e in traced_qa(n, seed=1)]
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, "\n".join(rows) + "\n")
+    return path
+
+
+INSTRUCTION = " Think it through step by step before you answer."
+"""Appended to each problem in the chat format: a neutral request for reasoning that names none of the words."""
+
+
+def generations(path: Path, run: Path, n: int, template: str) -> Path:
+    """The run's model's own answers to `n` synthetic problems (`synthetic_qa(n, seed=1)`, not the trigger data's
+    seed 0), sampled in `template` ('chat': its chat template, each problem with `INSTRUCTION`; 'r1': the R1
+    prompt), each text the prompt and its completion, as JSONL; kept once written."""
+    if not path.exists():
+        model = json.loads((run / "features.json").read_text())["model_path"]
+        problems = [e.problem + (INSTRUCTION if template == "chat" else "") for e in synthetic_qa(n, seed=1)]
+        texts = elicited_texts(model, problems, template=template)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, "".join(json.dumps({"text": t}) + "\n" for t in texts))
     return path
 
 
@@ -90,7 +112,12 @@ def report(doc: dict, command: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, default=ROOT / "runs" / "default", help="features run to compare with")
-    parser.add_argument("--texts", type=Path, help="reasoning texts (JSONL, 'text'); default: the worked solutions")
+    texts = parser.add_mutually_exclusive_group()
+    texts.add_argument("--texts", type=Path, help="reasoning texts (JSONL, 'text'); default: the worked solutions")
+    texts.add_argument("--generate", type=int, metavar="N",
+                       help="reasoning texts: the run's model's own sampled answers to N synthetic problems")
+    parser.add_argument("--generate-template", choices=("chat", "r1"), default="chat",
+                        help="--generate's format: the model's chat template (default) or the R1 prompt")
     parser.add_argument("--n-texts", type=int, default=200, help="worked solutions to write when --texts is unset")
     parser.add_argument("--quantile", type=float, default=FeatureConfig.quantile, help="ReasonScore's selection")
     parser.add_argument("--steer-layers", type=int, default=3, help="layers to steer, where both sets are non-empty")
@@ -100,7 +127,13 @@ def main() -> None:
     args = parser.parse_args()
     if not (args.run / "features.json").is_file():
         sys.exit(f"error: {args.run}/features.json: missing; run `resa-interp features --out {args.run}` first")
-    texts = args.texts or worked_solutions(args.out / "worked_solutions.jsonl", args.n_texts)
+    if args.generate is not None and args.generate < 1:
+        parser.error(f"--generate {args.generate}: must be a number of problems >= 1")
+    if args.generate:
+        name = f"generations-{args.generate_template}-{args.generate}.jsonl"
+        texts = generations(args.out / name, args.run, args.generate, args.generate_template)
+    else:
+        texts = args.texts or worked_solutions(args.out / "worked_solutions.jsonl", args.n_texts)
     doc = compare_definitions(args.run, texts, args.out, args.quantile, args.steer_layers, args.steer_texts)
     command = "python analysis/reasonscore_comparison.py " + shlex.join(sys.argv[1:])
     doc["command"] = command

@@ -3,6 +3,7 @@ an independent reading of its arithmetic."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -145,3 +146,25 @@ def test_a_cached_prompt_prefix_gives_every_prompt_its_own_greedy_scores(tiny_qw
             for step in range(4):
                 torch.testing.assert_close(batched.scores[step][row], alone.scores[step][0], atol=1e-4, rtol=1e-4)
     assert PromptPrefix.of(model, [ids[0][:1], ids[1]], local.device).length == 0  # one shared token: no cache
+
+
+@pytest.mark.parametrize("template", ["r1", "chat"])
+def test_elicited_texts_are_the_prompt_and_a_seeded_sample(tiny_qwen2, template):
+    """The model's own text for the ReasonScore comparison: each problem's prompt (the elicitation prompt, or the
+    problem as the chat template's user turn) followed by what the model sampled, the same texts for the same seed
+    and other texts for another."""
+    from transformers import AutoTokenizer
+
+    from resa_interp.data import elicitation_prompt
+    from resa_interp.evaluation.elicited import elicited_texts
+    from resa_interp.evaluation.tasks import chat_prompt
+
+    problems = ["What is 2 + 3?", "Find x if 2x + 1 = 5.", "What is 7 * 6?", "Name a prime above 10."]
+    run = functools.partial(elicited_texts, tiny_qwen2, problems, template=template, max_new_tokens=40,
+                            batch_size=3, temperature=1.0)
+    first, again, other = run(seed=0), run(seed=0), run(seed=1)
+    assert first == again and first != other
+    tokenizer = AutoTokenizer.from_pretrained(tiny_qwen2)
+    for problem, text in zip(problems, first):
+        prompt = chat_prompt(tokenizer, problem) if template == "chat" else elicitation_prompt(problem)
+        assert text.startswith(prompt) and len(text) > len(prompt)

@@ -12,6 +12,7 @@ from resa_interp.data import THINK, QAExample, elicitation_prompt
 from resa_interp.evaluation.backends import load_local_model, sample_completions
 from resa_interp.evaluation.config import EvalConfig
 from resa_interp.evaluation.grading import grade, require_grader
+from resa_interp.evaluation.tasks import chat_prompt
 
 STOPS = ("</answer>", "\n\n")
 """Where a completion ends: the templates close the answer with `</answer>` (models tuned without EOS go on past
@@ -54,6 +55,38 @@ def elicited_answers(
         out.append(ElicitedAnswer(example.problem, example.answer, generation.text, verdict.extracted,
                                   verdict.correct, generation.n_tokens))
     return out
+
+
+def elicited_texts(
+    model: str | Path,
+    problems: list[str],
+    *,
+    template: str = "r1",
+    temperature: float = 0.6,
+    top_p: float = 0.95,
+    max_new_tokens: int = 256,
+    batch_size: int = 16,
+    seed: int = 0,
+    device: str = "cpu",
+) -> list[str]:
+    """The model's own text: each problem's prompt followed by one completion sampled by the HF model folder
+    `model` (the paper's temperature 0.6 and top-p 0.95 by default; seeded per batch). `template` 'chat' puts the
+    problem as the user turn of the model's chat template, the completion ending at end-of-sequence; an elicitation
+    template ('r1', ...) gives its prompt, the completion ending at `</answer>` (not at a blank line, so that a
+    model's reasoning may run over paragraphs)."""
+    config = EvalConfig(temperature=temperature, top_p=top_p, samples=1, max_new_tokens=max_new_tokens,
+                        batch_size=batch_size, seed=seed, device=device, dtype="float32")
+    path = Path(model)
+    local = load_local_model(path, config)
+    if template == "chat":
+        prompts = [chat_prompt(local.tokenizer, p) for p in problems]
+        ids = [local.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        completions = sample_completions(path, local, ids, config)
+    else:
+        prompts = [elicitation_prompt(p, template) for p in problems]
+        ids = [local.tokenizer(p)["input_ids"] for p in prompts]
+        completions = sample_completions(path, local, ids, config, stop_strings=STOPS[:1])
+    return [prompt + generation.text for prompt, (generation,) in zip(prompts, completions)]
 
 
 def answers_to_json(answers: list[ElicitedAnswer]) -> list[dict]:
