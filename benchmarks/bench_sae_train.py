@@ -13,7 +13,7 @@ AVX512-BF16; elsewhere bf16 is emulated and slower than fp32, and the trainer ne
     pip install -e '.[bench]'          # eai-sparsify, not a runtime dependency
     python benchmarks/bench_sae_train.py [--latents 4608 36864] [--steps 12] [--threads 2] [--bf16] [--profile]
 
-`--profile` adds where the fp32 step's time goes (torch.profiler, top operators); `--seeds N` (default 3) times the
+`--profile` adds where each of our steps' time goes (torch.profiler, top operators); `--seeds N` (default 3) times the
 selection of N seeds' SAEs on one batch one after another against one stacked encoder product, the only part of a
 step that several seeds could share. On a GPU, `scripts/gpu_check.py` times the same step functions at the paper's
 width (sparsify with its Triton decoder), through `interleaved_medians`.
@@ -75,10 +75,10 @@ def ours_step_fn(d_in: int, latents: int, k: int, lr: float, select: torch.dtype
     return sae.step
 
 
-def matmul_fn(d_in: int, latents: int, dtype: torch.dtype):
-    """The step's floor: the dense encoder product x @ enc.T of the same shapes in `dtype` (bf16: the batch's
-    conversion included, as in the step)."""
-    enc = torch.nn.functional.normalize(torch.randn(latents, d_in), dim=-1).to(dtype)
+def matmul_fn(d_in: int, latents: int, dtype: torch.dtype, device: str | torch.device = "cpu"):
+    """The step's floor: the dense encoder product x @ enc.T of the same shapes in `dtype` on `device` (bf16: the
+    batch's conversion included, as in the step)."""
+    enc = torch.nn.functional.normalize(torch.randn(latents, d_in, device=device), dim=-1).to(dtype)
     return lambda x: torch.nn.functional.linear(x.to(dtype), enc)
 
 
@@ -99,7 +99,7 @@ def interleaved_medians(trainers: dict[str, Callable[[torch.Tensor], object]], b
     return {name: statistics.median(samples) for name, samples in times.items()}
 
 
-def profile_step(step, batches: list[torch.Tensor], top: int = 10) -> None:
+def profile_step(step, batches: list[torch.Tensor], name: str, top: int = 10) -> None:
     """Print the step's `top` operators by own time, as shares of the step (3 profiled steps)."""
     from torch.profiler import ProfilerActivity, profile
 
@@ -108,7 +108,7 @@ def profile_step(step, batches: list[torch.Tensor], top: int = 10) -> None:
             step(batches[i % len(batches)])
     events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
     total = sum(e.self_cpu_time_total for e in events)
-    print("  where the fp32 step's time goes:")
+    print(f"  where the {name} step's time goes:")
     for e in events[:top]:
         print(f"    {e.key:<32} {e.self_cpu_time_total / total:5.1%}  ({e.count // 3} calls per step)")
 
@@ -137,7 +137,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4096)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--bf16", action="store_true", help="also the bf16 rows where bf16 is not native")
-    parser.add_argument("--profile", action="store_true", help="where the fp32 step's time goes")
+    parser.add_argument("--profile", action="store_true", help="where each of our steps' time goes")
     parser.add_argument("--seeds", type=int, default=3, help="seeds for the stacked-selection comparison (0: skip)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -163,7 +163,8 @@ def main() -> None:
                 if name.startswith("resa") else ""
             print(f"  {name:<18} {args.batch / value:>9.0f} tok/s   {med['sparsify'] / value:5.2f}x sparsify{floor}")
         if args.profile:
-            profile_step(trainers["resa fp32 select"], batches)
+            for name in (n for n in trainers if n.startswith("resa")):
+                profile_step(trainers[name], batches, name)
         if args.seeds > 1:
             seed_selection(d_in, latents, k, args.seeds, batches, args.steps)
 

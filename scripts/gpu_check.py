@@ -157,20 +157,18 @@ def _free() -> None:
 def part_sae_step(check: Check) -> dict:
     """The fused TopK step against sparsify's on the same activations, interleaved (`bench_sae_train`), with the
     bf16 encoder product of the same shape as the yardstick; medians, tok/s and ratios to sparsify."""
-    from benchmarks.bench_sae_train import activations, interleaved_medians, ours_step_fn, sparsify_step_fn
+    from benchmarks.bench_sae_train import activations, interleaved_medians, matmul_fn, ours_step_fn, sparsify_step_fn
 
     s = check.shapes
     d_in, lr = s.model["hidden_size"], 2.5e-4
     data = activations(2 * s.step_tokens, d_in).to(check.device)
     batches = list(data.split(s.step_tokens))
-    enc = torch.randn(s.latents, d_in, device=check.device, dtype=torch.bfloat16)
-    x_bf16 = batches[0].to(torch.bfloat16)
     makers: dict[str, Callable[[], Callable]] = {
         "sparsify fp32": lambda: sparsify_step_fn(d_in, s.latents, s.k, lr, check.device),
         "sparsify bf16 autocast": lambda: sparsify_step_fn(d_in, s.latents, s.k, lr, check.device, torch.bfloat16),
         "resa fp32 select": lambda: ours_step_fn(d_in, s.latents, s.k, lr, None, data),
         "resa bf16 select": lambda: ours_step_fn(d_in, s.latents, s.k, lr, torch.bfloat16, data),
-        "encoder matmul bf16": lambda: lambda _x: torch.nn.functional.linear(x_bf16, enc),
+        "encoder matmul bf16": lambda: matmul_fn(d_in, s.latents, torch.bfloat16, check.device),
     }
     trainers, errors = {}, {}
     for name, make in makers.items():  # a variant that cannot run here is recorded and left out
