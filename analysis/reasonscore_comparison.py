@@ -137,6 +137,8 @@ def main() -> None:
     doc = compare_definitions(args.run, texts, args.out, args.quantile, args.steer_layers, args.steer_texts)
     command = "python analysis/reasonscore_comparison.py " + shlex.join(sys.argv[1:])
     doc["command"] = command
+    if texts.is_absolute() and texts.is_relative_to(ROOT):  # the record names the repository's files portably
+        doc["texts"] = str(texts.relative_to(ROOT))
     atomic_write_json(args.figures / "reasonscore.json", doc)
     atomic_write_text(args.figures / "reasonscore.md", report(doc, command))
     print(report(doc, command))
