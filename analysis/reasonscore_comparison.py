@@ -54,7 +54,7 @@ def generations(path: Path, run: Path, n: int, template: str) -> Path:
     if not path.exists():
         model = json.loads((run / "features.json").read_text())["model_path"]
         problems = [e.problem + (INSTRUCTION if template == "chat" else "") for e in synthetic_qa(n, seed=1)]
-        texts = elicited_texts(model, problems, template=template)
+        texts = elicited_texts(model, problems, template)
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, "".join(json.dumps({"text": t}) + "\n" for t in texts))
     return path
@@ -112,9 +112,9 @@ def report(doc: dict, command: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, default=ROOT / "runs" / "default", help="features run to compare with")
-    texts = parser.add_mutually_exclusive_group()
-    texts.add_argument("--texts", type=Path, help="reasoning texts (JSONL, 'text'); default: the worked solutions")
-    texts.add_argument("--generate", type=int, metavar="N",
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--texts", type=Path, help="reasoning texts (JSONL, 'text'); default: the worked solutions")
+    source.add_argument("--generate", type=int, metavar="N",
                        help="reasoning texts: the run's model's own sampled answers to N synthetic problems")
     parser.add_argument("--generate-template", choices=("chat", "r1"), default="chat",
                         help="--generate's format: the model's chat template (default) or the R1 prompt")

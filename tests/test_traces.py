@@ -3,6 +3,7 @@ an independent reading of its arithmetic."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -156,13 +157,12 @@ def test_elicited_texts_are_the_prompt_and_a_seeded_sample(tiny_qwen2, template)
     from transformers import AutoTokenizer
 
     from resa_interp.data import elicitation_prompt
-    from resa_interp.evaluation.elicited import elicited_texts
+    from resa_interp.evaluation.elicited import TEXT_SAMPLING, elicited_texts
     from resa_interp.evaluation.tasks import chat_prompt
 
     problems = ["What is 2 + 3?", "Find x if 2x + 1 = 5.", "What is 7 * 6?", "Name a prime above 10."]
-    run = functools.partial(elicited_texts, tiny_qwen2, problems, template=template, max_new_tokens=40,
-                            batch_size=3, temperature=1.0)
-    first, again, other = run(seed=0), run(seed=0), run(seed=1)
+    sampling = functools.partial(dataclasses.replace, TEXT_SAMPLING, max_new_tokens=40, batch_size=3, temperature=1.0)
+    first, again, other = (elicited_texts(tiny_qwen2, problems, template, sampling(seed=s)) for s in (0, 0, 1))
     assert first == again and first != other
     tokenizer = AutoTokenizer.from_pretrained(tiny_qwen2)
     for problem, text in zip(problems, first):

@@ -57,25 +57,18 @@ def elicited_answers(
     return out
 
 
-def elicited_texts(
-    model: str | Path,
-    problems: list[str],
-    *,
-    template: str = "r1",
-    temperature: float = 0.6,
-    top_p: float = 0.95,
-    max_new_tokens: int = 256,
-    batch_size: int = 16,
-    seed: int = 0,
-    device: str = "cpu",
-) -> list[str]:
+TEXT_SAMPLING = EvalConfig(temperature=0.6, top_p=0.95, samples=1, max_new_tokens=256, batch_size=16, device="cpu",
+                           dtype="float32")
+"""`elicited_texts`' default: the paper's temperature 0.6 and top-p 0.95, up to 256 new tokens, float32 on CPU."""
+
+
+def elicited_texts(model: str | Path, problems: list[str], template: str = "r1",
+                   config: EvalConfig = TEXT_SAMPLING) -> list[str]:
     """The model's own text: each problem's prompt followed by one completion sampled by the HF model folder
-    `model` (the paper's temperature 0.6 and top-p 0.95 by default; seeded per batch). `template` 'chat' puts the
-    problem as the user turn of the model's chat template, the completion ending at end-of-sequence; an elicitation
-    template ('r1', ...) gives its prompt, the completion ending at `</answer>` (not at a blank line, so that a
-    model's reasoning may run over paragraphs)."""
-    config = EvalConfig(temperature=temperature, top_p=top_p, samples=1, max_new_tokens=max_new_tokens,
-                        batch_size=batch_size, seed=seed, device=device, dtype="float32")
+    `model` as `config` says (seeded per batch from its seed). `template` 'chat' puts the problem as the user turn
+    of the model's chat template, the completion ending at end-of-sequence; an elicitation template ('r1', ...)
+    gives its prompt, the completion ending at `</answer>` (not at a blank line, so that a model's reasoning may
+    run over paragraphs)."""
     path = Path(model)
     local = load_local_model(path, config)
     if template == "chat":
