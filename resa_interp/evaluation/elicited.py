@@ -71,14 +71,10 @@ def elicited_texts(model: str | Path, problems: list[str], template: str = "r1",
     run over paragraphs)."""
     path = Path(model)
     local = load_local_model(path, config)
-    if template == "chat":
-        prompts = [chat_prompt(local.tokenizer, p) for p in problems]
-        ids = [local.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-        completions = sample_completions(path, local, ids, config)
-    else:
-        prompts = [elicitation_prompt(p, template) for p in problems]
-        ids = [local.tokenizer(p)["input_ids"] for p in prompts]
-        completions = sample_completions(path, local, ids, config, stop_strings=STOPS[:1])
+    chat = template == "chat"
+    prompts = [chat_prompt(local.tokenizer, p) if chat else elicitation_prompt(p, template) for p in problems]
+    ids = [local.tokenizer(p, add_special_tokens=not chat)["input_ids"] for p in prompts]  # a chat template has its own
+    completions = sample_completions(path, local, ids, config, stop_strings=() if chat else STOPS[:1])
     return [prompt + generation.text for prompt, (generation,) in zip(prompts, completions)]
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+from tqdm.auto import tqdm
 
 from resa_interp.errors import ResaError
 from resa_interp.features.config import REASON_WORDS, FeatureConfig
@@ -230,8 +231,6 @@ def reasonscore_features(
     norms = {layer: sae.W_dec.detach().norm(dim=1) for layer, sae in saes.items()}
     stats = {layer: ScoreStats(len(groups), sae.cfg.d_sae) for layer, sae in saes.items()}
     found = {g.word: 0 for g in groups}
-    from tqdm.auto import tqdm
-
     for text in tqdm(texts, desc=f"ReasonScore, {len(saes)} layers", unit="text", leave=False):
         ids = tokenizer(text, add_special_tokens=True)["input_ids"]
         windows, ignored = window_masks(ids, groups, cfg.window_before, cfg.window_after, ignore)
